@@ -1,0 +1,194 @@
+"""Raw-audio input: validation, decoding, mono conversion, resampling, length batching.
+
+Every transformer calls :func:`check_audio` first, so all of them accept the
+same inputs and fail on bad ones with the same messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+__all__ = ["check_audio", "length_batches", "resample"]
+
+_PCM_SCALE = {1: 2.0**7, 2: 2.0**15, 4: 2.0**31, 8: 2.0**63}
+
+
+def check_audio(
+    X, *, sample_rate: int, target_rate: int | None = None
+) -> list[np.ndarray]:
+    """Validate raw audio and return it as mono float32 clips at ``target_rate``.
+
+    Parameters
+    ----------
+    X : list, tuple or object array of clips or paths, or 2-D array
+        Each clip is one of
+
+        * a 1-D numeric array (mono samples),
+        * a 2-D array ``(n_samples, n_channels)``; channels are averaged,
+        * a ``str`` or :class:`os.PathLike` naming an audio file that
+          :mod:`soundfile` can decode; the file's own rate is used.
+
+        A 2-D numeric array ``(n_clips, n_samples)`` is a batch of
+        equal-length mono clips. Integer samples are PCM and are scaled to
+        ``[-1, 1]`` by ``2 ** (bits - 1)`` (unsigned 8-bit is centred first).
+    sample_rate : int
+        Rate of the in-memory arrays in ``X``, in Hz.
+    target_rate : int, default=None
+        Rate of the returned clips; ``None`` keeps ``sample_rate``.
+        Resampling uses :class:`torchaudio.transforms.Resample`.
+
+    Returns
+    -------
+    clips : list of ndarray of shape (n_samples_i,), dtype float32
+        One contiguous array per input clip, in input order.
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is empty or 3-D, or a clip is empty, contains NaN or inf,
+        has a non-numeric dtype, or is a file that is missing or unreadable.
+        The message names the clip index or the file.
+    TypeError
+        If ``X`` is a single path or a scalar rather than a collection of clips.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skaudiocluster.audio import check_audio
+    >>> clips = check_audio([np.zeros(800), np.ones(400)], sample_rate=8000,
+    ...                     target_rate=16000)
+    >>> [c.shape for c in clips]
+    [(1600,), (800,)]
+    """
+    sample_rate = _check_rate(sample_rate, "sample_rate")
+    target_rate = sample_rate if target_rate is None else _check_rate(target_rate, "target_rate")
+    items = _split_clips(X)
+    clips = []
+    for index, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            samples, rate = _read_file(item)
+            where = f"file {os.fspath(item)!r} (clip {index})"
+        else:
+            samples, rate = _to_mono(item, index), sample_rate
+            where = f"clip {index}"
+        if samples.size == 0:
+            raise ValueError(f"{where} has zero length")
+        if not np.all(np.isfinite(samples)):
+            raise ValueError(f"{where} contains NaN or infinite samples")
+        if rate != target_rate:
+            samples = resample(samples, rate, target_rate)
+        clips.append(np.ascontiguousarray(samples, dtype=np.float32))
+    return clips
+
+
+def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Resample a 1-D float array with torchaudio's windowed-sinc resampler."""
+    if orig_rate == new_rate:
+        return samples
+    with torch.inference_mode():
+        out = _resampler(int(orig_rate), int(new_rate))(torch.from_numpy(samples))
+    return out.numpy()
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Indices of clips grouped into batches of similar length.
+
+    Clips are sorted by length (stable, so ties keep input order) and cut into
+    consecutive batches of at most ``batch_size``, which keeps padding small.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
+    return torchaudio.transforms.Resample(orig_rate, new_rate)
+
+
+def _check_rate(rate, name: str) -> int:
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise ValueError(f"{name} must be a positive integer (Hz), got {rate!r}")
+    return int(rate)
+
+
+def _split_clips(X) -> list:
+    if isinstance(X, (str, os.PathLike, bytes)):
+        raise TypeError(
+            "X must be a collection of clips or paths, not a single path; wrap it in a list"
+        )
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim == 2:
+            items = list(X)
+        elif X.ndim == 1:
+            raise ValueError(
+                "X is a 1-D numeric array; pass a list of clips, e.g. [x], "
+                "or a 2-D array of shape (n_clips, n_samples)"
+            )
+        else:
+            raise ValueError(
+                f"X has {X.ndim} dimensions; expected a 2-D array (n_clips, n_samples) "
+                "or a list of 1-D clips"
+            )
+    elif np.isscalar(X) or X is None:
+        raise TypeError(f"X must be a collection of clips, got {type(X).__name__}")
+    else:
+        items = list(X)
+    if len(items) == 0:
+        raise ValueError("X is empty: at least one clip is required")
+    return items
+
+
+def _to_mono(item, index: int) -> np.ndarray:
+    try:
+        array = np.asarray(item)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"clip {index} is not an array of samples: {exc}") from exc
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"clip {index} has non-numeric dtype {array.dtype}")
+    if array.ndim == 2:
+        if array.shape[1] > array.shape[0]:
+            raise ValueError(
+                f"clip {index} has shape {array.shape}; multichannel clips must be "
+                "(n_samples, n_channels)"
+            )
+        array = _scale_pcm(array, index).mean(axis=1)
+    elif array.ndim == 1:
+        array = _scale_pcm(array, index)
+    else:
+        raise ValueError(
+            f"clip {index} has {array.ndim} dimensions; expected 1-D samples "
+            "or (n_samples, n_channels)"
+        )
+    return array.astype(np.float32, copy=False)
+
+
+def _scale_pcm(array: np.ndarray, index: int) -> np.ndarray:
+    if array.dtype.kind == "f":
+        return array
+    if array.dtype.kind == "b":
+        raise ValueError(f"clip {index} has non-numeric dtype bool")
+    scale = _PCM_SCALE[array.dtype.itemsize]
+    if array.dtype.kind == "u":
+        return (array.astype(np.float64) - scale) / scale
+    return array.astype(np.float64) / scale
+
+
+def _read_file(path) -> tuple[np.ndarray, int]:
+    try:
+        samples, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+    except FileNotFoundError as exc:
+        raise ValueError(f"audio file {os.fspath(path)!r} does not exist") from exc
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError
+        if not os.path.exists(path):
+            raise ValueError(f"audio file {os.fspath(path)!r} does not exist") from exc
+        raise ValueError(f"audio file {os.fspath(path)!r} could not be decoded: {exc}") from exc
+    return samples.mean(axis=1, dtype=np.float32), int(rate)

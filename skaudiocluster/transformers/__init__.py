@@ -1,0 +1,3 @@
+"""Raw audio in, 2-D embeddings out."""
+
+__all__: list[str] = []

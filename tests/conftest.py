@@ -1,0 +1,64 @@
+"""Shared fixtures: the ``../shared`` data and costly embeddings computed once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``$SKAUDIOCLUSTER_SHARED``; tests that need it skip only when it is unset."""
+    value = os.environ.get("SKAUDIOCLUSTER_SHARED")
+    if not value:
+        pytest.skip("SKAUDIOCLUSTER_SHARED is not set")
+    path = Path(value)
+    assert path.is_dir(), f"SKAUDIOCLUSTER_SHARED={value} is not a directory"
+    return path
+
+
+def shared_file(shared_dir: Path, relative: str) -> Path:
+    """A file under the shared folder; its absence is a failure, not a skip."""
+    path = shared_dir / relative
+    assert path.exists(), f"missing shared file {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir(shared_dir: Path) -> Path:
+    return shared_file(shared_dir, "data/fsdd/recordings")
+
+
+@pytest.fixture(scope="session")
+def byola_d512_weights(shared_dir: Path) -> Path:
+    return shared_file(shared_dir, "weights/AudioNTT2020-BYOLA-64x96d512.pth")
+
+
+def _test_cache():
+    """joblib cache for costly fixtures when ``$SKAUDIOCLUSTER_TEST_CACHE`` is set (dev only)."""
+    from joblib import Memory
+
+    return Memory(os.environ.get("SKAUDIOCLUSTER_TEST_CACHE"), verbose=0)
+
+
+def _embed_fsdd_byola(fsdd_dir: str, weights: str) -> dict[str, np.ndarray]:
+    from skaudiocluster.datasets import load_fsdd
+    from skaudiocluster.transformers.byola import BYOLAEmbedder
+
+    paths, speaker = load_fsdd(fsdd_dir, target="speaker")
+    _, digit = load_fsdd(fsdd_dir, target="digit")
+    embeddings = BYOLAEmbedder(weights=weights, verbose=0).fit_transform(paths)
+    return {"X": embeddings, "speaker": speaker, "digit": digit}
+
+
+@pytest.fixture(scope="session")
+def fsdd_byola_d512(fsdd_dir: Path, byola_d512_weights: Path) -> dict[str, np.ndarray]:
+    """Official BYOL-A d512 embeddings of the 3,000 FSDD clips with speaker and digit labels.
+
+    Keys: ``X`` (3000, 512) float32, ``speaker`` and ``digit`` label arrays.
+    """
+    embed = _test_cache().cache(_embed_fsdd_byola)
+    return embed(str(fsdd_dir), str(byola_d512_weights))
