@@ -1,9 +1,27 @@
 """Deep clustering of sound collections behind a scikit-learn API."""
 
 from skaudiocluster.audio import check_audio
+from skaudiocluster.metrics import (
+    CLUSTERING_SCORERS,
+    ClusteringScorer,
+    TransductiveSplit,
+    get_clustering_scorer,
+    hungarian_accuracy,
+    hungarian_mapping,
+    matched_confusion_matrix,
+)
+from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "check_audio",
+    "CLUSTERING_SCORERS",
+    "ClusteringScorer",
+    "TransductiveSplit",
+    "get_clustering_scorer",
+    "hungarian_accuracy",
+    "hungarian_mapping",
+    "matched_confusion_matrix",
+    "SpectrogramTransformer",
 ]

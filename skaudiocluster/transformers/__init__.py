@@ -1,3 +1,7 @@
 """Raw audio in, 2-D embeddings out."""
 
-__all__: list[str] = []
+from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
+
+__all__ = [
+    "SpectrogramTransformer",
+]

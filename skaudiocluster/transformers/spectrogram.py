@@ -1,0 +1,231 @@
+"""Log-mel spectrogram features: pooled statistics or fixed-size log-mel images."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torchaudio
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from skaudiocluster._torch import progress, resolve_device
+from skaudiocluster.audio import check_audio, length_batches
+
+__all__ = ["SpectrogramTransformer"]
+
+
+class SpectrogramTransformer(TransformerMixin, BaseEstimator):
+    """Log-mel spectrograms of raw audio, standardised per mel band.
+
+    ``fit`` learns each band's mean and standard deviation over all frames of
+    the training clips; ``transform`` standardises with them and either pools
+    every clip over time into a fixed vector (``pooling="meanstd"``, ready for
+    any scikit-learn clusterer) or crops / zero-pads it to ``n_frames`` frames
+    (``pooling=None``, the input of an encoder).
+
+    Parameters
+    ----------
+    sample_rate : int, default=16000
+        Rate the audio is analysed at, and the rate of in-memory arrays in X.
+        Files are decoded at their own rate and resampled.
+    n_fft : int, default=400
+        FFT size and window length in samples (25 ms at 16 kHz).
+    hop_length : int, default=160
+        Hop between frames in samples (10 ms at 16 kHz).
+    n_mels : int, default=64
+        Number of mel bands.
+    f_min : float, default=0.0
+        Lowest mel band edge in Hz.
+    f_max : float, default=None
+        Highest mel band edge in Hz; ``None`` is ``sample_rate / 2``.
+    pooling : {"meanstd"} or None, default="meanstd"
+        ``"meanstd"``: mean and standard deviation of each band over time,
+        shape (n_clips, 2 * n_mels). ``None``: the standardised log-mel itself,
+        shape (n_clips, n_mels, n_frames).
+    n_frames : int, default=100
+        Frames kept when ``pooling=None`` (longer clips are cropped at the end,
+        shorter ones zero-padded after standardisation).
+    batch_size : int, default=64
+        Clips per batch; clips are grouped by similar length and padding never
+        changes a clip's features.
+    device : str, default="auto"
+        Torch device; ``"auto"`` uses CUDA when present, else the CPU.
+    verbose : int, default=0
+        Show a progress bar when positive.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_mels,)
+        Per-band mean of the training log-mels.
+    scale_ : ndarray of shape (n_mels,)
+        Per-band standard deviation of the training log-mels (1 where zero).
+    n_frames_seen_ : int
+        Number of frames the statistics were computed from.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skaudiocluster import SpectrogramTransformer
+    >>> rng = np.random.default_rng(0)
+    >>> clips = [rng.standard_normal(16000).astype(np.float32) for _ in range(3)]
+    >>> SpectrogramTransformer(n_mels=32).fit_transform(clips).shape
+    (3, 64)
+    """
+
+    _parameter_constraints: dict = {
+        "sample_rate": [Interval(Integral, 1, None, closed="left")],
+        "n_fft": [Interval(Integral, 2, None, closed="left")],
+        "hop_length": [Interval(Integral, 1, None, closed="left")],
+        "n_mels": [Interval(Integral, 1, None, closed="left")],
+        "f_min": [Interval(Real, 0, None, closed="left")],
+        "f_max": [Interval(Real, 0, None, closed="neither"), None],
+        "pooling": [StrOptions({"meanstd"}), None],
+        "n_frames": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        pooling: str | None = "meanstd",
+        n_frames: int = 100,
+        batch_size: int = 64,
+        device: str = "auto",
+        verbose: int = 0,
+    ):
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.n_mels = n_mels
+        self.f_min = f_min
+        self.f_max = f_max
+        self.pooling = pooling
+        self.n_frames = n_frames
+        self.batch_size = batch_size
+        self.device = device
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None) -> SpectrogramTransformer:
+        """Learn the per-band standardisation statistics from the clips in X.
+
+        Parameters
+        ----------
+        X : raw audio
+            Anything :func:`skaudiocluster.audio.check_audio` accepts.
+        y : ignored
+
+        Returns
+        -------
+        self : SpectrogramTransformer
+        """
+        f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
+        if not self.f_min < f_max <= self.sample_rate / 2:
+            raise ValueError(
+                f"need f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, "
+                f"f_max={f_max}, sample_rate={self.sample_rate}"
+            )
+        clips = check_audio(X, sample_rate=self.sample_rate)
+        total = np.zeros(self.n_mels)
+        total_sq = np.zeros(self.n_mels)
+        count = 0
+        for _, log_mel, n_valid in self._log_mel_batches(clips, "fitting log-mel statistics"):
+            mask = _frame_mask(n_valid, log_mel.shape[-1]).unsqueeze(1)
+            values = (log_mel * mask).double()
+            total += values.sum(dim=(0, 2)).cpu().numpy()
+            total_sq += (values * log_mel).sum(dim=(0, 2)).cpu().numpy()
+            count += int(n_valid.sum())
+        self.mean_ = (total / count).astype(np.float32)
+        variance = np.maximum(total_sq / count - self.mean_.astype(np.float64) ** 2, 0.0)
+        scale = np.sqrt(variance)
+        self.scale_ = np.where(scale > 1e-8, scale, 1.0).astype(np.float32)
+        self.n_frames_seen_ = count
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Standardised log-mel features of the clips in X.
+
+        Parameters
+        ----------
+        X : raw audio
+            Anything :func:`skaudiocluster.audio.check_audio` accepts.
+
+        Returns
+        -------
+        features : ndarray of float32
+            Shape (n_clips, 2 * n_mels) with ``pooling="meanstd"``, else
+            (n_clips, n_mels, n_frames).
+        """
+        check_is_fitted(self, "mean_")
+        clips = check_audio(X, sample_rate=self.sample_rate)
+        width = 2 * self.n_mels if self.pooling == "meanstd" else self.n_frames
+        out = np.zeros(
+            (len(clips), width) if self.pooling else (len(clips), self.n_mels, width),
+            dtype=np.float32,
+        )
+        mean = torch.as_tensor(self.mean_).view(1, -1, 1)
+        scale = torch.as_tensor(self.scale_).view(1, -1, 1)
+        for indices, log_mel, n_valid in self._log_mel_batches(clips, "log-mel features"):
+            standard = (log_mel - mean.to(log_mel.device)) / scale.to(log_mel.device)
+            if self.pooling == "meanstd":
+                out[indices] = _masked_mean_std(standard, n_valid).cpu().numpy()
+            else:
+                standard = standard * _frame_mask(n_valid, standard.shape[-1]).unsqueeze(1)
+                kept = min(self.n_frames, standard.shape[-1])
+                out[indices, :, :kept] = standard[..., :kept].cpu().numpy()
+        return out
+
+    def _log_mel_batches(self, clips: list[np.ndarray], desc: str):
+        """Yield (indices, log-mel (batch, n_mels, frames), valid frame counts) per batch."""
+        device = resolve_device(self.device)
+        mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            f_min=self.f_min,
+            f_max=self.f_max,
+            n_mels=self.n_mels,
+            pad_mode="constant",  # zero padding: a batch-mate's padding equals the clip's own
+        ).to(device)
+        lengths = [len(clip) for clip in clips]
+        batches = length_batches(lengths, self.batch_size)
+        with torch.inference_mode():
+            for indices in progress(batches, verbose=self.verbose, desc=desc):
+                longest = max(lengths[i] for i in indices)
+                batch = np.zeros((len(indices), longest), dtype=np.float32)
+                for row, i in enumerate(indices):
+                    batch[row, : lengths[i]] = clips[i]
+                power = mel(torch.from_numpy(batch).to(device))
+                n_valid = torch.as_tensor(
+                    [1 + lengths[i] // self.hop_length for i in indices], device=device
+                )
+                yield indices, torch.log(power + 1e-6), n_valid
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        return tags
+
+
+def _frame_mask(n_valid: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """(batch, n_frames) float mask of each clip's own frames."""
+    return (torch.arange(n_frames, device=n_valid.device) < n_valid[:, None]).float()
+
+
+def _masked_mean_std(features: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+    """Mean and std over each clip's own frames: (batch, bands, frames) -> (batch, 2 * bands)."""
+    mask = _frame_mask(n_valid, features.shape[-1]).unsqueeze(1)
+    count = n_valid.view(-1, 1).float()
+    mean = (features * mask).sum(-1) / count
+    var = (((features - mean.unsqueeze(-1)) * mask) ** 2).sum(-1) / count
+    return torch.cat([mean, var.sqrt()], dim=1)
