@@ -10,6 +10,7 @@ from skaudiocluster.metrics import (
     hungarian_mapping,
     matched_confusion_matrix,
 )
+from skaudiocluster.transformers.passt import PaSSTEmbedder
 from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
 
 __version__ = "0.1.0.dev0"
@@ -24,4 +25,5 @@ __all__ = [
     "hungarian_mapping",
     "matched_confusion_matrix",
     "SpectrogramTransformer",
+    "PaSSTEmbedder",
 ]

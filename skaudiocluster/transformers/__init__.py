@@ -1,7 +1,9 @@
 """Raw audio in, 2-D embeddings out."""
 
+from skaudiocluster.transformers.passt import PaSSTEmbedder
 from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
 
 __all__ = [
     "SpectrogramTransformer",
+    "PaSSTEmbedder",
 ]
