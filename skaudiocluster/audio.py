@@ -14,6 +14,7 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio
+from scipy import sparse
 
 __all__ = ["check_audio", "length_batches", "resample"]
 
@@ -125,13 +126,22 @@ def _split_clips(X) -> list:
         raise TypeError(
             "X must be a collection of clips or paths, not a single path; wrap it in a list"
         )
+    if sparse.issparse(X):
+        raise TypeError("Sparse data was passed, but dense audio samples are required")
+    if not isinstance(X, (list, tuple, np.ndarray)) and hasattr(X, "__array__"):
+        X = np.asarray(X)
     if isinstance(X, np.ndarray) and X.dtype != object:
         if X.ndim == 2:
+            if X.shape[1] == 0:
+                raise ValueError(
+                    f"clip 0 has zero length: 0 feature(s) (shape={X.shape}) while a "
+                    "minimum of 1 is required."
+                )
             items = list(X)
         elif X.ndim == 1:
             raise ValueError(
-                "X is a 1-D numeric array; pass a list of clips, e.g. [x], "
-                "or a 2-D array of shape (n_clips, n_samples)"
+                "X is a 1-D numeric array. Reshape your data: pass a list of clips, "
+                "e.g. [x], or a 2-D array of shape (n_clips, n_samples)"
             )
         else:
             raise ValueError(
@@ -152,6 +162,15 @@ def _to_mono(item, index: int) -> np.ndarray:
         array = np.asarray(item)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"clip {index} is not an array of samples: {exc}") from exc
+    if array.dtype.kind == "c":
+        raise ValueError(f"clip {index}: Complex data not supported (dtype {array.dtype})")
+    if array.dtype.kind == "O":
+        try:
+            array = array.astype(np.float64)
+        except TypeError as exc:
+            raise TypeError(f"clip {index} has non-numeric values: {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"clip {index} has non-numeric values: {exc}") from exc
     if array.dtype.kind not in "biuf":
         raise ValueError(f"clip {index} has non-numeric dtype {array.dtype}")
     if array.ndim == 2:

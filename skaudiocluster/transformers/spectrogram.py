@@ -214,6 +214,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
 

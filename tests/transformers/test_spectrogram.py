@@ -1,0 +1,88 @@
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skaudiocluster import SpectrogramTransformer
+
+# Raw audio of any length is valid input, so the checks that demand a fixed number of
+# features between fit and transform do not apply.
+EXPECTED_FAILED_CHECKS = {
+    "check_n_features_in_after_fitting": "clips of any length are valid audio",
+    "check_n_features_in": "raw audio has no fixed number of features (clip length varies)",
+    "check_transformer_general": "it also demands an error for clips of another length",
+}
+
+
+@parametrize_with_checks(
+    [SpectrogramTransformer(n_fft=16, hop_length=4, n_mels=4, sample_rate=8000)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture
+def clips():
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(n).astype(np.float32) for n in (4000, 16000, 9000, 300, 16000)]
+
+
+def test_features_do_not_depend_on_batch_mates(clips):
+    est = SpectrogramTransformer(batch_size=5).fit(clips)
+    together = est.transform(clips)
+    alone = np.vstack([est.set_params(batch_size=1).transform([c]) for c in clips])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_training_features_are_standardised_per_band(clips):
+    est = SpectrogramTransformer(pooling=None, n_frames=101, n_mels=16).fit(clips[1:2])
+    images = est.transform(clips[1:2])
+    assert images.shape == (1, 16, 101)
+    np.testing.assert_allclose(images[0].mean(axis=1), 0, atol=1e-4)
+    np.testing.assert_allclose(images[0].std(axis=1), 1, atol=1e-3)
+
+
+def test_pooled_shape_and_short_clips_are_padded(clips):
+    est = SpectrogramTransformer(n_mels=20, pooling=None, n_frames=50).fit(clips)
+    assert est.transform(clips).shape == (5, 20, 50)
+    pooled = est.set_params(pooling="meanstd").transform(clips)
+    assert pooled.shape == (5, 40) and pooled.dtype == np.float32
+
+
+def test_pickle_and_clone_round_trip(clips):
+    est = SpectrogramTransformer(n_mels=8).fit(clips)
+    again = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(est.transform(clips), again.transform(clips))
+    assert clone(est).get_params() == est.get_params()
+
+
+def test_invalid_frequency_range_is_rejected(clips):
+    with pytest.raises(ValueError, match="f_max"):
+        SpectrogramTransformer(f_min=9000.0).fit(clips)
+
+
+@pytest.mark.slow
+def test_fsdd_speaker_clustering_floor(fsdd_dir):
+    from skaudiocluster.datasets import load_fsdd
+
+    paths, speaker = load_fsdd(fsdd_dir, target="speaker")
+    _, digit = load_fsdd(fsdd_dir, target="digit")
+    features = SpectrogramTransformer().fit_transform(paths)
+    speaker_nmi = normalized_mutual_info_score(
+        speaker, KMeans(6, n_init=10, random_state=0).fit_predict(features)
+    )
+    digit_nmi = normalized_mutual_info_score(
+        digit, KMeans(10, n_init=10, random_state=0).fit_predict(features)
+    )
+    print(f"SpectrogramTransformer + KMeans on FSDD: speaker NMI {speaker_nmi:.3f}, "
+          f"digit NMI {digit_nmi:.3f}")
+    assert speaker_nmi >= 0.6
+    pipe = make_pipeline(SpectrogramTransformer(), KMeans(6, n_init=10, random_state=0))
+    labels = pipe.fit_predict(paths[::10])
+    assert len(labels) == 300
