@@ -1,6 +1,12 @@
 """Deep clustering of sound collections behind a scikit-learn API."""
 
 from skaudiocluster.audio import check_audio
+from skaudiocluster.datasets import (
+    load_audio_folder,
+    load_dcase2018_task5,
+    load_fsdd,
+    make_sound_classes,
+)
 from skaudiocluster.metrics import (
     CLUSTERING_SCORERS,
     ClusteringScorer,
@@ -17,6 +23,10 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "check_audio",
+    "load_audio_folder",
+    "load_dcase2018_task5",
+    "load_fsdd",
+    "make_sound_classes",
     "CLUSTERING_SCORERS",
     "ClusteringScorer",
     "TransductiveSplit",
