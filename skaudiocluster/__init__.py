@@ -16,6 +16,7 @@ from skaudiocluster.metrics import (
     hungarian_mapping,
     matched_confusion_matrix,
 )
+from skaudiocluster.transformers.byola import BYOLAEmbedder
 from skaudiocluster.transformers.passt import PaSSTEmbedder
 from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
 
@@ -36,4 +37,5 @@ __all__ = [
     "matched_confusion_matrix",
     "SpectrogramTransformer",
     "PaSSTEmbedder",
+    "BYOLAEmbedder",
 ]
