@@ -1,3 +1,5 @@
 """Deep clustering estimators on 2-D features."""
 
-__all__: list[str] = []
+from skaudiocluster.cluster.spice import SPICEClusterer
+
+__all__ = ["SPICEClusterer"]
