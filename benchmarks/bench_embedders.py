@@ -1,0 +1,135 @@
+"""Throughput and peak memory of the embedders on this CPU.
+
+Prints clips/second for 1 s and 10 s clips at batch sizes 1 and 64 and the peak
+resident memory of each run, with torch limited to ``--threads`` threads::
+
+    python benchmarks/bench_embedders.py --embedder byola --weights /path/to/AudioNTT2020-BYOLA-64x96d512.pth
+    python benchmarks/bench_embedders.py --embedder byola --profile   # where the time goes
+
+Add an embedder by adding a factory to ``EMBEDDERS`` (a function of the parsed
+arguments returning an unfitted transformer that takes 16 kHz clips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from sklearn.base import TransformerMixin
+
+RATE = 16000
+
+
+def make_byola(args: argparse.Namespace) -> TransformerMixin:
+    from skaudiocluster.transformers.byola import BYOLAEmbedder
+
+    return BYOLAEmbedder(weights=args.weights, device="cpu", norm_stats=(-5.4919195, 5.0389895))
+
+
+EMBEDDERS: dict[str, Callable[[argparse.Namespace], TransformerMixin]] = {
+    "byola": make_byola,
+}
+
+
+def clips_of(seconds: float, n_clips: int, seed: int = 0) -> np.ndarray:
+    """``n_clips`` equal-length clips of pink-ish noise with a tone, as one 2-D array."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    tone = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 2000, size=(n_clips, 1)) * t)
+    noise = np.cumsum(rng.normal(scale=0.01, size=(n_clips, n)), axis=1)
+    noise -= noise.mean(axis=1, keepdims=True)
+    return (tone + 0.05 * noise / np.abs(noise).max(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _reset_peak_rss() -> bool:
+    try:  # Linux: writing 5 resets VmHWM (peak RSS) of this process
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(
+    embedder: TransformerMixin, clip_seconds: float, batch_size: int, *,
+    n_clips: int | None = None, min_seconds: float = 3.0,
+) -> dict[str, float]:
+    """Embed clips of ``clip_seconds`` at ``batch_size``; return clips/s and peak RSS (MB).
+
+    ``embedder`` must be fitted. One warm-up batch runs first; the timed loop repeats
+    ``transform`` on ``n_clips`` clips (default: one or several batches) until at least
+    ``min_seconds`` have passed.
+    """
+    n_clips = n_clips or max(batch_size, 64 if clip_seconds <= 2 else 8)
+    clips = clips_of(clip_seconds, n_clips)
+    embedder.set_params(batch_size=batch_size)
+    embedder.transform(clips[:batch_size])
+    exact_peak = _reset_peak_rss()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        embedder.transform(clips)
+        done += n_clips
+    elapsed = time.perf_counter() - start
+    return {"clips_per_s": done / elapsed, "peak_rss_mb": _peak_rss_mb(),
+            "peak_is_per_run": float(exact_peak)}
+
+
+def profile(embedder: TransformerMixin, clip_seconds: float, batch_size: int, top: int = 12):
+    """Print the operators that take the time in ``transform`` (torch profiler, self CPU)."""
+    clips = clips_of(clip_seconds, batch_size * 4)
+    embedder.set_params(batch_size=batch_size)
+    embedder.transform(clips)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        embedder.transform(clips)
+        total = time.perf_counter() - start
+    print(f"\n{len(clips)} clips of {clip_seconds} s, batch {batch_size}: {total:.3f} s wall")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--embedder", choices=[*EMBEDDERS, "all"], default="all")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint path or registered name (default: random init)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--min-seconds", type=float, default=3.0,
+                        help="time each case for at least this long")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where the time goes for 1 s clips at the largest batch")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = list(EMBEDDERS) if args.embedder == "all" else [args.embedder]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'embedder':10} {'clip s':>7} {'batch':>6} {'clips/s':>9} {'peak RSS MB':>12}")
+    for name in names:
+        embedder = EMBEDDERS[name](args).fit(clips_of(1.0, 4))
+        for seconds in args.seconds:
+            for batch_size in args.batch_sizes:
+                result = measure(embedder, seconds, batch_size, min_seconds=args.min_seconds)
+                print(f"{name:10} {seconds:7.1f} {batch_size:6d} "
+                      f"{result['clips_per_s']:9.1f} {result['peak_rss_mb']:12.0f}")
+        if args.profile:
+            profile(embedder, 1.0, max(args.batch_sizes))
+
+
+if __name__ == "__main__":
+    main()
