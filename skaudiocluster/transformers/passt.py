@@ -195,7 +195,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.device_ = resolve_device(self.device)
         if self.weights is None:
             self.config_ = PaSSTConfig()
-            module = self._build(self.config_)
+            module = self._build(self.config_).to_empty(device="cpu")
             with torch.random.fork_rng(devices=[]):
                 seed_torch(self.random_state)
                 module.reset_parameters()
@@ -205,10 +205,11 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             self.config_ = config_from_state_dict(state)
             module = self._build(self.config_)
             try:
-                module.load_state_dict(state, strict=True)
+                module.load_state_dict(state, strict=True, assign=True)
             except RuntimeError as exc:
                 raise ValueError(f"checkpoint {os.fspath(path)!r} does not fit PaSST: {exc}") \
                     from exc
+            module.float()
         if self.config_.n_time_patches(n_frames(WINDOW)) > self.config_.n_time_positions:
             raise ValueError(
                 f"checkpoint has {self.config_.n_time_positions} time positions, "
@@ -279,8 +280,10 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         return embeddings, times
 
     def _build(self, config: PaSSTConfig) -> PaSSTNet:
-        return PaSSTNet(config, patchout_time=self.patchout_time,
-                        patchout_freq=self.patchout_freq)
+        """An uninitialised network (on the meta device: its tensors are replaced next)."""
+        with torch.device("meta"):
+            return PaSSTNet(config, patchout_time=self.patchout_time,
+                            patchout_freq=self.patchout_freq)
 
     def _embed(self, segments: list[np.ndarray], desc: str) -> np.ndarray:
         """Run the network on 32 kHz segments of at most 10 s; one output row each."""
@@ -304,6 +307,8 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     def _log_mels(self, segments: list[np.ndarray], frames: int) -> torch.Tensor:
         """Log-mels of segments of any length, each computed alone, zero-padded to ``frames``."""
+        if len({len(segment) for segment in segments}) == 1:
+            return self.frontend_(torch.from_numpy(np.stack(segments)).to(self.device_))
         mels = torch.zeros(len(segments), self.config_.n_mels, frames, device=self.device_)
         for row, segment in enumerate(segments):
             mel = self.frontend_(torch.from_numpy(segment).to(self.device_)[None])[0]

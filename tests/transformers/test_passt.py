@@ -1,0 +1,254 @@
+"""PaSSTEmbedder: equivalence with hear21passt 0.0.26 (stored fixture) and the estimator contract.
+
+The reference outputs in ``reference/passt_reference.npz`` were computed by
+hear21passt with a weight set defined by a NumPy-only rule from each parameter
+name (see ``reference/README.md`` in the shared folder); the same weights are
+rebuilt here and loaded strictly, so the checkpoint key names are checked too.
+"""
+
+import pickle
+import urllib.request
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.decomposition import PCA
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import (
+    check_get_params_invariance,
+    check_no_attributes_set_in_init,
+    check_parameters_default_constructible,
+)
+
+from skaudiocluster import PaSSTEmbedder
+from skaudiocluster.transformers._passt_frontend import PaSSTFrontend
+from skaudiocluster.transformers._passt_net import PaSSTConfig, PaSSTNet, config_from_state_dict
+
+SCALE_KEYS = ("norm1.weight", "norm2.weight", "norm.weight", "head.0.weight")
+
+
+def frozen_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The reference README's deterministic weights: RandomState(crc32(key)) uniform draws."""
+    state = {}
+    for key, shape in shapes.items():
+        rng = np.random.RandomState(zlib.crc32(key.encode("utf-8")))
+        u = rng.uniform(-1.0, 1.0, size=int(np.prod(shape)))
+        value = 1.0 + 0.1 * u if key.endswith(SCALE_KEYS) else 0.02 * np.sqrt(3) * u
+        state[key] = torch.from_numpy(value.astype(np.float32).reshape(shape))
+    return state
+
+
+def reference_signal(n_samples: int) -> np.ndarray:
+    """440 Hz tone plus a chirp from 100 Hz rising 390 Hz/s, at 32 kHz (the fixture's input)."""
+    t = np.arange(n_samples) / 32000
+    x = 0.25 * np.sin(2 * np.pi * 440 * t) + 0.25 * np.sin(2 * np.pi * (100 * t + 195 * t**2))
+    return x.astype(np.float32)
+
+
+def net_shapes(config: PaSSTConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        state = PaSSTNet(config).state_dict()
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(shared_dir):
+    path = shared_dir / "reference" / "passt_reference.npz"
+    assert path.is_file(), f"missing shared file {path}"
+    return dict(np.load(path))
+
+
+@pytest.fixture(scope="module")
+def frozen_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("passt") / "passt-frozen.pt"
+    torch.save(frozen_state_dict(net_shapes(PaSSTConfig())), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def frozen_embedder(frozen_checkpoint):
+    return PaSSTEmbedder(weights=frozen_checkpoint, embedding="all").fit(None)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    """A one-block stride-16 PaSST: fast, and exercises reading the shape off a checkpoint."""
+    path = tmp_path_factory.mktemp("passt") / "passt-s16-depth1.pt"
+    config = PaSSTConfig(stride=16, depth=1, n_time_positions=62)
+    torch.save(frozen_state_dict(net_shapes(config)), path)
+    return path
+
+
+def test_state_dict_has_the_official_keys_and_shapes(reference):
+    with torch.device("meta"):
+        state = PaSSTNet().state_dict()
+    assert list(state) == list(reference["seed0_param_keys"])
+    assert state["time_new_pos_embed"].shape == (1, 768, 1, 99)
+    assert state["freq_new_pos_embed"].shape == (1, 768, 12, 1)
+    assert state["head.1.weight"].shape == (527, 768)
+    assert sum(value.numel() for value in state.values()) == 86_153_758
+
+
+def test_frontend_matches_reference(reference):
+    with torch.inference_mode():
+        mel = PaSSTFrontend()(torch.from_numpy(reference["input_clip10"])[None])[0].numpy()
+    assert mel.shape == (128, 1000)
+    np.testing.assert_allclose(mel, reference["frozen_mel10"], rtol=0, atol=2e-3)
+
+
+def test_reference_signal_is_the_fixture_input(reference):
+    np.testing.assert_allclose(reference_signal(320000), reference["input_clip10"], atol=1e-7)
+
+
+def test_scene_embedding_3s_matches_reference(frozen_embedder, reference):
+    # 3 s: 29 patch columns, so only the first 29 time positional embeddings are used.
+    scene = frozen_embedder.transform([reference_signal(96000)])
+    assert scene.shape == (1, 1295)
+    np.testing.assert_allclose(scene[0], reference["frozen_scene3"], rtol=0, atol=1e-4)
+
+
+def test_timestamp_embeddings_match_reference(frozen_embedder, reference):
+    embeddings, times = frozen_embedder.timestamp_embeddings([reference_signal(96000)])
+    assert embeddings[0].shape == (61, 1295)
+    np.testing.assert_array_equal(times[0], reference["frozen_ts3_times_ms"])
+    np.testing.assert_allclose(embeddings[0], reference["frozen_ts3"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seconds", [10, 12])
+def test_scene_embedding_10s_and_12s_match_reference(frozen_embedder, reference, seconds):
+    # 12 s is longer than the model's window: five 10 s windows (2.5 s hop) are averaged.
+    scene = frozen_embedder.transform([reference_signal(seconds * 32000)])
+    np.testing.assert_allclose(scene[0], reference[f"frozen_scene{seconds}"], rtol=0, atol=1e-4)
+
+
+def test_embedding_option_selects_logits_features_or_both(small_checkpoint):
+    clip = [reference_signal(16000)]
+    both = PaSSTEmbedder(weights=small_checkpoint, embedding="all").fit(None).transform(clip)
+    features = PaSSTEmbedder(weights=small_checkpoint).fit(None)
+    assert features.get_feature_names_out()[0] == "passtembedder0"
+    np.testing.assert_allclose(features.transform(clip), both[:, 527:], atol=1e-6)
+    logits = features.set_params(embedding="logits").fit(None).transform(clip)
+    np.testing.assert_allclose(logits, both[:, :527], atol=1e-6)
+
+
+def test_batches_of_mixed_lengths_equal_one_clip_at_a_time(small_checkpoint):
+    rng = np.random.default_rng(0)
+    # 3000 samples is shorter than one patch and gets zero-padded.
+    clips = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (40000, 3000, 17000, 9000)]
+    embedder = PaSSTEmbedder(weights=small_checkpoint, batch_size=2).fit(None)
+    assert embedder.config_.stride == 16 and embedder.config_.depth == 1
+    together = embedder.transform(clips)
+    alone = np.vstack([embedder.set_params(batch_size=1).transform([c]) for c in clips])
+    assert together.shape == (4, 768) and np.isfinite(together).all()
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+
+
+def test_resamples_in_memory_audio(small_checkpoint):
+    clip = reference_signal(32000)
+    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(None)
+    at_16k = embedder.set_params(sample_rate=16000).transform([clip[::2]])
+    at_32k = embedder.set_params(sample_rate=32000).transform([clip])
+    assert np.corrcoef(at_16k[0], at_32k[0])[0, 1] > 0.9
+
+
+def test_config_is_read_from_checkpoint_shapes():
+    for config in (PaSSTConfig(), PaSSTConfig(stride=16, n_time_positions=62),
+                   PaSSTConfig(depth=7)):
+        shapes = net_shapes(config)
+        fake = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+        assert config_from_state_dict(fake) == config
+
+
+def test_structured_patchout_only_in_training_mode():
+    torch.manual_seed(0)
+    net = PaSSTNet(PaSSTConfig(depth=1), patchout_time=8, patchout_freq=4)
+    mel = torch.randn(2, 128, 200)
+    with torch.no_grad():
+        net.eval()
+        evaluated = net(mel)[0]
+        np.testing.assert_array_equal(evaluated, net(mel)[0])
+        net.train()
+        trained = net(mel)[0]
+    assert not torch.allclose(evaluated, trained)
+
+
+def test_offline_registered_name_says_where_to_put_the_file(monkeypatch, tmp_path):
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setenv("SKAUDIOCLUSTER_CACHE", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(ValueError) as excinfo:
+        PaSSTEmbedder(weights="passt_s_swa_p16_128_ap476").fit(None)
+    message = str(excinfo.value)
+    assert str(tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt") in message
+    assert "https://github.com/kkoutini/PaSST/releases/download/" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_checkpoints_raise_clear_errors(tmp_path):
+    missing = tmp_path / "missing.pt"
+    torch.save({"cls_token": torch.zeros(1, 1, 768)}, missing)
+    with pytest.raises(ValueError, match="not a PaSST checkpoint"):
+        PaSSTEmbedder(weights=missing).fit(None)
+    shapes = net_shapes(PaSSTConfig(stride=16, depth=1, n_time_positions=62))
+    broken = {key: torch.zeros(shape) for key, shape in shapes.items()}
+    broken["blocks.0.mlp.fc1.weight"] = torch.zeros(10, 768)
+    path = tmp_path / "broken.pt"
+    torch.save(broken, path)
+    with pytest.raises(ValueError, match="does not fit PaSST"):
+        PaSSTEmbedder(weights=path).fit(None)
+
+
+def test_invalid_parameters_are_rejected_in_fit():
+    with pytest.raises(ValueError, match="embedding"):
+        PaSSTEmbedder(weights=None, embedding="tokens").fit(None)
+    with pytest.raises(ValueError, match="batch_size"):
+        PaSSTEmbedder(weights=None, batch_size=0).fit(None)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [check_parameters_default_constructible, check_no_attributes_set_in_init,
+     check_get_params_invariance],
+)
+def test_sklearn_parameter_checks(check):
+    check("PaSSTEmbedder", PaSSTEmbedder())
+
+
+def test_random_init_is_seeded_and_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    first = PaSSTEmbedder(weights=None, random_state=0).fit(None)
+    assert torch.equal(state, torch.random.get_rng_state()), "global torch RNG was touched"
+    second = clone(first).fit(None)
+    for (key, value), other in zip(first.module_.state_dict().items(),
+                                   second.module_.state_dict().values(), strict=True):
+        assert torch.equal(value, other), key
+    assert first.module_.cls_token.std() > 0.01
+
+
+def test_pickle_round_trip_and_clone(small_checkpoint):
+    clips = [reference_signal(8000), reference_signal(20000)]
+    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(None)
+    expected = embedder.transform(clips)
+    again = pickle.loads(pickle.dumps(embedder))
+    np.testing.assert_array_equal(expected, again.transform(clips))
+    assert not hasattr(clone(embedder), "module_")
+    assert clone(embedder).get_params() == embedder.get_params()
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_on_fsdd(fsdd_dir):
+    paths = sorted(fsdd_dir.glob("*.wav"))[:60]
+    pipeline = make_pipeline(
+        PaSSTEmbedder(weights=None, random_state=0, batch_size=2), PCA(50),
+        AgglomerativeClustering(10),
+    )
+    labels = pipeline.fit_predict(paths)
+    assert labels.shape == (60,)
+    assert len(np.unique(labels)) == 10
+    assert pipeline[0].transform(paths[:3]).shape == (3, 768)
