@@ -1,0 +1,251 @@
+"""Figures for clustering results: cluster maps, matched confusion matrices, training curves.
+
+matplotlib is an optional dependency (``pip install "skaudiocluster[plot]"``);
+it is imported when a function here is first called. Every function draws on
+the ``ax`` it is given, or on a new figure, and returns the figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from skaudiocluster.metrics import hungarian_accuracy, matched_confusion_matrix
+
+__all__ = ["plot_cluster_map", "plot_confusion_matrix", "plot_history"]
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError(
+            "skaudiocluster.plot needs matplotlib; install it with "
+            "pip install 'skaudiocluster[plot]' (or pip install matplotlib)"
+        ) from error
+    return plt
+
+
+def _axes(ax, n_panels: int, panel_size: tuple[float, float] = (5.0, 4.5)):
+    """The given axes, or ``n_panels`` new axes side by side on a new figure."""
+    if ax is not None:
+        axes = list(np.atleast_1d(ax))
+        if len(axes) != n_panels:
+            raise ValueError(f"expected {n_panels} axes, got {len(axes)}")
+        return axes[0].figure, axes
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, n_panels, figsize=(panel_size[0] * n_panels, panel_size[1]), squeeze=False
+    )
+    return fig, list(axes[0])
+
+
+def _scatter_by_label(ax, points: np.ndarray, labels, title: str, max_legend: int) -> None:
+    values = np.asarray(labels)
+    names = list(dict.fromkeys(values.tolist()))
+    cmap = _pyplot().get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for index, name in enumerate(names):
+        mask = values == name
+        colour = cmap(index % cmap.N) if len(names) <= 20 else None
+        ax.scatter(*points[mask].T, s=8, alpha=0.8, color=colour, label=str(name), linewidths=0)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if len(names) <= max_legend:
+        ax.legend(markerscale=2, fontsize="small", loc="best", frameon=False)
+
+
+def plot_cluster_map(
+    X,
+    labels: Sequence,
+    y_true: Sequence | None = None,
+    *,
+    reducer=None,
+    random_state: int | None = 0,
+    ax=None,
+    max_legend: int = 12,
+):
+    """Scatter the samples in 2-D, coloured by cluster and, if given, by true label.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Features the clusters were found in (e.g. embeddings). Two columns are
+        plotted as they are; more are reduced to two with ``reducer``.
+    labels : sequence of length n_samples
+        Cluster of each sample.
+    y_true : sequence of length n_samples, default=None
+        True label of each sample; when given, a second panel is coloured by it.
+    reducer : estimator with ``fit_transform``, default=None
+        Maps X to 2-D; ``None`` uses ``umap.UMAP(n_components=2)``.
+    random_state : int or None, default=0
+        Seed of the default UMAP reducer.
+    ax : matplotlib Axes or sequence of Axes, default=None
+        One axes (two with ``y_true``) to draw on; ``None`` makes a new figure.
+    max_legend : int, default=12
+        Legends are drawn only up to this many distinct labels.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from sklearn.datasets import make_blobs
+    >>> from sklearn.decomposition import PCA
+    >>> from skaudiocluster.plot import plot_cluster_map
+    >>> X, y = make_blobs(n_samples=60, centers=3, n_features=5, random_state=0)
+    >>> fig = plot_cluster_map(X, y, y_true=y, reducer=PCA(2))
+    >>> len(fig.axes)
+    2
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or len(X) != len(labels):
+        raise ValueError(
+            f"X must be 2-D with one row per label; got shape {X.shape} and {len(labels)} labels"
+        )
+    if y_true is not None and len(y_true) != len(labels):
+        raise ValueError(f"y_true has {len(y_true)} entries, labels has {len(labels)}")
+    if X.shape[1] == 2:
+        points = X
+    else:
+        if reducer is None:
+            from umap import UMAP
+
+            reducer = UMAP(n_components=2, random_state=random_state)
+        points = np.asarray(reducer.fit_transform(X))
+    fig, axes = _axes(ax, 1 if y_true is None else 2)
+    n_clusters = len(set(np.asarray(labels).tolist()))
+    _scatter_by_label(axes[0], points, labels, f"clusters (K={n_clusters})", max_legend)
+    if y_true is not None:
+        _scatter_by_label(axes[1], points, y_true, "true labels", max_legend)
+    return fig
+
+
+def plot_confusion_matrix(
+    y_true: Sequence,
+    y_pred: Sequence,
+    *,
+    normalize: bool = False,
+    ax=None,
+    annotate: bool | None = None,
+):
+    """Confusion matrix of classes against clusters after Hungarian matching.
+
+    Clusters are reordered by :func:`skaudiocluster.metrics.matched_confusion_matrix`
+    so that each matched cluster faces its class on the diagonal; surplus
+    clusters follow on the right. The title gives the Hungarian accuracy.
+
+    Parameters
+    ----------
+    y_true : sequence of length n_samples
+        True labels.
+    y_pred : sequence of length n_samples
+        Cluster labels.
+    normalize : bool, default=False
+        Show each row as fractions of its class instead of counts.
+    ax : matplotlib Axes, default=None
+        Axes to draw on; ``None`` makes a new figure.
+    annotate : bool, default=None
+        Write the value in each cell; ``None`` does so up to 15 x 15 cells.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from skaudiocluster.plot import plot_confusion_matrix
+    >>> fig = plot_confusion_matrix(["a", "a", "b", "b"], [1, 1, 0, 2])
+    >>> fig.axes[0].get_title()
+    'Hungarian accuracy 0.75'
+    """
+    matrix, classes, clusters = matched_confusion_matrix(y_true, y_pred)
+    values = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
+    size = (max(4.0, 1.5 + 0.45 * len(clusters)), max(3.0, 1.0 + 0.4 * len(classes)))
+    fig, (axis,) = _axes(ax, 1, panel_size=size)
+    image = axis.imshow(values, cmap="Blues", aspect="auto")
+    fig.colorbar(image, ax=axis, fraction=0.05)
+    axis.set_xticks(range(len(clusters)), [str(c) for c in clusters], rotation=90)
+    axis.set_yticks(range(len(classes)), [str(c) for c in classes])
+    axis.set_xlabel("cluster (matched order)")
+    axis.set_ylabel("true label")
+    axis.set_title(f"Hungarian accuracy {hungarian_accuracy(y_true, y_pred):.2f}")
+    if annotate is None:
+        annotate = max(matrix.shape) <= 15
+    if annotate:
+        threshold = values.max() / 2 if values.size else 0
+        for (i, j), value in np.ndenumerate(values):
+            text = f"{value:.2f}" if normalize else str(int(value))
+            colour = "white" if value > threshold else "black"
+            axis.text(j, i, text, ha="center", va="center", fontsize="x-small", color=colour)
+    return fig
+
+
+def _history_rows(history) -> dict[str, list[Mapping]]:
+    """Epoch rows per training stage from an estimator, a history, or a dict of histories."""
+    history = getattr(history, "history_", history)
+    if isinstance(history, Mapping):
+        return {str(stage): list(rows) for stage, rows in history.items()}
+    if isinstance(history, Sequence) and all(isinstance(row, Mapping) for row in history):
+        return {"": list(history)}
+    raise TypeError(
+        "history must be a fitted estimator with history_, a list of per-epoch dicts "
+        f"(e.g. a skorch History) or a dict of them; got {type(history).__name__}"
+    )
+
+
+def plot_history(history, *, keys: Sequence[str] = ("train_loss", "n_clusters"), ax=None):
+    """Training curves per epoch: the loss and, for DeepDPM, the number of clusters K.
+
+    Parameters
+    ----------
+    history : estimator, list of dict, or dict of lists of dict
+        A fitted clusterer with ``history_`` (TEMI, SPICE, DeepDPM), a skorch
+        ``History`` or list of per-epoch dicts, or a dict of them by training
+        stage (SPICE's ``{"self": ..., "semi": ...}``), drawn one after another.
+    keys : sequence of str, default=("train_loss", "n_clusters")
+        Per-epoch entries to draw, one panel each; keys no epoch has are skipped.
+    ax : matplotlib Axes or sequence of Axes, default=None
+        One axes per drawn key; ``None`` makes a new figure.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from skaudiocluster.plot import plot_history
+    >>> history = [{"epoch": e, "train_loss": 1 / e, "n_clusters": 2 + e // 3}
+    ...            for e in range(1, 10)]
+    >>> [a.get_ylabel() for a in plot_history(history).axes]
+    ['train_loss', 'n_clusters']
+    """
+    stages = _history_rows(history)
+    present = [k for k in keys if any(k in row for rows in stages.values() for row in rows)]
+    if not present:
+        raise ValueError(f"no epoch of the history records any of {list(keys)}")
+    fig, axes = _axes(ax, len(present), panel_size=(5.0, 3.5))
+    for key, axis in zip(present, axes):
+        start = 0
+        for stage, rows in stages.items():
+            epochs = [start + i + 1 for i, row in enumerate(rows) if key in row]
+            values = [row[key] for row in rows if key in row]
+            draw = axis.step if key == "n_clusters" else axis.plot
+            kwargs = {"where": "post"} if key == "n_clusters" else {}
+            draw(epochs, values, label=stage or None, **kwargs)
+            start += len(rows)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(key)
+        if key == "n_clusters":
+            axis.yaxis.get_major_locator().set_params(integer=True)
+        if len(stages) > 1:
+            axis.legend(frameon=False)
+    return fig

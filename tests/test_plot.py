@@ -1,0 +1,151 @@
+import sys
+
+import numpy as np
+import pytest
+from skorch.history import History
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.image  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+from sklearn.datasets import make_blobs  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from skaudiocluster.plot import (  # noqa: E402
+    plot_cluster_map,
+    plot_confusion_matrix,
+    plot_history,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def assert_valid_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) > 50
+
+
+@pytest.fixture
+def blobs():
+    X, y = make_blobs(n_samples=90, centers=3, n_features=6, random_state=0)
+    return X, y
+
+
+def test_cluster_map_two_panels_png(blobs, tmp_path):
+    X, y = blobs
+    clusters = (y + 1) % 3
+    fig = plot_cluster_map(X, clusters, y_true=np.array(["a", "b", "c"])[y], reducer=PCA(2))
+    titles = [axis.get_title() for axis in fig.axes]
+    assert titles == ["clusters (K=3)", "true labels"]
+    # one scatter collection per distinct label, all points drawn
+    assert [len(axis.collections) for axis in fig.axes] == [3, 3]
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(X)
+    fig.savefig(tmp_path / "map.png")
+    assert_valid_png(tmp_path / "map.png")
+
+
+def test_cluster_map_uses_two_columns_as_is(blobs):
+    X, y = blobs
+
+    class Forbidden:
+        def fit_transform(self, X):
+            raise AssertionError("2-D input must not be reduced")
+
+    fig = plot_cluster_map(X[:, :2], y, reducer=Forbidden())
+    offsets = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    np.testing.assert_allclose(np.sort(offsets[:, 0]), np.sort(X[:, 0]))
+
+
+def test_cluster_map_on_given_axes_and_errors(blobs):
+    X, y = blobs
+    fig, axes = plt.subplots(1, 2)
+    assert plot_cluster_map(X, y, y, reducer=PCA(2), ax=axes) is fig
+    with pytest.raises(ValueError, match="expected 2 axes"):
+        plot_cluster_map(X, y, y, reducer=PCA(2), ax=axes[0])
+    with pytest.raises(ValueError, match="one row per label"):
+        plot_cluster_map(X, y[:-1])
+    with pytest.raises(ValueError, match="y_true"):
+        plot_cluster_map(X, y, y[:-1])
+
+
+@pytest.mark.slow
+def test_cluster_map_default_umap(blobs, tmp_path):
+    X, y = blobs
+    fig = plot_cluster_map(X, y, y_true=y)
+    fig.savefig(tmp_path / "umap.png")
+    assert_valid_png(tmp_path / "umap.png")
+
+
+def test_confusion_matrix_matches_and_counts(tmp_path):
+    y_true = ["cat"] * 4 + ["dog"] * 4 + ["owl"] * 2
+    y_pred = [5, 5, 5, 7] + [7, 7, 7, 7] + [9, 2]
+    fig = plot_confusion_matrix(y_true, y_pred)
+    axis = fig.axes[0]
+    image = axis.get_images()[0].get_array()
+    assert image.shape == (3, 4)
+    assert image.sum() == len(y_true)
+    # matched clusters face their classes: 5 -> cat, 7 -> dog, then owl's match
+    assert [t.get_text() for t in axis.get_xticklabels()][:2] == ["5", "7"]
+    assert np.trace(image) == 3 + 4 + 1
+    assert axis.get_title() == "Hungarian accuracy 0.80"
+    assert len(axis.texts) == 12
+    fig.savefig(tmp_path / "confusion.png")
+    assert_valid_png(tmp_path / "confusion.png")
+
+
+def test_confusion_matrix_normalized_rows():
+    fig = plot_confusion_matrix(
+        [0, 0, 0, 1, 1, 2], [1, 1, 0, 0, 0, 2], normalize=True, annotate=False
+    )
+    image = np.asarray(fig.axes[0].get_images()[0].get_array())
+    np.testing.assert_allclose(image.sum(axis=1), 1.0)
+    assert not fig.axes[0].texts
+
+
+def test_history_loss_and_k(tmp_path):
+    history = History()
+    for epoch in range(1, 7):
+        history.new_epoch()
+        history.record("epoch", epoch)
+        history.record("train_loss", 2.0 / epoch)
+        history.record("n_clusters", 3 + epoch // 2)
+    fig = plot_history(history)
+    loss_axis, k_axis = fig.axes
+    assert (loss_axis.get_ylabel(), k_axis.get_ylabel()) == ("train_loss", "n_clusters")
+    np.testing.assert_allclose(loss_axis.lines[0].get_ydata(), [2.0 / e for e in range(1, 7)])
+    np.testing.assert_array_equal(k_axis.lines[0].get_ydata(), [3, 4, 4, 5, 5, 6])
+    fig.savefig(tmp_path / "history.png")
+    assert_valid_png(tmp_path / "history.png")
+
+
+def test_history_of_staged_estimator():
+    class Fitted:
+        history_ = {
+            "self": [{"train_loss": 1.0}, {"train_loss": 0.5}],
+            "semi": [{"train_loss": 0.4}, {"train_loss": 0.3}, {"train_loss": 0.2}],
+        }
+
+    fig = plot_history(Fitted())
+    (axis,) = fig.axes
+    assert [line.get_label() for line in axis.lines] == ["self", "semi"]
+    np.testing.assert_array_equal(axis.lines[1].get_xdata(), [3, 4, 5])
+
+
+def test_history_errors():
+    with pytest.raises(ValueError, match="records any of"):
+        plot_history([{"dur": 1.0}])
+    with pytest.raises(TypeError, match="history must be"):
+        plot_history(3.0)
+
+
+def test_missing_matplotlib_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"skaudiocluster\[plot\]"):
+        plot_confusion_matrix([0, 1], [1, 0])
