@@ -16,6 +16,7 @@ from skaudiocluster.metrics import (
     hungarian_mapping,
     matched_confusion_matrix,
 )
+from skaudiocluster.plot import plot_cluster_map, plot_confusion_matrix, plot_history
 from skaudiocluster.transformers.byola import BYOLAEmbedder
 from skaudiocluster.transformers.passt import PaSSTEmbedder
 from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
@@ -35,6 +36,9 @@ __all__ = [
     "hungarian_accuracy",
     "hungarian_mapping",
     "matched_confusion_matrix",
+    "plot_cluster_map",
+    "plot_confusion_matrix",
+    "plot_history",
     "SpectrogramTransformer",
     "PaSSTEmbedder",
     "BYOLAEmbedder",

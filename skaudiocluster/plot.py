@@ -115,7 +115,7 @@ def plot_cluster_map(
         if reducer is None:
             from umap import UMAP
 
-            reducer = UMAP(n_components=2, random_state=random_state)
+            reducer = UMAP(n_components=2, random_state=random_state, n_jobs=1)
         points = np.asarray(reducer.fit_transform(X))
     fig, axes = _axes(ax, 1 if y_true is None else 2)
     n_clusters = len(set(np.asarray(labels).tolist()))
