@@ -3,8 +3,12 @@
 Prints clips/second for 1 s and 10 s clips at batch sizes 1 and 64 and the peak
 resident memory of each run, with torch limited to ``--threads`` threads::
 
-    python benchmarks/bench_embedders.py --embedder byola --weights /path/to/AudioNTT2020-BYOLA-64x96d512.pth
+    python benchmarks/bench_embedders.py --embedder byola --weights AudioNTT2020-BYOLA-64x96d512.pth
     python benchmarks/bench_embedders.py --embedder byola --profile   # where the time goes
+    python benchmarks/bench_embedders.py --embedder passt --seconds 10 --batch-sizes 1 4
+
+``byola-official-recipe`` runs the same weights the way the official code does, as a
+reference point measured under the same machine load.
 
 Add an embedder by adding a factory to ``EMBEDDERS`` (a function of the parsed
 arguments returning an unfitted transformer that takes 16 kHz clips).
@@ -19,7 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from sklearn.base import TransformerMixin
+import torchaudio
+from sklearn.base import BaseEstimator, TransformerMixin
 
 RATE = 16000
 
@@ -30,8 +35,62 @@ def make_byola(args: argparse.Namespace) -> TransformerMixin:
     return BYOLAEmbedder(weights=args.weights, device="cpu", norm_stats=(-5.4919195, 5.0389895))
 
 
+def make_passt(args: argparse.Namespace) -> TransformerMixin:
+    from skaudiocluster.transformers.passt import PaSSTEmbedder
+
+    return PaSSTEmbedder(weights=args.weights, sample_rate=RATE, device="cpu", random_state=0)
+
+
+def make_passt_s16(args: argparse.Namespace) -> TransformerMixin:
+    """The cheaper stride-16 PaSST (8 x 62 patches per 10 s); random weights of that shape."""
+    import tempfile
+
+    from skaudiocluster.transformers._passt_net import PaSSTConfig, PaSSTNet
+    from skaudiocluster.transformers.passt import PaSSTEmbedder
+
+    path = f"{tempfile.mkdtemp()}/passt-s16-random.pt"
+    torch.save(PaSSTNet(PaSSTConfig(stride=16, n_time_positions=62)).state_dict(), path)
+    return PaSSTEmbedder(weights=path, sample_rate=RATE, device="cpu")
+
+
+class OfficialRecipeBYOLA(TransformerMixin, BaseEstimator):
+    """Reference point: BYOL-A run as the official evaluation does, on the same weights.
+
+    torchaudio ``MelSpectrogram``, then ``features`` (conv, batch norm, ReLU, max-pool
+    in NCHW layout) and ``fc`` as stored, one batch of equal-length clips at a time.
+    """
+
+    def __init__(self, weights=None, batch_size=64):
+        self.weights = weights
+        self.batch_size = batch_size
+
+    def fit(self, X, y=None):
+        self.embedder_ = make_byola(argparse.Namespace(weights=self.weights)).fit(X)
+        self.mel_ = torchaudio.transforms.MelSpectrogram(
+            sample_rate=RATE, n_fft=1024, win_length=1024, hop_length=160, n_mels=64,
+            f_min=60, f_max=7800,
+        )
+        return self
+
+    def transform(self, X):
+        net, eps = self.embedder_.module_, torch.finfo(torch.float32).eps
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(X), self.batch_size):
+                waves = torch.from_numpy(X[start : start + self.batch_size])
+                lms = torch.log(self.mel_(waves) + eps)
+                x = net.features(((lms - self.embedder_.mean_) / self.embedder_.std_)[:, None])
+                batch, channels, mels, frames = x.shape
+                x = net.fc(x.permute(0, 3, 2, 1).reshape(batch, frames, mels * channels))
+                out.append(x.amax(dim=1) + x.mean(dim=1))
+        return torch.cat(out).numpy()
+
+
 EMBEDDERS: dict[str, Callable[[argparse.Namespace], TransformerMixin]] = {
     "byola": make_byola,
+    "byola-official-recipe": lambda args: OfficialRecipeBYOLA(args.weights),
+    "passt": make_passt,
+    "passt-s16": make_passt_s16,
 }
 
 
