@@ -1,6 +1,7 @@
 """Deep clustering of sound collections behind a scikit-learn API."""
 
 from skaudiocluster.audio import check_audio
+from skaudiocluster.cluster.temi import TEMIClusterer
 from skaudiocluster.datasets import (
     load_audio_folder,
     load_dcase2018_task5,
@@ -25,6 +26,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "check_audio",
+    "TEMIClusterer",
     "load_audio_folder",
     "load_dcase2018_task5",
     "load_fsdd",

@@ -1,5 +1,6 @@
 """Deep clustering estimators on 2-D features."""
 
 from skaudiocluster.cluster.spice import SPICEClusterer
+from skaudiocluster.cluster.temi import TEMIClusterer
 
-__all__ = ["SPICEClusterer"]
+__all__ = ["SPICEClusterer", "TEMIClusterer"]
