@@ -1,0 +1,597 @@
+"""DeepDPM: deep clustering that infers the number of clusters.
+
+Ronen, Finder and Freifeld, "DeepDPM: Deep Clustering With an Unknown Number of
+Clusters" (CVPR 2022). A Dirichlet-process Gaussian mixture whose E-step is
+amortised by a clustering network, with per-cluster sub-clustering networks that
+propose splits; splits and merges are accepted by Metropolis-Hastings ratios of
+marginal likelihoods under a Normal-Inverse-Wishart prior (``_niw``,
+``_split_merge``). The mixture's parameters and statistics live in ``_dpm_mixture``.
+
+Changing K with skorch: the head has ``max_clusters`` output units of which the
+active ones are unmasked. Parameter shapes then never change, so the optimiser,
+skorch's fit loop, pickling and ``partial_fit``-style state all stay valid while
+splits activate units and merges mask them; only the optimiser moments of the
+touched rows are reset. The cost is a cap on K (``max_clusters``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch import NeuralNet
+from skorch.callbacks import Callback
+from skorch.utils import to_tensor
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import BatchSampler, RandomSampler, TensorDataset
+
+from skaudiocluster._torch import resolve_device, seed_torch, to_numpy
+from skaudiocluster.cluster._dpm_mixture import DPMixture, smoothed_kl, sub_cluster_loss
+from skaudiocluster.cluster._niw import prior_from_data, sufficient_stats
+from skaudiocluster.cluster._split_merge import merge_pairs, split_decisions
+from skaudiocluster.cluster._training import StopOnNonFiniteLoss, progress_callbacks
+
+# Above this dimension covariance_type="auto" uses diagonal covariances: a full
+# model keeps 6 * max_clusters D x D statistics and fits D^2 / 2 parameters per
+# cluster, which needs thousands of points per cluster at D = 512.
+AUTO_DIAGONAL_ABOVE = 64
+# On small collections one pass is a handful of steps, too few for the networks to
+# follow the mixture between M-steps; an epoch then draws this many batches.
+MIN_STEPS_PER_EPOCH = 20
+KMEANS_MAX_SAMPLES = 200_000
+INFERENCE_BATCH = 4096
+
+
+class DeepDPMModule(nn.Module):
+    """Clustering net with a masked ``max_clusters``-wide head and per-cluster sub-nets.
+
+    The cluster net is ``Linear(D, hidden) - ReLU - Linear(hidden, max_clusters)``
+    with logits of inactive units set to ``-inf``. The sub-clustering nets are one
+    ``Linear(D, sub_hidden) - ReLU - Linear(sub_hidden, 2)`` per unit; each point
+    goes through the sub-net of its hard cluster (the official block-diagonal
+    mask, evaluated only where it is non-zero).
+
+    Parameters
+    ----------
+    n_features : int
+    max_clusters : int
+    hidden : int, default=50
+    sub_hidden : int, default=50
+
+    Examples
+    --------
+    >>> import torch
+    >>> module = DeepDPMModule(4, max_clusters=6)
+    >>> module.active[:2] = True
+    >>> logits, sub_logits = module(torch.zeros(3, 4))
+    >>> tuple(logits.shape), tuple(sub_logits.shape), bool(logits[:, 2:].isinf().all())
+    ((3, 6), (3, 2), True)
+    """
+
+    def __init__(self, n_features: int, max_clusters: int, hidden: int = 50, sub_hidden: int = 50):
+        super().__init__()
+        self.cluster_net = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, max_clusters)
+        )
+        self.sub_w1 = nn.Parameter(torch.empty(max_clusters, n_features, sub_hidden))
+        self.sub_b1 = nn.Parameter(torch.empty(max_clusters, sub_hidden))
+        self.sub_w2 = nn.Parameter(torch.empty(max_clusters, sub_hidden, 2))
+        self.sub_b2 = nn.Parameter(torch.empty(max_clusters, 2))
+        self.register_buffer("active", torch.zeros(max_clusters, dtype=torch.bool))
+        self.reset_sub_nets(torch.arange(max_clusters))
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.cluster_net[-1]
+
+    @torch.no_grad()
+    def reset_sub_nets(self, slots: torch.Tensor):
+        """Fresh weights for the sub-nets of ``slots`` (:class:`torch.nn.Linear`'s init)."""
+        for weight, bias in ((self.sub_w1, self.sub_b1), (self.sub_w2, self.sub_b2)):
+            bound = 1.0 / math.sqrt(weight.shape[1])
+            weight[slots] = torch.empty_like(weight[slots]).uniform_(-bound, bound)
+            bias[slots] = torch.empty_like(bias[slots]).uniform_(-bound, bound)
+
+    @torch.no_grad()
+    def copy_unit(self, source: int, target: int):
+        """Duplicate the head unit ``source`` into ``target`` and activate it."""
+        self.head.weight[target] = self.head.weight[source]
+        self.head.bias[target] = self.head.bias[source]
+        self.active[target] = True
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked cluster logits (B, max_clusters) and sub-cluster logits (B, 2)."""
+        logits = self.cluster_net(x).masked_fill(~self.active, -math.inf)
+        clusters = logits.argmax(dim=1)
+        hidden = torch.relu(
+            torch.einsum("bd,bdh->bh", x, self.sub_w1[clusters]) + self.sub_b1[clusters]
+        )
+        sub_logits = torch.einsum("bh,bho->bo", hidden, self.sub_w2[clusters])
+        return logits, sub_logits + self.sub_b2[clusters]
+
+
+class DeepDPMNet(NeuralNet):
+    """skorch net training the cluster net (KL to the E-step) and the sub-nets (isotropic).
+
+    ``mixture_`` (a :class:`DPMixture`) is attached before training; the
+    :class:`SplitMergeSchedule` callback updates it between epochs.
+    """
+
+    def get_loss(self, y_pred, y_true=None, X=None, training=False):
+        logits, sub_logits = y_pred
+        x = to_tensor(X, device=self.device)
+        mixture = self.mixture_
+        index = mixture.index
+        target = mixture.e_step(x)
+        loss = smoothed_kl(target, F.log_softmax(logits[:, index], dim=1))
+        if getattr(self, "train_sub_nets_", False):
+            clusters = logits.detach().argmax(dim=1)
+            loss = loss + sub_cluster_loss(x, sub_logits, mixture.sub_means[clusters])
+        return loss
+
+
+def _reset_adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows):
+    """Forget Adam's moments for ``rows`` of ``param`` (they now hold new units)."""
+    state = optimizer.state.get(param, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            state[key][rows] = 0
+
+
+class SplitMergeSchedule(Callback):
+    """DeepDPM's epoch schedule: statistics, M-steps, and alternating split / merge rounds.
+
+    With ``every = split_merge_every`` (official 30) and epochs counted from 1: the
+    cluster net first learns the K-means mixture; M-steps start after epoch
+    ``25/30 every``; sub-nets train from epoch ``45/30 every``; proposals happen at
+    epochs ``55/30 every + j every`` (splits for even ``j``, merges for odd ``j``);
+    the ``5/30 every`` epochs after a proposal skip the M-step. ``every = 30``
+    gives the official 25 / 45 / 55, 85, 115... / 5.
+
+    Parameters
+    ----------
+    every : int
+    alpha : float
+        Dirichlet-process concentration.
+    rng : numpy.random.Generator
+        Draws the Metropolis-Hastings acceptances.
+    """
+
+    def __init__(self, every: int, alpha: float, rng: np.random.Generator):
+        self.every = every
+        self.alpha = alpha
+        self.rng = rng
+
+    def _at(self, official_epoch: int) -> int:
+        return max(1, round(self.every * official_epoch / 30))
+
+    def initialize(self):
+        self.m_step_from_ = self._at(25)
+        self.sub_from_ = max(self._at(45), self.m_step_from_ + 1)
+        self.first_move_ = max(self._at(55), self.sub_from_ + 1)
+        self.freeze_ = self._at(5)
+        self.frozen_until_ = 0
+        return self
+
+    def on_epoch_begin(self, net, **kwargs):
+        epoch = len(net.history)
+        net.train_sub_nets_ = epoch >= self.sub_from_
+        net.mixture_.reset_stats()
+
+    def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
+        if not training:
+            return
+        epoch = len(net.history)
+        logits, sub_logits = y_pred
+        net.mixture_.accumulate(
+            to_tensor(batch[0], device=net.device),
+            logits,
+            sub_logits if net.train_sub_nets_ else None,
+            soft=epoch >= self.m_step_from_,
+        )
+
+    def on_epoch_end(self, net, **kwargs):
+        epoch = len(net.history)
+        mixture = net.mixture_
+        if epoch >= self.m_step_from_ and epoch > self.frozen_until_:
+            mixture.m_step()
+            if net.train_sub_nets_:
+                net.module_.reset_sub_nets(mixture.sub_m_step())
+        if epoch == self.sub_from_ - 1:
+            mixture.seed_sub_clusters(mixture.index)
+        event = ""
+        if epoch >= self.first_move_ and (epoch - self.first_move_) % self.every == 0:
+            is_split = (epoch - self.first_move_) // self.every % 2 == 0
+            moved = self._split(net) if is_split else self._merge(net)
+            event = f"{'split' if is_split else 'merge'} {moved}"
+            self.frozen_until_ = epoch + self.freeze_
+        net.history.record("n_clusters", mixture.n_clusters)
+        net.history.record("event", event)
+
+    def _split(self, net) -> int:
+        mixture, module, optimizer = net.mixture_, net.module_, net.optimizer_
+        index = mixture.index
+        sub_index = torch.stack([2 * index, 2 * index + 1], dim=1).flatten()
+        accept, log_ratio = split_decisions(
+            [s[index] for s in mixture.hard],
+            [s[sub_index] for s in mixture.sub_hard],
+            mixture.prior,
+            self.alpha,
+            self.rng,
+        )
+        chosen = np.flatnonzero(accept)
+        free = (~mixture.active).nonzero().flatten().tolist()
+        if len(chosen) > len(free):
+            warnings.warn(
+                f"DeepDPM: {len(chosen)} accepted splits but only {len(free)} free units; "
+                "raise max_clusters to allow more clusters",
+                stacklevel=2,
+            )
+            chosen = chosen[np.argsort(-log_ratio[chosen])[: len(free)]]
+        for k, new_slot in zip(chosen, free):
+            slot = int(index[k])
+            mixture.split(slot, new_slot)
+            module.copy_unit(slot, new_slot)
+            self._reset_units(module, optimizer, [slot, new_slot], head=True)
+        return len(chosen)
+
+    def _merge(self, net) -> int:
+        mixture, module, optimizer = net.mixture_, net.module_, net.optimizer_
+        index = mixture.index
+        hard = [s[index] for s in mixture.hard]
+        means = mixture.means[index]
+        pairs = merge_pairs(means, hard, mixture.prior, self.alpha, self.rng)
+        for kept, removed in pairs:
+            kept, removed = int(index[kept]), int(index[removed])
+            mixture.merge(kept, removed)
+            module.active[removed] = False
+            self._reset_units(module, optimizer, [kept], head=False)
+        return len(pairs)
+
+    @staticmethod
+    def _reset_units(module: DeepDPMModule, optimizer, slots: list[int], *, head: bool):
+        slots_t = torch.tensor(slots, device=module.active.device)
+        module.reset_sub_nets(slots_t)
+        params = [module.sub_w1, module.sub_b1, module.sub_w2, module.sub_b2]
+        if head:
+            params += [module.head.weight, module.head.bias]
+        for param in params:
+            _reset_adam_rows(optimizer, param, slots_t)
+
+
+class DeepDPMClusterer(ClusterMixin, BaseEstimator):
+    """DeepDPM: a deep Dirichlet-process Gaussian mixture that infers the number of clusters.
+
+    Starting from a K-means mixture with ``n_clusters_init`` components, a
+    clustering network learns the mixture's responsibilities, per-cluster
+    sub-clustering networks learn a 2-way split of each cluster, and split and
+    merge moves (Metropolis-Hastings under a Normal-Inverse-Wishart prior and a
+    Dirichlet process of concentration ``alpha``) change K between epochs.
+    ``predict`` is the clustering network's argmax.
+
+    Parameters
+    ----------
+    n_clusters_init : int, default=3
+        Number of K-means clusters to start from (the official README uses 1-10;
+        3 is its STL-10 setting). K can grow to ``n_clusters_init * 2 ** (number
+        of split rounds)``, so with few epochs start close to the expected K.
+    max_clusters : int, default=100
+        Width of the network head: the largest K reachable.
+    alpha : float, default=10.0
+        Dirichlet-process concentration; larger values favour more clusters.
+    prior_kappa : float, default=1e-4
+        NIW pseudo-count on the means (tiny: means follow the data).
+    prior_nu : float or None, default=None
+        NIW degrees of freedom; ``None`` means ``D + 2`` (full) or 3 (diagonal).
+    prior_sigma_scale : float, default=0.05
+        NIW scale ``Psi = prior_sigma_scale * v * I`` with ``v`` the mean
+        per-feature variance of the transformed input, i.e. the prior cluster
+        covariance as a fraction of the data's. Smaller values let clusters be
+        tighter and favour splits.
+    weight_smoothing : float, default=0.1
+        Dirichlet smoothing of the mixture weights, ``(N_k/N + a) / (1 + K a)``.
+    covariance_type : {"auto", "full", "diag"}, default="auto"
+        ``"auto"`` uses full covariances up to 64 features and diagonal ones
+        above (reduce high-dimensional embeddings, e.g. PCA to 32, for the best
+        results).
+    transform_input : {"l2", "standard", "none"}, default="l2"
+        Row L2 normalisation (the official default), per-feature standardisation,
+        or nothing. Applied identically in ``predict``.
+    hidden_size : int, default=50
+        Hidden width of the clustering net and of each sub-clustering net.
+    max_epochs : int, default=300
+        Passes over the data (the official runs use 500).
+    split_merge_every : int, default=30
+        Epochs between split and merge rounds; the whole schedule scales with it
+        (see :class:`SplitMergeSchedule`).
+    batch_size : int, default=128
+    steps_per_epoch : int or None, default=None
+        Batches drawn per epoch (reshuffling as needed); ``None`` means one pass
+        over the data but at least 20 batches.
+    lr : float, default=5e-4
+        Adam learning rate of the clustering net.
+    sub_lr : float, default=5e-3
+        Adam learning rate of the sub-clustering nets.
+    device : str, default="auto"
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+        1 shows a progress bar per epoch, 2 also skorch's epoch table.
+
+    Attributes
+    ----------
+    n_clusters_ : int
+        Number of clusters found (units of the head selected by some training point).
+    labels_ : ndarray of shape (n_samples,)
+    means_ : ndarray of shape (n_clusters_, n_features)
+        Component means in the transformed input space.
+    covariances_ : ndarray of shape (n_clusters_, n_features, n_features) or (n_clusters_, n_features)
+    weights_ : ndarray of shape (n_clusters_,)
+    covariance_type_ : str
+        ``"full"`` or ``"diag"``.
+    module_ : DeepDPMModule
+    net_ : DeepDPMNet
+    history_ : skorch.History
+        Per epoch: ``train_loss``, ``n_clusters`` and ``event`` (split/merge counts),
+        e.g. ``history_[:, "n_clusters"]``.
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> X, _ = make_blobs(n_samples=600, centers=4, cluster_std=0.5, random_state=0)
+    >>> dpm = DeepDPMClusterer(n_clusters_init=2, max_epochs=40, split_merge_every=8,
+    ...                        batch_size=200, transform_input="standard", random_state=0)
+    >>> dpm.fit(X).n_clusters_
+    4
+    """
+
+    _parameter_constraints: dict = {
+        "n_clusters_init": [Interval(Integral, 1, None, closed="left")],
+        "max_clusters": [Interval(Integral, 1, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="neither")],
+        "prior_kappa": [Interval(Real, 0, None, closed="neither")],
+        "prior_nu": [Interval(Real, 0, None, closed="neither"), None],
+        "prior_sigma_scale": [Interval(Real, 0, None, closed="neither")],
+        "weight_smoothing": [Interval(Real, 0, None, closed="neither")],
+        "covariance_type": [StrOptions({"auto", "full", "diag"})],
+        "transform_input": [StrOptions({"l2", "standard", "none"})],
+        "hidden_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "split_merge_every": [Interval(Integral, 3, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "sub_lr": [Interval(Real, 0, None, closed="neither")],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_clusters_init: int = 3,
+        *,
+        max_clusters: int = 100,
+        alpha: float = 10.0,
+        prior_kappa: float = 1e-4,
+        prior_nu: float | None = None,
+        prior_sigma_scale: float = 0.05,
+        weight_smoothing: float = 0.1,
+        covariance_type: str = "auto",
+        transform_input: str = "l2",
+        hidden_size: int = 50,
+        max_epochs: int = 300,
+        split_merge_every: int = 30,
+        batch_size: int = 128,
+        steps_per_epoch: int | None = None,
+        lr: float = 5e-4,
+        sub_lr: float = 5e-3,
+        device: str = "auto",
+        random_state=None,
+        verbose: int = 0,
+    ):
+        self.n_clusters_init = n_clusters_init
+        self.max_clusters = max_clusters
+        self.alpha = alpha
+        self.prior_kappa = prior_kappa
+        self.prior_nu = prior_nu
+        self.prior_sigma_scale = prior_sigma_scale
+        self.weight_smoothing = weight_smoothing
+        self.covariance_type = covariance_type
+        self.transform_input = transform_input
+        self.hidden_size = hidden_size
+        self.max_epochs = max_epochs
+        self.split_merge_every = split_merge_every
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.lr = lr
+        self.sub_lr = sub_lr
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the mixture and its networks to ``X`` (n_samples, n_features).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        self : DeepDPMClusterer
+        """
+        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
+        n_samples, n_features = X.shape
+        if self.n_clusters_init > self.max_clusters:
+            raise ValueError(
+                f"n_clusters_init={self.n_clusters_init} exceeds max_clusters={self.max_clusters}"
+            )
+        diagonal = self.covariance_type == "diag" or (
+            self.covariance_type == "auto" and n_features > AUTO_DIAGONAL_ABOVE
+        )
+        self.covariance_type_ = "diag" if diagonal else "full"
+        seed = seed_torch(self.random_state)
+        device = resolve_device(self.device)
+
+        self.input_transformer_ = _make_transformer(self.transform_input).fit(X)
+        Xt = self.input_transformer_.transform(X).astype(np.float32)
+        data = torch.from_numpy(Xt).to(device)
+        prior = prior_from_data(
+            data,
+            kappa=self.prior_kappa,
+            nu=self.prior_nu,
+            sigma_scale=self.prior_sigma_scale,
+            diagonal=diagonal,
+        )
+        mixture = DPMixture(prior, self.max_clusters, self.weight_smoothing)
+        n_init = min(self.n_clusters_init, n_samples)
+        init_labels = torch.as_tensor(_kmeans_labels(Xt, n_init, seed), dtype=torch.int64).to(device)
+        one_hot = F.one_hot(init_labels, n_init).to(torch.float64)
+        mixture.set_clusters(
+            torch.arange(one_hot.shape[1], device=device),
+            sufficient_stats(data, one_hot, diagonal=diagonal),
+        )
+
+        schedule = SplitMergeSchedule(
+            self.split_merge_every, self.alpha, np.random.default_rng(seed)
+        )
+        self.net_ = self._make_net(n_samples, n_features, schedule, device)
+        self.net_.initialize()
+        self.net_.module_.active.copy_(mixture.active)
+        self.net_.mixture_ = mixture
+        # Rows and a dummy target; batches are fancy-indexed whole (see _make_net).
+        rows = TensorDataset(data, torch.zeros(n_samples, device=device))
+        self.net_.partial_fit(rows, None)  # fit() would re-initialise the module
+
+        self.module_ = self.net_.module_
+        self.history_ = self.net_.history
+        self._drop_unused_units(Xt)
+        self.labels_ = self.predict(X)
+        return self
+
+    def _make_net(
+        self, n_samples: int, n_features: int, schedule: SplitMergeSchedule, device
+    ) -> DeepDPMNet:
+        batch_size = min(self.batch_size, n_samples)
+        steps = self.steps_per_epoch or max(-(-n_samples // batch_size), MIN_STEPS_PER_EPOCH)
+        return DeepDPMNet(
+            DeepDPMModule,
+            module__n_features=n_features,
+            module__max_clusters=self.max_clusters,
+            module__hidden=self.hidden_size,
+            module__sub_hidden=self.hidden_size,
+            criterion=nn.Identity,
+            optimizer=torch.optim.Adam,
+            lr=self.lr,
+            optimizer__param_groups=[("sub_*", {"lr": self.sub_lr})],
+            max_epochs=self.max_epochs,
+            batch_size=batch_size,
+            # Whole batches are sampled and indexed at once (no per-row fetch and collate).
+            iterator_train__batch_size=None,
+            iterator_train__sampler=BatchSampler(
+                RandomSampler(range(n_samples), num_samples=steps * batch_size),
+                batch_size,
+                drop_last=False,
+            ),
+
+            train_split=None,
+            device=str(device),
+            callbacks=[
+                ("split_merge", schedule),
+                ("nonfinite", StopOnNonFiniteLoss("DeepDPMClusterer")),
+                *progress_callbacks(self.verbose),
+            ],
+            verbose=int(self.verbose >= 2),
+        )
+
+    def _drop_unused_units(self, Xt: np.ndarray):
+        """Mask the units no training point selects, so ``n_clusters_`` counts used clusters."""
+        mixture = self.net_.mixture_
+        slots = mixture.index
+        used = np.unique(self._slot_logits(Xt).argmax(axis=1))
+        unused = slots[~torch.isin(slots, torch.as_tensor(used, device=slots.device))]
+        if len(unused):
+            mixture.deactivate(unused)
+            self.module_.active[unused] = False
+        index = mixture.index
+        self.n_clusters_ = len(index)
+        self.means_ = to_numpy(mixture.means[index])
+        self.covariances_ = to_numpy(mixture.covariances[index])
+        self.weights_ = to_numpy(mixture.weights[index])
+
+    @torch.no_grad()
+    def _slot_logits(self, Xt: np.ndarray) -> np.ndarray:
+        self.module_.eval()
+        data = torch.from_numpy(Xt).to(self.module_.active.device)
+        chunks = [self.module_.cluster_net(x) for x in torch.split(data, INFERENCE_BATCH)]
+        return to_numpy(torch.cat(chunks).masked_fill(~self.module_.active, -math.inf))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Soft assignments of the clustering network, shape (n_samples, n_clusters_).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters_)
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        Xt = self.input_transformer_.transform(X).astype(np.float32)
+        index = self.module_.active.nonzero().flatten().cpu().numpy()
+        logits = torch.from_numpy(self._slot_logits(Xt)[:, index])
+        return to_numpy(torch.softmax(logits, dim=1))
+
+    def predict(self, X) -> np.ndarray:
+        """Cluster of each sample: the argmax of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return self.predict_proba(X).argmax(axis=1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+class _Identity:
+    """Stand-in for ``transform_input="none"`` with the fit / transform interface."""
+
+    def fit(self, X):
+        return self
+
+    def transform(self, X):
+        return X
+
+
+def _make_transformer(name: str):
+    return {"l2": Normalizer, "standard": StandardScaler, "none": _Identity}[name]()
+
+
+def _kmeans_labels(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """K-means labels of all rows, fitted on at most 200,000 of them (as the official init)."""
+    rng = np.random.default_rng(seed)
+    sample = X if len(X) <= KMEANS_MAX_SAMPLES else X[rng.choice(len(X), KMEANS_MAX_SAMPLES)]
+    kmeans = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(sample)
+    return kmeans.predict(X)
