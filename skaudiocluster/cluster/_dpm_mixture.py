@@ -223,6 +223,9 @@ def smoothed_kl(target: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
 
 
 def sub_cluster_loss(x: torch.Tensor, sub_logits: torch.Tensor, sub_means: torch.Tensor):
-    """Isotropic sub-cluster loss ``mean_i sum_j r~_ij ||x_i - mu~_j||^2`` (``sub_means`` (B, 2, D))."""
+    """Isotropic sub-cluster loss ``mean_i sum_j r~_ij ||x_i - mu~_j||^2``.
+
+    ``sub_means`` (B, 2, D) holds the sub-cluster means of each point's cluster.
+    """
     distances = ((x[:, None, :] - sub_means.to(x.dtype)) ** 2).sum(dim=-1)
     return (F.softmax(sub_logits, dim=1) * distances).sum(dim=1).mean()

@@ -215,9 +215,7 @@ def log_marginal_likelihood(
         det_term = per_dim.sum(dim=1)
         n_factors = prior.mean.shape[0]
     else:
-        det_term = 0.5 * prior.nu * torch.logdet(prior.psi) - 0.5 * nu_post * torch.logdet(
-            psi_post
-        )
+        det_term = 0.5 * prior.nu * torch.logdet(prior.psi) - 0.5 * nu_post * torch.logdet(psi_post)
         n_factors = 1
     nu_prior = torch.full_like(nu_post, prior.nu)
     log_evidence = (
@@ -255,7 +253,9 @@ def covariance_factor(covariances: torch.Tensor) -> torch.Tensor:
     return covariances if covariances.dim() == 2 else torch.linalg.cholesky(covariances)
 
 
-def gaussian_log_density(X: torch.Tensor, means: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def gaussian_log_density(
+    X: torch.Tensor, means: torch.Tensor, factor: torch.Tensor
+) -> torch.Tensor:
     """``log N(x_i; mu_k, Sigma_k)`` as an (N, K) array.
 
     ``factor`` is :func:`covariance_factor` of the covariances: lower Cholesky

@@ -333,7 +333,9 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
     labels_ : ndarray of shape (n_samples,)
     means_ : ndarray of shape (n_clusters_, n_features)
         Component means in the transformed input space.
-    covariances_ : ndarray of shape (n_clusters_, n_features, n_features) or (n_clusters_, n_features)
+    covariances_ : ndarray of shape (n_clusters_, n_features, n_features)
+        Full covariances, or variances of shape (n_clusters_, n_features) when
+        ``covariance_type_ == "diag"``.
     weights_ : ndarray of shape (n_clusters_,)
     covariance_type_ : str
         ``"full"`` or ``"diag"``.
@@ -457,8 +459,8 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
         )
         mixture = DPMixture(prior, self.max_clusters, self.weight_smoothing)
         n_init = min(self.n_clusters_init, n_samples)
-        init_labels = torch.as_tensor(_kmeans_labels(Xt, n_init, seed), dtype=torch.int64).to(device)
-        one_hot = F.one_hot(init_labels, n_init).to(torch.float64)
+        init_labels = torch.as_tensor(_kmeans_labels(Xt, n_init, seed), device=device)
+        one_hot = F.one_hot(init_labels.long(), n_init).to(torch.float64)
         mixture.set_clusters(
             torch.arange(one_hot.shape[1], device=device),
             sufficient_stats(data, one_hot, diagonal=diagonal),
@@ -505,7 +507,6 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
                 batch_size,
                 drop_last=False,
             ),
-
             train_split=None,
             device=str(device),
             callbacks=[
