@@ -181,14 +181,9 @@ class _FixMatchBatches:
         n_samples = len(self.features)
         unlabelled_batch = net.batch_size * net.unlabelled_ratio
         order = torch.randperm(n_samples, generator=gen)
-        cycle = torch.randperm(len(self.labelled), generator=gen)
-        position = 0
+        labelled_batches = _cycling_batches(len(self.labelled), net.batch_size, gen)
         for low in range(0, n_samples, unlabelled_batch):
-            if position + net.batch_size > len(cycle):
-                cycle = torch.cat([cycle[position:], torch.randperm(len(cycle), generator=gen)])
-                position = 0
-            picked = cycle[position : position + net.batch_size]
-            position += net.batch_size
+            picked = next(labelled_batches)
             x_u = self.features[order[low : low + unlabelled_batch]]
             x_l = self.features[self.labelled[picked]]
             yield (
@@ -199,6 +194,16 @@ class _FixMatchBatches:
                     self.labels[picked],
                 ),
             )
+
+
+def _cycling_batches(n_items: int, batch_size: int, generator: torch.Generator):
+    """Endless batches of indices below ``n_items``, each item once per shuffled round."""
+    buffer = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(buffer) < batch_size:
+            buffer = torch.cat([buffer, torch.randperm(n_items, generator=generator)])
+        yield buffer[:batch_size]
+        buffer = buffer[batch_size:]
 
 
 class _FixMatchNet(NeuralNet):
@@ -552,7 +557,7 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         steps = [StandardScaler()]
         if self.n_components is not None:
             n_components = min(self.n_components, *X.shape)
-            steps.append(PCA(n_components=n_components, random_state=seed))
+            steps.append(PCA(n_components, svd_solver="covariance_eigh", random_state=seed))
         return make_pipeline(*steps, Normalizer())
 
     def _head_kwargs(self) -> dict:
