@@ -248,3 +248,33 @@ def test_unit_sec_shorter_than_encoder_minimum_is_rejected():
 def test_feature_names_out(random_embedder):
     names = random_embedder.get_feature_names_out()
     assert len(names) == 512 and names[0] == "byolaembedder0"
+
+
+def _kmeans_nmi(X, labels, k):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    predicted = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(X)
+    return normalized_mutual_info_score(labels, predicted)
+
+
+@pytest.mark.slow
+def test_fsdd_speakers_cluster_better_than_log_mel_statistics(
+    fsdd_byola_d512, fsdd_dir, record_property
+):
+    from skaudiocluster.datasets import load_fsdd
+    from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
+
+    X, speaker, digit = fsdd_byola_d512["X"], fsdd_byola_d512["speaker"], fsdd_byola_d512["digit"]
+    assert X.shape == (3000, 512) and X.dtype == np.float32
+    byola_speaker = _kmeans_nmi(X, speaker, 6)
+    paths, _ = load_fsdd(fsdd_dir, target="speaker")
+    spectrogram_speaker = _kmeans_nmi(SpectrogramTransformer().fit_transform(paths), speaker, 6)
+    byola_digit = _kmeans_nmi(X, digit, 10)
+    record_property("byola_speaker_nmi", byola_speaker)
+    record_property("spectrogram_speaker_nmi", spectrogram_speaker)
+    record_property("byola_digit_nmi", byola_digit)
+    print(f"speaker NMI: BYOL-A {byola_speaker:.3f}, log-mel mean+std {spectrogram_speaker:.3f}; "
+          f"digit NMI: BYOL-A {byola_digit:.3f}")
+    assert byola_speaker >= 0.80
+    assert byola_speaker > spectrogram_speaker
