@@ -9,7 +9,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
+from sklearn.base import BaseEstimator, ClusterMixin, _fit_context, clone
 from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
@@ -17,10 +17,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch import NeuralNet
 from skorch.callbacks import Callback
+from skorch.utils import to_tensor
 from torch import nn
 from torch.nn import functional as F
 
 from skaudiocluster._torch import DEVICE_OPTIONS, make_generator, resolve_device, seed_torch
+from skaudiocluster.audio import check_audio
+from skaudiocluster.augment import strong_augmentation, weak_augmentation
 from skaudiocluster.cluster._heads import MultiHead
 from skaudiocluster.cluster._spice_labels import (
     double_softmax_cross_entropy,
@@ -30,6 +33,13 @@ from skaudiocluster.cluster._spice_labels import (
     select_prototype_samples,
 )
 from skaudiocluster.cluster._training import StopOnNonFiniteLoss, progress_callbacks
+from skaudiocluster.transformers._byola_net import (
+    MIN_SAMPLES,
+    SAMPLE_RATE,
+    LogMelFrontend,
+    padded_waveforms,
+)
+from skaudiocluster.transformers.byola import BYOLAEmbedder
 
 __all__ = ["SPICEClusterer"]
 
@@ -164,36 +174,28 @@ class _RecordHeadLosses(Callback):
 class _FixMatchBatches:
     """FixMatch batches for one epoch: all samples unlabelled, reliable ones also labelled.
 
-    Each step draws ``unlabelled_ratio * batch_size`` unlabelled samples (a shuffled pass
+    Each step takes ``unlabelled_ratio * batch_size`` unlabelled samples (a shuffled pass
     over the whole set) and ``batch_size`` labelled ones (cycling through the reliable
-    set), and yields ``(x_u_weak, (x_u_strong, x_l_weak, y_l))`` views.
+    set) and yields ``(inputs, (n_labelled, targets))``: ``inputs`` is one batch of weak
+    labelled views, weak unlabelled views and strong unlabelled views, in that order,
+    made by the net's ``make_batch``.
     """
 
-    def __init__(self, net: _FixMatchNet, features: torch.Tensor, labelled, labels):
+    def __init__(self, net: _FixMatchNet, n_samples: int):
         self.net = net
-        self.features = features
-        self.labelled = torch.as_tensor(labelled)
-        self.labels = torch.as_tensor(labels)
+        self.n_samples = n_samples
         self.generator = make_generator(net.seed)
 
     def __iter__(self):
         net, gen = self.net, self.generator
-        n_samples = len(self.features)
+        labelled, labels = torch.as_tensor(net.labelled), torch.as_tensor(net.labels)
         unlabelled_batch = net.batch_size * net.unlabelled_ratio
-        order = torch.randperm(n_samples, generator=gen)
-        labelled_batches = _cycling_batches(len(self.labelled), net.batch_size, gen)
-        for low in range(0, n_samples, unlabelled_batch):
+        order = torch.randperm(self.n_samples, generator=gen)
+        labelled_batches = _cycling_batches(len(labelled), net.batch_size, gen)
+        for low in range(0, self.n_samples, unlabelled_batch):
             picked = next(labelled_batches)
-            x_u = self.features[order[low : low + unlabelled_batch]]
-            x_l = self.features[self.labelled[picked]]
-            yield (
-                embedding_view(x_u, **net.weak_view, generator=gen),
-                (
-                    embedding_view(x_u, **net.strong_view, generator=gen),
-                    embedding_view(x_l, **net.weak_view, generator=gen),
-                    self.labels[picked],
-                ),
-            )
+            inputs = net.make_batch(labelled[picked], order[low : low + unlabelled_batch], gen)
+            yield inputs, (len(picked), labels[picked])
 
 
 def _cycling_batches(n_items: int, batch_size: int, generator: torch.Generator):
@@ -207,11 +209,15 @@ def _cycling_batches(n_items: int, batch_size: int, generator: torch.Generator):
 
 
 class _FixMatchNet(NeuralNet):
-    """skorch net for SPICE-Semi: supervised loss on reliable labels plus FixMatch consistency."""
+    """skorch net for SPICE-Semi on embeddings: reliable labels plus FixMatch consistency.
+
+    ``fit`` takes sample indices; ``data`` holds the preprocessed embeddings.
+    """
 
     def __init__(
         self,
         *args,
+        data=None,
         labelled=None,
         labels=None,
         unlabelled_ratio=7,
@@ -223,6 +229,7 @@ class _FixMatchNet(NeuralNet):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.data = data
         self.labelled = labelled
         self.labels = labels
         self.unlabelled_ratio = unlabelled_ratio
@@ -234,28 +241,102 @@ class _FixMatchNet(NeuralNet):
 
     def get_iterator(self, dataset, training=False):
         if training:
-            return _FixMatchBatches(self, torch.as_tensor(dataset.X), self.labelled, self.labels)
+            return _FixMatchBatches(self, len(dataset))
         return super().get_iterator(dataset, training=training)
 
+    def make_batch(self, labelled, unlabelled, generator):
+        """Weak labelled, weak unlabelled and strong unlabelled embedding views, stacked."""
+        views = [
+            (labelled, self.weak_view),
+            (unlabelled, self.weak_view),
+            (unlabelled, self.strong_view),
+        ]
+        return torch.cat(
+            [embedding_view(self.data[index], **view, generator=generator) for index, view in views]
+        )
+
     def infer(self, x, **fit_params):
-        return self.module_(x.to(self.device))[0]
+        x = to_tensor(x, device=self.device)
+        out = self.module_(*x) if isinstance(x, (tuple, list)) else self.module_(x)
+        return out[0]
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
-        u_weak, (u_strong, l_weak, l_target) = batch
+        inputs, (n_labelled, targets) = batch
         # One forward pass over all views, as FixMatch does, so batch statistics see them all.
-        logits = self.infer(torch.cat([l_weak, u_weak, u_strong]))
-        n_l, n_u = len(l_weak), len(u_weak)
+        logits = self.infer(inputs)
+        weak, strong = logits[n_labelled:].chunk(2)
         loss = fixmatch_loss(
-            logits[:n_l],
-            l_target.to(self.device),
-            logits[n_l : n_l + n_u],
-            logits[n_l + n_u :],
+            logits[:n_labelled],
+            targets.to(self.device),
+            weak,
+            strong,
             threshold=self.threshold,
             unlabelled_weight=self.unlabelled_weight,
         )
         loss.backward()
         return {"loss": loss, "y_pred": logits}
+
+
+class _JointFixMatchNet(_FixMatchNet):
+    """SPICE-Semi training an audio encoder and the classifier together.
+
+    ``data`` is the list of 16 kHz clips (1-D tensors); views are made with the
+    ``weak_view`` / ``strong_view`` :class:`~skaudiocluster.augment.AudioAugmentation`.
+    """
+
+    def make_batch(self, labelled, unlabelled, generator):
+        """Padded waveforms and valid frame counts of the three groups of views."""
+        views = [
+            (labelled, self.weak_view),
+            (unlabelled, self.weak_view),
+            (unlabelled, self.strong_view),
+        ]
+        clips = [
+            view(self.data[i], generator=generator).numpy()
+            for index, view in views
+            for i in index.tolist()
+        ]
+        return padded_waveforms(clips)
+
+
+class _JointNetwork(nn.Module):
+    """Waveforms -> BYOL-A log-mel -> encoder -> frozen standardise / PCA / L2 -> classifier.
+
+    The preprocessing is the fitted scikit-learn pipeline written as one affine map
+    (buffers, not trained), so the classifier sees exactly what it was trained on.
+    """
+
+    def __init__(self, embedder, preprocessor, classifier: MultiHead):
+        super().__init__()
+        self.frontend = LogMelFrontend()
+        self.encoder = embedder.module_
+        self.norm_stats = (embedder.mean_, embedder.std_)
+        weight, bias = _affine_preprocessing(preprocessor)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.classifier = classifier
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mean, std = self.norm_stats
+        lms = (self.frontend(waves) - mean) / std
+        embeddings = self.encoder(lms.unsqueeze(1), lengths)
+        return self.classifier(F.normalize(embeddings @ self.weight + self.bias, dim=-1))
+
+
+def _affine_preprocessing(preprocessor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, b)`` with ``x @ W + b`` equal to the pipeline's standardise-then-PCA step."""
+    scaler = preprocessor.named_steps["standardscaler"]
+    weight = np.diag(1.0 / scaler.scale_)
+    bias = -scaler.mean_ / scaler.scale_
+    pca = preprocessor.named_steps.get("pca")
+    if pca is not None:
+        weight = weight @ pca.components_.T
+        bias = (bias - pca.mean_) @ pca.components_.T
+    return (
+        torch.as_tensor(weight, dtype=torch.float32),
+        torch.as_tensor(bias, dtype=torch.float32),
+    )
 
 
 def _forward(module: nn.Module, features: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -400,6 +481,7 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "encoder": [BYOLAEmbedder, None],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "hidden_dim": [Interval(Integral, 1, None, closed="left")],
         "n_components": [Interval(Integral, 1, None, closed="left"), None],
@@ -424,6 +506,10 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         "unlabelled_ratio": [Interval(Integral, 1, None, closed="left")],
         "threshold": [Interval(Real, 0, 1, closed="both")],
         "unlabelled_weight": [Interval(Real, 0, None, closed="left")],
+        "joint_max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "encoder_lr": [Interval(Real, 0, None, closed="neither")],
+        "joint_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_audio_seconds": [Interval(Real, 0, None, closed="neither")],
         "device": [StrOptions(set(DEVICE_OPTIONS)), str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -433,6 +519,7 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         self,
         n_clusters: int = 8,
         *,
+        encoder: BYOLAEmbedder | None = None,
         n_heads: int = 10,
         hidden_dim: int = 512,
         n_components: int | None = 64,
@@ -457,11 +544,16 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         unlabelled_ratio: int = 7,
         threshold: float = 0.95,
         unlabelled_weight: float = 1.0,
+        joint_max_epochs: int = 3,
+        encoder_lr: float = 1e-5,
+        joint_batch_size: int = 16,
+        max_audio_seconds: float = 2.0,
         device: str = "auto",
         random_state=None,
         verbose: int = 0,
     ):
         self.n_clusters = n_clusters
+        self.encoder = encoder
         self.n_heads = n_heads
         self.hidden_dim = hidden_dim
         self.n_components = n_components
@@ -486,29 +578,44 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         self.unlabelled_ratio = unlabelled_ratio
         self.threshold = threshold
         self.unlabelled_weight = unlabelled_weight
+        self.joint_max_epochs = joint_max_epochs
+        self.encoder_lr = encoder_lr
+        self.joint_batch_size = joint_batch_size
+        self.max_audio_seconds = max_audio_seconds
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Fit SPICE on features ``X`` of shape (n_samples, n_features); ``y`` is ignored.
+        """Fit SPICE; ``y`` is ignored.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or raw audio with ``encoder``
+            Embeddings; with an ``encoder``, the clips it accepts (arrays or paths).
+        y : None
+            Ignored.
 
         Returns
         -------
         self : SPICEClusterer
         """
-        X = validate_data(self, X, dtype=[np.float32, np.float64])
-        n_samples = X.shape[0]
+        self.device_ = resolve_device(self.device)
+        seed = seed_torch(self.random_state)
+        rng = np.random.RandomState(seed)
+        if self.encoder is None:
+            embeddings = validate_data(self, X, dtype=[np.float32, np.float64])
+        else:
+            self.encoder_ = clone(self.encoder).fit(X)
+            embeddings = self.encoder_.transform(X)
+        n_samples = embeddings.shape[0]
         if n_samples < 2 * self.n_clusters:
             raise ValueError(
                 f"n_samples={n_samples} should be >= 2 * n_clusters={2 * self.n_clusters}"
             )
-        self.device_ = resolve_device(self.device)
-        seed = seed_torch(self.random_state)
-        rng = np.random.RandomState(seed)
-        self.preprocessor_ = self._make_preprocessor(X, seed).fit(X)
-        features = torch.as_tensor(self.preprocessor_.transform(X), dtype=torch.float32)
+        self.preprocessor_ = self._make_preprocessor(embeddings, seed).fit(embeddings)
+        features = torch.as_tensor(self.preprocessor_.transform(embeddings), dtype=torch.float32)
 
         heads, self.head_losses_, history = self._fit_self(features, seed)
         self.history_ = {"self": history}
@@ -529,11 +636,14 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         self.module_ = head
         if self.semi_max_epochs:
             self.module_, self.history_["semi"] = self._fit_semi(features, seed)
+        if self.encoder is not None and self.joint_max_epochs:
+            self.history_["joint"] = self._fit_joint(X, seed)
+            features = self._features(X)
         self.labels_ = self._logits(features).argmax(axis=1)
         return self
 
     def predict(self, X) -> np.ndarray:
-        """Cluster index of each row of ``X``.
+        """Cluster index of each sample of ``X`` (embeddings, or clips with ``encoder``).
 
         Returns
         -------
@@ -542,16 +652,23 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         return self.predict_proba(X).argmax(axis=1)
 
     def predict_proba(self, X) -> np.ndarray:
-        """Cluster probabilities of each row of ``X``.
+        """Cluster probabilities of each sample of ``X`` (embeddings, or clips with ``encoder``).
 
         Returns
         -------
         proba : ndarray of shape (n_samples, n_clusters), float32
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        features = torch.as_tensor(self.preprocessor_.transform(X), dtype=torch.float32)
-        return torch.softmax(torch.as_tensor(self._logits(features)), dim=1).numpy()
+        logits = torch.as_tensor(self._logits(self._features(X)))
+        return torch.softmax(logits, dim=1).numpy()
+
+    def _features(self, X) -> torch.Tensor:
+        """Preprocessed embeddings of new data."""
+        if self.encoder is None:
+            embeddings = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        else:
+            embeddings = self.encoder_.transform(X)
+        return torch.as_tensor(self.preprocessor_.transform(embeddings), dtype=torch.float32)
 
     def _make_preprocessor(self, X, seed: int):
         steps = [StandardScaler()]
@@ -612,6 +729,7 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
             lr=self.semi_lr,
             max_epochs=self.semi_max_epochs,
             batch_size=self.semi_batch_size,
+            data=features,
             labelled=labelled,
             labels=self.self_labels_[labelled],
             unlabelled_ratio=self.unlabelled_ratio,
@@ -627,8 +745,52 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
             verbose=0,
             **self._views(),
         )
-        net.fit(features.numpy())
+        net.fit(np.arange(len(features)))
         return net.module_, net.history
+
+    def _fit_joint(self, X, seed: int):
+        """Stage 3 again on raw audio, training ``encoder_.module_`` and ``module_`` in place."""
+        clips = [
+            torch.from_numpy(clip)
+            for clip in check_audio(
+                X, sample_rate=self.encoder_.sample_rate, target_rate=SAMPLE_RATE
+            )
+        ]
+        crop = {
+            "max_samples": round(self.max_audio_seconds * SAMPLE_RATE),
+            "min_samples": MIN_SAMPLES,
+        }
+        labelled = np.flatnonzero(self.labels_reliable_)
+        network = _JointNetwork(self.encoder_, self.preprocessor_, self.module_)
+        net = _JointFixMatchNet(
+            network,
+            criterion=nn.CrossEntropyLoss,  # unused: train_step_single computes FixMatch
+            optimizer=torch.optim.Adam,
+            optimizer__param_groups=[("encoder.*", {"lr": self.encoder_lr})],
+            lr=self.semi_lr,
+            max_epochs=self.joint_max_epochs,
+            batch_size=self.joint_batch_size,
+            data=clips,
+            labelled=labelled,
+            labels=self.self_labels_[labelled],
+            unlabelled_ratio=self.unlabelled_ratio,
+            threshold=self.threshold,
+            unlabelled_weight=self.unlabelled_weight,
+            weak_view=weak_augmentation(**crop),
+            strong_view=strong_augmentation(**crop),
+            seed=seed,
+            train_split=None,
+            device=self.device_,
+            callbacks=[
+                ("finite", StopOnNonFiniteLoss("SPICEClusterer (joint SPICE-Semi)")),
+                *progress_callbacks(self.verbose),
+            ],
+            verbose=0,
+        )
+        net.fit(np.arange(len(clips)))
+        network.eval()
+        self.encoder_.module_.cpu()  # where BYOLAEmbedder.transform expects it
+        return net.history
 
     def _logits(self, features: torch.Tensor) -> np.ndarray:
         return _forward(self.module_, features, self.device_)[0].numpy()
