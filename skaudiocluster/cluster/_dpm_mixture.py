@@ -173,7 +173,7 @@ class DPMixture:
         """Replace cluster ``slot`` by its two sub-clusters, in ``slot`` and ``new_slot``."""
         counts = self.sub_hard[0][2 * slot : 2 * slot + 2]
         fractions = (counts + 1.0) / (counts.sum() + 2.0)
-        weight = self.weights[slot]
+        weight = self.weights[slot].clone()
         for j, target in enumerate((slot, new_slot)):
             self.means[target] = self.sub_means[slot, j]
             self.covariances[target] = self.sub_covariances[slot, j]

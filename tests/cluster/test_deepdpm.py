@@ -1,0 +1,153 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.metrics import normalized_mutual_info_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skaudiocluster.cluster._dpm_mixture import DPMixture
+from skaudiocluster.cluster._niw import prior_from_data, sufficient_stats
+from skaudiocluster.cluster.deepdpm import DeepDPMClusterer, DeepDPMModule, SplitMergeSchedule
+
+
+def _tiny(**params):
+    """A few optimiser steps with a high learning rate: enough for small blob data."""
+    defaults = dict(
+        n_clusters_init=3,
+        max_epochs=8,
+        split_merge_every=3,
+        steps_per_epoch=4,
+        batch_size=32,
+        lr=0.02,
+        sub_lr=0.02,
+        transform_input="standard",
+        random_state=0,
+    )
+    return DeepDPMClusterer(**{**defaults, **params})
+
+
+@parametrize_with_checks([_tiny(max_epochs=4)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return make_blobs(n_samples=400, centers=4, n_features=3, cluster_std=0.6, random_state=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    return _tiny(n_clusters_init=2, max_epochs=18, steps_per_epoch=8).fit(blobs[0])
+
+
+def test_fit_attributes_and_shapes(fitted, blobs):
+    X, _ = blobs
+    k = fitted.n_clusters_
+    assert 1 <= k <= fitted.max_clusters
+    assert fitted.labels_.shape == (len(X),)
+    assert set(np.unique(fitted.labels_)) == set(range(k))
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (len(X), k)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    assert fitted.means_.shape == (k, 3) and fitted.covariances_.shape == (k, 3, 3)
+    assert fitted.weights_.shape == (k,)
+    assert int(fitted.module_.active.sum()) == k
+    # the schedule ran: K per epoch is recorded, with split and merge rounds
+    assert len(fitted.history_) == 18
+    assert min(fitted.history_[:, "n_clusters"]) >= 1
+    events = [e for e in fitted.history_[:, "event"] if e]
+    assert events[0].startswith("split") and events[1].startswith("merge")
+
+
+def test_finds_the_blobs_from_too_few_clusters(fitted, blobs):
+    X, y = blobs
+    assert fitted.n_clusters_ == 4
+    assert normalized_mutual_info_score(y, fitted.labels_) > 0.95
+
+
+def test_pickle_round_trip(fitted, blobs):
+    X, _ = blobs
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict_proba(X), fitted.predict_proba(X))
+
+
+def test_exact_repeat_on_cpu(blobs):
+    X, _ = blobs
+    a = _tiny(max_epochs=10, device="cpu").fit(X)
+    b = _tiny(max_epochs=10, device="cpu").fit(X)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert a.history_[:, "train_loss"] == b.history_[:, "train_loss"]
+
+
+def test_k_never_below_one():
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    dpm = _tiny(n_clusters_init=1, max_clusters=1, max_epochs=12, alpha=1e6).fit(X)
+    assert dpm.n_clusters_ == 1
+    assert set(dpm.history_[:, "n_clusters"]) == {1}
+    assert (dpm.predict(X) == 0).all()
+
+
+def test_empty_clusters_do_not_crash():
+    # two distinct points repeated: most of the 6 initial clusters get no point
+    X = np.repeat([[0.0, 0.0], [5.0, 5.0]], 40, axis=0)
+    with pytest.warns(Warning):  # K-means finds fewer distinct clusters
+        dpm = _tiny(n_clusters_init=6, max_epochs=12).fit(X)
+    assert 1 <= dpm.n_clusters_ <= 6
+    assert np.isfinite(dpm.predict_proba(X)).all()
+
+
+def test_diagonal_covariances_for_wide_input():
+    X, _ = make_blobs(n_samples=150, centers=3, n_features=80, random_state=0)
+    dpm = _tiny(max_epochs=7).fit(X)
+    assert dpm.covariance_type_ == "diag"
+    assert dpm.covariances_.shape == (dpm.n_clusters_, 80)
+    assert _tiny(max_epochs=2, covariance_type="full").fit(X[:, :5]).covariance_type_ == "full"
+
+
+def test_rejects_more_initial_clusters_than_units():
+    with pytest.raises(ValueError, match="max_clusters"):
+        _tiny(n_clusters_init=5, max_clusters=4).fit(np.random.rand(20, 2))
+
+
+def test_official_schedule_at_thirty():
+    schedule = SplitMergeSchedule(30, 10.0, np.random.default_rng(0)).initialize()
+    assert (schedule.m_step_from_, schedule.sub_from_, schedule.first_move_) == (25, 45, 55)
+    assert schedule.freeze_ == 5
+
+
+def test_module_masks_inactive_units_and_routes_sub_nets():
+    module = DeepDPMModule(3, max_clusters=5)
+    module.active[[0, 3]] = True
+    x = torch.randn(7, 3)
+    logits, sub_logits = module(x)
+    assert torch.isinf(logits[:, [1, 2, 4]]).all() and sub_logits.shape == (7, 2)
+    clusters = logits.argmax(1)
+    assert set(clusters.tolist()) <= {0, 3}
+    # each point goes through its own cluster's sub-net
+    i = 0
+    k = int(clusters[i])
+    hidden = torch.relu(x[i] @ module.sub_w1[k] + module.sub_b1[k])
+    torch.testing.assert_close(sub_logits[i], hidden @ module.sub_w2[k] + module.sub_b2[k])
+    module.copy_unit(0, 2)
+    torch.testing.assert_close(module.head.weight[2], module.head.weight[0])
+    assert bool(module.active[2])
+
+
+def test_mixture_split_and_merge_keep_weights_on_the_simplex():
+    X = torch.tensor(make_blobs(n_samples=300, centers=3, random_state=0)[0], dtype=torch.float64)
+    prior = prior_from_data(X, kappa=1e-4, nu=None, sigma_scale=0.05, diagonal=False)
+    mixture = DPMixture(prior, max_clusters=6, weight_smoothing=0.1)
+    labels = torch.arange(300) % 2
+    onehot = torch.nn.functional.one_hot(labels, 2).double()
+    mixture.set_clusters(torch.tensor([0, 1]), sufficient_stats(X, onehot, diagonal=False))
+    mixture.seed_sub_clusters(mixture.index)
+    mixture.split(0, 4)
+    assert mixture.index.tolist() == [0, 1, 4]
+    assert mixture.weights[mixture.index].sum().item() == pytest.approx(1.0)
+    mixture.merge(1, 4)
+    assert mixture.index.tolist() == [0, 1]
+    assert mixture.weights[mixture.index].sum().item() == pytest.approx(1.0)
+    assert torch.linalg.eigvalsh(mixture.covariances[mixture.index]).min() > 0
