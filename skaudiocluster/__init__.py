@@ -1,6 +1,7 @@
 """Deep clustering of sound collections behind a scikit-learn API."""
 
 from skaudiocluster.audio import check_audio
+from skaudiocluster.cluster.deepdpm import DeepDPMClusterer
 from skaudiocluster.cluster.temi import TEMIClusterer
 from skaudiocluster.datasets import (
     load_audio_folder,
@@ -11,6 +12,7 @@ from skaudiocluster.datasets import (
 from skaudiocluster.metrics import (
     CLUSTERING_SCORERS,
     ClusteringScorer,
+    ClusteringScores,
     TransductiveSplit,
     get_clustering_scorer,
     hungarian_accuracy,
@@ -26,6 +28,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "check_audio",
+    "DeepDPMClusterer",
     "TEMIClusterer",
     "load_audio_folder",
     "load_dcase2018_task5",
@@ -33,6 +36,7 @@ __all__ = [
     "make_sound_classes",
     "CLUSTERING_SCORERS",
     "ClusteringScorer",
+    "ClusteringScores",
     "TransductiveSplit",
     "get_clustering_scorer",
     "hungarian_accuracy",
