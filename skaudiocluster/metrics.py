@@ -4,7 +4,8 @@ Supervised scorers compare predicted clusters with true labels (NMI, ARI,
 Hungarian accuracy); unsupervised scorers judge the partition of the features
 the clusterer saw (silhouette, Calinski-Harabasz) and ignore ``y``. All of them
 are ``scorer(estimator, X, y)`` callables, so they go straight into
-``GridSearchCV(scoring=...)``, alone or as the dict :data:`CLUSTERING_SCORERS`.
+``GridSearchCV(scoring=...)``, alone, as the dict :data:`CLUSTERING_SCORERS`, or
+as :class:`ClusteringScores`, which predicts once and returns several scores.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "hungarian_mapping",
     "matched_confusion_matrix",
     "ClusteringScorer",
+    "ClusteringScores",
     "CLUSTERING_SCORERS",
     "get_clustering_scorer",
     "TransductiveSplit",
@@ -199,7 +201,10 @@ class ClusteringScorer:
         self.name = name or getattr(score_func, "__name__", "score")
 
     def __call__(self, estimator, X, y=None) -> float:
-        labels = _cluster_labels(estimator, X)
+        return self.score_labels(estimator, X, y, _cluster_labels(estimator, X))
+
+    def score_labels(self, estimator, X, y, labels: np.ndarray) -> float:
+        """The score of ``labels``, cluster labels the estimator already gave X."""
         if not self.unsupervised:
             if y is None:
                 raise ValueError(f"the {self.name} scorer needs true labels y")
@@ -224,6 +229,47 @@ CLUSTERING_SCORERS: dict[str, ClusteringScorer] = {
     ),
 }
 """Scorers by name: ``GridSearchCV(scoring=CLUSTERING_SCORERS, refit="nmi")``."""
+
+
+class ClusteringScores:
+    """Several clustering scores from one prediction, as a dict (for ``GridSearchCV``).
+
+    ``GridSearchCV(scoring=CLUSTERING_SCORERS)`` calls each scorer, and so the
+    pipeline's ``predict`` (embedding included), once per metric. This callable
+    predicts once and returns every score; use it with ``refit="<name>"``.
+
+    Parameters
+    ----------
+    names : sequence of str, default=None
+        Keys of :data:`CLUSTERING_SCORERS`; ``None`` means all of them, which
+        requires ``y`` (for unlabelled data pass only unsupervised names).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.cluster import KMeans
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from skaudiocluster.metrics import ClusteringScores, TransductiveSplit
+    >>> X = np.r_[np.zeros((5, 2)), np.ones((5, 2))] + np.arange(10)[:, None] * 0.01
+    >>> y = np.r_[np.zeros(5), np.ones(5)]
+    >>> search = GridSearchCV(KMeans(n_init=2, random_state=0), {"n_clusters": [2, 3]},
+    ...                       scoring=ClusteringScores(["nmi", "silhouette"]), refit="nmi",
+    ...                       cv=TransductiveSplit()).fit(X, y)
+    >>> search.best_params_
+    {'n_clusters': 2}
+    """
+
+    def __init__(self, names: Sequence[str] | None = None):
+        self.names = names
+
+    def __call__(self, estimator, X, y=None) -> dict[str, float]:
+        names = list(CLUSTERING_SCORERS) if self.names is None else list(self.names)
+        scorers = {name: get_clustering_scorer(name) for name in names}
+        labels = _cluster_labels(estimator, X)
+        return {name: s.score_labels(estimator, X, y, labels) for name, s in scorers.items()}
+
+    def __repr__(self) -> str:
+        return f"ClusteringScores({self.names!r})"
 
 
 def get_clustering_scorer(name: str) -> ClusteringScorer:

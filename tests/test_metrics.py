@@ -12,6 +12,7 @@ from sklearn.preprocessing import StandardScaler
 
 from skaudiocluster.metrics import (
     CLUSTERING_SCORERS,
+    ClusteringScores,
     TransductiveSplit,
     get_clustering_scorer,
     hungarian_accuracy,
@@ -82,6 +83,18 @@ def test_length_mismatch_and_empty_inputs_raise():
         get_clustering_scorer("purity")
 
 
+def test_clustering_scores_predict_once_and_agree_with_single_scorers():
+    X, y = make_blobs(60, centers=3, random_state=0)
+    km = KMeans(3, n_init=3, random_state=0).fit(X)
+    calls = []
+    original = km.predict
+    km.predict = lambda X: calls.append(1) or original(X)
+    scores = ClusteringScores()(km, X, y)
+    assert len(calls) == 1 and set(scores) == set(CLUSTERING_SCORERS)
+    for name, scorer in CLUSTERING_SCORERS.items():
+        assert scores[name] == pytest.approx(scorer(km, X, y))
+
+
 def test_unsupervised_scorers_use_the_features_the_clusterer_saw():
     X, _ = make_blobs(60, centers=3, random_state=0)
     pipe = make_pipeline(StandardScaler(), KMeans(3, n_init=3, random_state=0)).fit(X)
@@ -113,3 +126,31 @@ def test_grid_search_held_out_and_transductive():
     assert transductive.best_score_ > 0.8
     with pytest.raises(TypeError, match="transductively"):
         CLUSTERING_SCORERS["nmi"](transductive.best_estimator_, X[:10], y[:10])
+
+
+@pytest.mark.slow
+def test_grid_search_over_an_audio_pipeline_on_fsdd(fsdd_dir, tmp_path):
+    from sklearn.pipeline import Pipeline
+
+    from skaudiocluster.datasets import load_fsdd
+    from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
+
+    paths, speaker = load_fsdd(fsdd_dir, target="speaker")
+    paths, speaker = paths[::5], speaker[::5]  # 600 clips, every speaker and digit
+    pipe = Pipeline(
+        [("logmel", SpectrogramTransformer()), ("scale", StandardScaler()),
+         ("kmeans", KMeans(n_init=5, random_state=0))],
+        memory=str(tmp_path),  # embeddings are computed once per training set
+    )
+    grid = {"kmeans__n_clusters": [2, 6, 12]}
+    scores = ClusteringScores()  # predicts (embeds) once for all the scores
+    held_out = GridSearchCV(pipe, grid, scoring=scores, refit="nmi",
+                            cv=KFold(3, shuffle=True, random_state=0)).fit(paths, speaker)
+    transductive = GridSearchCV(pipe, grid, scoring=scores, refit="nmi",
+                                cv=TransductiveSplit()).fit(paths, speaker)
+    for search in (held_out, transductive):
+        nmi = search.cv_results_["mean_test_nmi"]
+        print(type(search.cv).__name__, dict(zip(grid["kmeans__n_clusters"], nmi.round(3))))
+        assert search.best_params_["kmeans__n_clusters"] in (6, 12)
+        assert search.best_score_ > 0.5
+        assert np.all(search.cv_results_["mean_test_hungarian_accuracy"] <= 1)
