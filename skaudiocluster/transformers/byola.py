@@ -27,7 +27,6 @@ from skaudiocluster.transformers._byola_net import (
     LogMelFrontend,
     checkpoint_d,
     encoder_state,
-    fold_batch_norm,
     padded_waveforms,
 )
 from skaudiocluster.transformers._weights import (
@@ -125,7 +124,8 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     Attributes
     ----------
     module_ : torch.nn.Module
-        The ``AudioNTT2020`` encoder (eval mode, on the CPU). Its state-dict keys are
+        The ``AudioNTT2020`` encoder (eval mode; on the device of the last ``fit`` or
+        ``transform``, the CPU after ``fit``). Its state-dict keys are
         the official checkpoint's. It maps a normalised log-mel batch
         ``(B, 1, 64, T)`` to embeddings ``(B, d)``; see :meth:`log_mel`.
     mean_ : float
@@ -149,8 +149,8 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     normalised log-mel ``(B, 1, 64, T)``, differentiably and on the input's device,
     so ``est.module_(est.log_mel(waves))`` gives embeddings with gradients to
     ``module_``'s parameters. Call ``module_.train()`` for training and
-    ``module_.eval()`` before :meth:`transform` (which always uses eval-mode batch
-    norm, folded into the convolutions).
+    ``module_.eval()`` afterwards; :meth:`transform` always runs the encoder in eval
+    mode, with each batch norm folded into its convolution.
 
     Examples
     --------
@@ -262,13 +262,15 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         check_is_fitted(self, "module_")
         clips = self._clips(X)
         device = resolve_device(self.device)
-        net = fold_batch_norm(self.module_).to(device, memory_format=torch.channels_last)
+        net = self.module_.to(device)
+        was_training = net.training
+        net.eval()
         out = np.empty((len(clips), self._n_features_out), dtype=np.float32)
         with torch.inference_mode():
             for index, lms, lengths in self._log_mel_batches(clips, device, "embedding"):
                 lms = ((lms - self.mean_) / self.std_).unsqueeze(1)
-                lms = lms.contiguous(memory_format=torch.channels_last)
-                out[index] = net(lms, lengths).cpu().numpy()
+                out[index] = net(lms, lengths, fold=True).cpu().numpy()
+        net.train(was_training)
         return out
 
     def log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
