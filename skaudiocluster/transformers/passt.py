@@ -93,7 +93,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         ``"all"``: logits followed by features, the HEAR 2021 scene embedding
         (1295-d). The default suits clustering: the logits are an affine map
         of the layer-normalised features, so they add no information, and
-        their larger scale would dominate the distances of ``"all"``.
+        their different scale would re-weight the distances of ``"all"``.
     sample_rate : int, default=32000
         Rate of in-memory arrays in X; audio is resampled to 32 kHz.
     batch_size : int, default=1

@@ -252,3 +252,38 @@ def test_pipeline_runs_end_to_end_on_fsdd(fsdd_dir):
     assert labels.shape == (60,)
     assert len(np.unique(labels)) == 10
     assert pipeline[0].transform(paths[:3]).shape == (3, 768)
+
+
+def _import_hear21passt():
+    """hear21passt 0.0.26 (``pip install --no-deps``); timm is stubbed: it only downloads."""
+    import sys
+    import types
+
+    for name in ("timm", "timm.models", "timm.models._hub"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    if not hasattr(sys.modules["timm.models._hub"], "download_cached_file"):
+        sys.modules["timm.models._hub"].download_cached_file = None  # never called offline
+    return pytest.importorskip("hear21passt.base")
+
+
+@pytest.mark.slow
+def test_live_cross_check_against_hear21passt(tmp_path):
+    """Optional: runs only where hear21passt is installed (not a dependency, never in CI)."""
+    base = _import_hear21passt()
+    from hear21passt.models.passt import get_model
+    from hear21passt.models.preprocess import AugmentMelSTFT
+
+    torch.manual_seed(0)
+    net = get_model(arch="passt_s_swa_p16_128_ap476", pretrained=False)
+    mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024,
+                         freqm=48, timem=192, fmin=0.0, fmax=None, fmin_aug_range=10,
+                         fmax_aug_range=2000)
+    model = base.PasstBasicWrapper(mel=mel, net=net).eval()
+    torch.save(net.state_dict(), tmp_path / "seed0.pt")
+    ours = PaSSTEmbedder(weights=tmp_path / "seed0.pt", embedding="all").fit(None)
+    rng = np.random.default_rng(1)
+    for shape in ((2, 40000), (1, 352000)):  # 1.25 s twice; 11 s, cut into 5 windows
+        audio = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        with torch.no_grad():
+            expected = model.get_scene_embeddings(torch.from_numpy(audio)).numpy()
+        np.testing.assert_allclose(ours.transform(audio), expected, rtol=0, atol=1e-4)
