@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             for batch_size in args.batch_sizes:
                 result = measure(embedder, seconds, batch_size, min_seconds=args.min_seconds)
                 print(f"{name:10} {seconds:7.1f} {batch_size:6d} "
-                      f"{result['clips_per_s']:9.1f} {result['peak_rss_mb']:12.0f}")
+                      f"{result['clips_per_s']:9.3f} {result['peak_rss_mb']:12.0f}")
         if args.profile:
             profile(embedder, 1.0, max(args.batch_sizes))
 
