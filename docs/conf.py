@@ -29,7 +29,6 @@ extensions = [
     "numpydoc",
 ]
 
-templates_path = ["_templates"]
 exclude_patterns = ["_build"]
 autosummary_generate = True
 autodoc_default_options = {"members": True, "inherited-members": False}
