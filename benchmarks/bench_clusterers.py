@@ -7,6 +7,7 @@ belongs to that run alone. Data: ``N`` rows of 512-d Gaussian blobs (float32).
     python benchmarks/bench_clusterers.py --method temi --n 10000 100000
     python benchmarks/bench_clusterers.py --method all --n 10000 --threads 2
     python benchmarks/bench_clusterers.py --method temi --n 2000 --params '{"min_steps": 50}'
+    python benchmarks/bench_clusterers.py --method spice --n 10000 100000
 
 To add a method, add a factory to ``METHODS`` (and, if a stage deserves its own
 timing, a function to ``STAGES``).
@@ -41,8 +42,26 @@ def temi_knn_stage(estimator, X: np.ndarray) -> None:
     cosine_knn(features, 50)
 
 
-METHODS = {"temi": make_temi}
-STAGES = {"temi": {"pca+knn (k=50)": temi_knn_stage}}
+def make_spice(n_clusters: int, random_state: int, **params):
+    from skaudiocluster.cluster.spice import SPICEClusterer
+
+    return SPICEClusterer(n_clusters=n_clusters, random_state=random_state, **params)
+
+
+def spice_reliable_stage(estimator, X: np.ndarray) -> None:
+    """SPICE's reliable-label rule alone (k=100 cosine kNN, chunked, never N x N)."""
+    from skaudiocluster.cluster._spice_labels import reliable_labels
+
+    rng = np.random.RandomState(0)
+    proba = rng.dirichlet(np.full(estimator.n_clusters, 0.05), size=len(X))
+    reliable_labels(X, proba, n_neighbors=estimator.n_neighbors, random_state=rng)
+
+
+METHODS = {"temi": make_temi, "spice": make_spice}
+STAGES = {
+    "temi": {"pca+knn (k=50)": temi_knn_stage},
+    "spice": {"reliable labels (k=100)": spice_reliable_stage},
+}
 
 
 def peak_rss_mb() -> float:

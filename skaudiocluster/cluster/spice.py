@@ -383,6 +383,18 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
        sample, cross-entropy of a strong view against the hard prediction on a weak view
        when that prediction is at least ``threshold`` confident.
 
+    With an ``encoder`` (a :class:`~skaudiocluster.transformers.byola.BYOLAEmbedder`),
+    ``fit`` takes raw audio: the encoder (cloned to ``encoder_``) embeds the clips, stages
+    1-3 run on those embeddings as above, and then stage 3 continues for
+    ``joint_max_epochs`` on the audio itself, training the encoder (learning rate
+    ``encoder_lr``) and the classifier together. Its weak views are random crops of
+    90-100 % of each clip with +/- 3 dB gain; the strong views crop 60-100 %, change the
+    gain by up to +/- 6 dB, fade in and out and mix in white noise at 10-30 dB SNR
+    (:mod:`skaudiocluster.augment`). The paper trains this stage from scratch for about a
+    million steps on a GPU; here it starts from the stage-3 classifier trained on the
+    embeddings, so a few epochs on a CPU suffice. Parameters of the encoder route as
+    ``encoder__<name>``. ``predict`` then embeds new clips with the fine-tuned encoder.
+
     Departure from the paper: SPICE makes its weak and strong views by augmenting images
     and re-running the frozen encoder at every step. On fixed embeddings there is no
     signal left to augment and re-embedding every step would cost as much as the paper's
@@ -394,6 +406,8 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
     Parameters
     ----------
     n_clusters : int, default=8
+    encoder : BYOLAEmbedder or None, default=None
+        Audio encoder; ``None`` means ``X`` holds embeddings already.
     n_heads : int, default=10
         SPICE-Self heads trained together; the lowest-loss one is kept.
     hidden_dim : int, default=512
@@ -439,6 +453,14 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         FixMatch confidence threshold.
     unlabelled_weight : float, default=1.0
         Weight of FixMatch's unlabelled loss.
+    joint_max_epochs : int, default=3
+        With ``encoder``: epochs of joint encoder and classifier training on raw audio.
+    encoder_lr : float, default=1e-5
+        Adam learning rate of the encoder in joint training.
+    joint_batch_size : int, default=16
+        Labelled clips per joint step (with ``unlabelled_ratio`` times as many unlabelled).
+    max_audio_seconds : float, default=2.0
+        Longest crop of a clip in joint training.
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     random_state : int, RandomState instance or None, default=None
@@ -459,13 +481,16 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
     head_losses_ : ndarray of shape (n_heads,)
         Final label-free selection loss of every head.
     module_ : torch.nn.Module
-        Network from preprocessed features to logits ``(1, n_samples, n_clusters)``:
-        the stage-3 classifier, or the selected head without stage 3.
+        Network from preprocessed embeddings to logits ``(1, n_samples, n_clusters)``:
+        the stage-3 classifier, or the selected SPICE-Self head without stage 3.
     preprocessor_ : sklearn Pipeline
         Fitted standardisation, PCA and L2 normalisation.
     history_ : dict
-        skorch ``History`` of each stage run, under ``"self"`` and ``"semi"``.
+        skorch ``History`` of each stage run, under ``"self"``, ``"semi"`` and ``"joint"``.
+    encoder_ : BYOLAEmbedder
+        With ``encoder``: the fitted (and jointly trained) encoder.
     n_features_in_ : int
+        Without ``encoder``: number of features seen in ``fit``.
     device_ : torch.device
 
     Examples

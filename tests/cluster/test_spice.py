@@ -254,3 +254,46 @@ def test_exact_repeat_and_pickle(blobs):
 def test_rejects_too_few_samples():
     with pytest.raises(ValueError, match="n_samples=5"):
         _tiny().fit(np.random.RandomState(0).normal(size=(5, 4)))
+
+
+# --- real data (slow) ----------------------------------------------------------------------
+
+
+def _scores(y, labels) -> dict[str, float]:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from skaudiocluster.metrics import hungarian_accuracy
+
+    return {
+        "nmi": normalized_mutual_info_score(y, labels),
+        "acc": hungarian_accuracy(y, labels),
+        "ari": adjusted_rand_score(y, labels),
+    }
+
+
+# The prototype's reduced budget (algorithms.md defaults are 30 epochs x 8 repeats).
+_FSDD_BUDGET = dict(max_epochs=10, n_repeats=4, semi_max_epochs=50)
+
+
+@pytest.mark.slow
+def test_fsdd_speaker_beats_kmeans(fsdd_byola_d512):
+    from sklearn.cluster import KMeans
+
+    X, y = fsdd_byola_d512["X"], fsdd_byola_d512["speaker"]
+    kmeans, spice_self, spice = [], [], []
+    for seed in range(3):
+        kmeans.append(_scores(y, KMeans(6, n_init=10, random_state=seed).fit_predict(X))["nmi"])
+        est = SPICEClusterer(6, random_state=seed, device="cpu", **_FSDD_BUDGET).fit(X)
+        reliable = est.labels_reliable_
+        spice_self.append(_scores(y, est.self_labels_)["nmi"])
+        spice.append(_scores(y, est.labels_))
+        purity = _scores(y[reliable], est.self_labels_[reliable])["acc"]
+        print(
+            f"seed {seed}: KMeans NMI {kmeans[-1]:.3f}  SPICE-Self NMI {spice_self[-1]:.3f}  "
+            f"SPICE NMI {spice[-1]['nmi']:.3f} acc {spice[-1]['acc']:.3f} "
+            f"ARI {spice[-1]['ari']:.3f}  reliable {reliable.sum()} at purity {purity:.3f}"
+        )
+    nmi = [score["nmi"] for score in spice]
+    assert np.mean(spice_self) >= np.mean(kmeans) + 0.02
+    assert np.mean(nmi) >= np.mean(kmeans) + 0.06
+    assert all(value > max(kmeans) for value in nmi)
