@@ -22,7 +22,8 @@ from skaudiocluster.cluster._spice_labels import (
     reliable_labels,
     select_prototype_samples,
 )
-from skaudiocluster.cluster.spice import embedding_view
+from skaudiocluster.cluster.spice import _affine_preprocessing, embedding_view
+from skaudiocluster.transformers.byola import BYOLAEmbedder
 
 
 def _tiny(**params) -> SPICEClusterer:
@@ -254,6 +255,51 @@ def test_exact_repeat_and_pickle(blobs):
 def test_rejects_too_few_samples():
     with pytest.raises(ValueError, match="n_samples=5"):
         _tiny().fit(np.random.RandomState(0).normal(size=(5, 4)))
+
+
+# --- joint encoder mode --------------------------------------------------------------------
+
+
+def test_affine_preprocessing_matches_the_pipeline(blobs):
+    X, _ = blobs
+    for n_components in (5, None):
+        spice = _tiny(n_components=n_components)
+        pipeline = spice._make_preprocessor(X, 0).fit(X)
+        weight, bias = _affine_preprocessing(pipeline)
+        mapped = torch.nn.functional.normalize(torch.as_tensor(X) @ weight + bias, dim=1)
+        np.testing.assert_allclose(mapped.numpy(), pipeline.transform(X), atol=1e-5)
+
+
+def test_joint_encoder_mode_end_to_end():
+    rng = np.random.RandomState(0)
+    t = np.arange(3200) / 16000
+    clips = [
+        np.sin(2 * np.pi * f * t[: rng.randint(2000, 3200)]) * 0.3 + 0.01 * rng.randn(1)
+        for f in [220.0] * 12 + [1800.0] * 12
+    ]
+    encoder = BYOLAEmbedder(weights=None, random_state=0, device="cpu")
+    spice = _tiny(
+        encoder=encoder,
+        n_clusters=2,
+        n_components=4,
+        joint_max_epochs=1,
+        joint_batch_size=4,
+        unlabelled_ratio=2,
+        encoder_lr=1e-3,
+    )
+    spice.set_params(encoder__batch_size=8)
+    assert spice.get_params()["encoder__batch_size"] == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        spice.fit(clips)
+    assert spice.encoder_.batch_size == 8 and spice.encoder.batch_size == 8
+    assert not hasattr(spice.encoder, "module_")  # the given encoder is cloned, not fitted
+    assert len(spice.history_["joint"]) == 1
+    before = BYOLAEmbedder(weights=None, random_state=0, device="cpu").fit(clips).module_
+    after = spice.encoder_.module_
+    assert not torch.equal(before.fc[0].weight, after.fc[0].weight)
+    np.testing.assert_array_equal(spice.predict(clips), spice.labels_)
+    assert spice.predict_proba(clips[:3]).shape == (3, 2)
 
 
 # --- real data (slow) ----------------------------------------------------------------------
