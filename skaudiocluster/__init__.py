@@ -2,6 +2,7 @@
 
 from skaudiocluster.audio import check_audio
 from skaudiocluster.cluster.deepdpm import DeepDPMClusterer
+from skaudiocluster.cluster.spice import SPICEClusterer
 from skaudiocluster.cluster.temi import TEMIClusterer
 from skaudiocluster.datasets import (
     load_audio_folder,
@@ -29,6 +30,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "check_audio",
     "DeepDPMClusterer",
+    "SPICEClusterer",
     "TEMIClusterer",
     "load_audio_folder",
     "load_dcase2018_task5",

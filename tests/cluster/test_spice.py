@@ -343,3 +343,35 @@ def test_fsdd_speaker_beats_kmeans(fsdd_byola_d512):
     assert np.mean(spice_self) >= np.mean(kmeans) + 0.02
     assert np.mean(nmi) >= np.mean(kmeans) + 0.06
     assert all(value > max(kmeans) for value in nmi)
+
+
+@pytest.mark.slow
+def test_joint_encoder_on_fsdd_subset(fsdd_dir, byola_d512_weights, fsdd_byola_d512):
+    from sklearn.cluster import KMeans
+
+    from skaudiocluster.datasets import load_fsdd
+
+    paths, speaker = load_fsdd(fsdd_dir, target="speaker")
+    subset = np.random.RandomState(0).choice(len(paths), 1000, replace=False)
+    clips = [paths[i] for i in subset]
+    speaker, digit = speaker[subset], fsdd_byola_d512["digit"][subset]
+    spice = SPICEClusterer(
+        6,
+        encoder=BYOLAEmbedder(weights=byola_d512_weights, device="cpu"),
+        joint_max_epochs=2,
+        random_state=0,
+        device="cpu",
+        **_FSDD_BUDGET,
+    ).fit(clips)
+    joint_losses = [epoch["train_loss"] for epoch in spice.history_["joint"]]
+    kmeans = KMeans(6, n_init=10, random_state=0).fit_predict(fsdd_byola_d512["X"][subset])
+    final, self_only = _scores(speaker, spice.labels_), _scores(speaker, spice.self_labels_)
+    print(
+        f"joint SPICE, 1,000 FSDD clips: speaker NMI {final['nmi']:.3f} acc {final['acc']:.3f} "
+        f"ARI {final['ari']:.3f} (SPICE-Self {self_only['nmi']:.3f}, "
+        f"KMeans {_scores(speaker, kmeans)['nmi']:.3f}); digit NMI "
+        f"{_scores(digit, spice.labels_)['nmi']:.3f}; joint losses {np.round(joint_losses, 3)}"
+    )
+    assert len(joint_losses) == 2 and np.all(np.isfinite(joint_losses))
+    assert final["nmi"] >= _scores(speaker, kmeans)["nmi"] + 0.02
+    np.testing.assert_array_equal(spice.predict(clips[:40]), spice.labels_[:40])
