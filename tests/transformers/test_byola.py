@@ -278,3 +278,42 @@ def test_fsdd_speakers_cluster_better_than_log_mel_statistics(
           f"digit NMI: BYOL-A {byola_digit:.3f}")
     assert byola_speaker >= 0.80
     assert byola_speaker > spectrogram_speaker
+
+
+def test_pretraining_is_seeded_checkpointed_and_changes_the_encoder(tmp_path):
+    clips = _clips(seed=6, lengths=(8000, 12000, 20000, 6000))
+    params = dict(weights=None, pretrain_epochs=1, pretrain_batch_size=2, random_state=0)
+    first = BYOLAEmbedder(checkpoint_dir=tmp_path, **params).fit(clips)
+    untrained = BYOLAEmbedder(weights=None, random_state=0).fit(clips)
+    assert [epoch["epoch"] for epoch in first.pretrain_history_] == [1]
+    assert all(np.isfinite(epoch["train_loss"]) for epoch in first.pretrain_history_)
+    assert not first.module_.training
+    assert not np.allclose(first.transform(clips), untrained.transform(clips))
+    again = BYOLAEmbedder(**params).fit(clips)
+    assert_array_equal(again.transform(clips), first.transform(clips))
+    # the skorch checkpoint holds the online branch; its encoder loads as weights
+    reloaded = BYOLAEmbedder(weights=tmp_path / "byola_params.pt", norm_stats=(
+        first.mean_, first.std_)).fit(clips)
+    assert_array_equal(reloaded.transform(clips), first.transform(clips))
+
+
+def test_augmentations_keep_shape_and_stay_finite():
+    from skaudiocluster.transformers._byola_pretrain import (
+        TRAIN_FRAMES,
+        BYOLAViews,
+        random_linear_fader,
+        random_resize_crop,
+    )
+
+    rng = np.random.default_rng(0)
+    x = torch.randn(1, 64, TRAIN_FRAMES)
+    assert random_resize_crop(x, rng).shape == x.shape
+    ramp = random_linear_fader(torch.zeros(1, 64, TRAIN_FRAMES), rng)
+    assert torch.allclose(ramp[0, 0], ramp[0, -1]) and ramp.abs().max() <= 1.0
+    steps = ramp[0, 0].diff()
+    assert torch.allclose(steps, steps[0].expand_as(steps), atol=1e-6)
+    views = BYOLAViews([torch.randn(64, 50), torch.randn(64, 300)], floor=-2.0, seed=0)
+    batch, _ = BYOLAViews.collate([views[0], views[1]])
+    assert batch.shape == (2, 2, 1, 64, TRAIN_FRAMES) and torch.isfinite(batch).all()
+    assert abs(float(batch.mean())) < 1e-5 and abs(float(batch.std()) - 1) < 1e-4
+    assert len(views.memory) == 2
