@@ -8,6 +8,7 @@ belongs to that run alone. Data: ``N`` rows of 512-d Gaussian blobs (float32).
     python benchmarks/bench_clusterers.py --method all --n 10000 --threads 2
     python benchmarks/bench_clusterers.py --method temi --n 2000 --params '{"min_steps": 50}'
     python benchmarks/bench_clusterers.py --method spice --n 10000 100000
+    python benchmarks/bench_clusterers.py --method deepdpm --n 10000 100000 --dim 32
 
 To add a method, add a factory to ``METHODS`` (and, if a stage deserves its own
 timing, a function to ``STAGES``).
@@ -57,7 +58,14 @@ def spice_reliable_stage(estimator, X: np.ndarray) -> None:
     reliable_labels(X, proba, n_neighbors=estimator.n_neighbors, random_state=rng)
 
 
-METHODS = {"temi": make_temi, "spice": make_spice}
+def make_deepdpm(n_clusters: int, random_state: int, **params):
+    """DeepDPM infers K: it starts from its default n_clusters_init, not from n_clusters."""
+    from skaudiocluster.cluster.deepdpm import DeepDPMClusterer
+
+    return DeepDPMClusterer(random_state=random_state, **params)
+
+
+METHODS = {"temi": make_temi, "spice": make_spice, "deepdpm": make_deepdpm}
 STAGES = {
     "temi": {"pca+knn (k=50)": temi_knn_stage},
     "spice": {"reliable labels (k=100)": spice_reliable_stage},
@@ -90,7 +98,7 @@ def run_one(
     estimator.fit(X)
     result["fit s"] = time.perf_counter() - start
     result["fit cpu s"] = time.process_time() - cpu
-    for attribute in ("n_steps_", "n_iter_"):
+    for attribute in ("n_steps_", "n_iter_", "n_clusters_"):
         if hasattr(estimator, attribute):
             result[attribute] = getattr(estimator, attribute)
     result["peak rss MB"] = peak_rss_mb()
