@@ -225,9 +225,6 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             )
         self.module_ = module.eval().to(self.device_)
         self.frontend_ = PaSSTFrontend().to(self.device_)
-        n_classes = self.config_.n_classes
-        self._n_features_out = {"features": self.config_.embed_dim, "logits": n_classes,
-                                "all": n_classes + self.config_.embed_dim}[self.embedding]
         return self
 
     def transform(self, X) -> np.ndarray:
@@ -286,6 +283,17 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         embeddings = np.split(out, np.cumsum([len(w) for w in windows])[:-1])
         times = [np.arange(len(w)) * (TIMESTAMP_HOP * 1000 / SAMPLE_RATE) for w in windows]
         return embeddings, times
+
+    @property
+    def _n_features_out(self) -> int:
+        dims = {"features": self.config_.embed_dim, "logits": self.config_.n_classes}
+        dims["all"] = dims["features"] + dims["logits"]
+        return dims[self.embedding]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
 
     def _build(self, config: PaSSTConfig) -> PaSSTNet:
         """An uninitialised network (on the meta device: its tensors are replaced next)."""
