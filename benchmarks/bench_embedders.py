@@ -6,6 +6,9 @@ resident memory of each run, with torch limited to ``--threads`` threads::
     python benchmarks/bench_embedders.py --embedder byola --weights AudioNTT2020-BYOLA-64x96d512.pth
     python benchmarks/bench_embedders.py --embedder byola --profile   # where the time goes
     python benchmarks/bench_embedders.py --embedder passt --seconds 10 --batch-sizes 1 4
+    python benchmarks/bench_embedders.py --embedder passt-s16 --seconds 10 --batch-sizes 1 4
+    PYTHONPATH=/path/to/hear21passt-0.0.26 python benchmarks/bench_embedders.py \
+        --embedder passt-hear21passt --seconds 10 --batch-sizes 1 4   # reference point
 
 ``byola-official-recipe`` runs the same weights the way the official code does, as a
 reference point measured under the same machine load.
@@ -17,8 +20,12 @@ arguments returning an unfitted transformer that takes 16 kHz clips).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import resource
+import sys
 import time
+import types
 from collections.abc import Callable
 
 import numpy as np
@@ -51,6 +58,41 @@ def make_passt_s16(args: argparse.Namespace) -> TransformerMixin:
     path = f"{tempfile.mkdtemp()}/passt-s16-random.pt"
     torch.save(PaSSTNet(PaSSTConfig(stride=16, n_time_positions=62)).state_dict(), path)
     return PaSSTEmbedder(weights=path, sample_rate=RATE, device="cpu")
+
+
+class Hear21PaSST(TransformerMixin, BaseEstimator):
+    """Reference point: PaSST-S as the ``hear21passt`` 0.0.26 package runs it (random weights).
+
+    Needs ``pip install --no-deps hear21passt==0.0.26``; timm, which it imports only to
+    download checkpoints, is replaced by an empty stub. Never imported by the package.
+    """
+
+    def __init__(self, batch_size=1):
+        self.batch_size = batch_size
+
+    def fit(self, X, y=None):
+        for name in ("timm", "timm.models", "timm.models._hub"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+        sys.modules["timm.models._hub"].download_cached_file = None
+        from hear21passt.base import PasstBasicWrapper
+        from hear21passt.models.passt import get_model
+        from hear21passt.models.preprocess import AugmentMelSTFT
+
+        torch.manual_seed(0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            net = get_model(arch="passt_s_swa_p16_128_ap476", pretrained=False)
+        mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024,
+                             freqm=48, timem=192, fmin=0.0, fmax=None, fmin_aug_range=10,
+                             fmax_aug_range=2000)
+        self.model_ = PasstBasicWrapper(mel=mel, net=net).eval()
+        return self
+
+    def transform(self, X):
+        waves = torchaudio.functional.resample(torch.from_numpy(X), RATE, 32000)
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            out = [self.model_.get_scene_embeddings(waves[start : start + self.batch_size])
+                   for start in range(0, len(waves), self.batch_size)]
+        return torch.cat(out).numpy()
 
 
 class OfficialRecipeBYOLA(TransformerMixin, BaseEstimator):
@@ -91,6 +133,7 @@ EMBEDDERS: dict[str, Callable[[argparse.Namespace], TransformerMixin]] = {
     "byola-official-recipe": lambda args: OfficialRecipeBYOLA(args.weights),
     "passt": make_passt,
     "passt-s16": make_passt_s16,
+    "passt-hear21passt": lambda args: Hear21PaSST(),
 }
 
 
