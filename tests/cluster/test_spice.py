@@ -358,7 +358,7 @@ def test_joint_encoder_on_fsdd_subset(fsdd_dir, byola_d512_weights, fsdd_byola_d
     spice = SPICEClusterer(
         6,
         encoder=BYOLAEmbedder(weights=byola_d512_weights, device="cpu"),
-        joint_max_epochs=2,
+        joint_max_epochs=1,
         random_state=0,
         device="cpu",
         **_FSDD_BUDGET,
@@ -372,6 +372,6 @@ def test_joint_encoder_on_fsdd_subset(fsdd_dir, byola_d512_weights, fsdd_byola_d
         f"KMeans {_scores(speaker, kmeans)['nmi']:.3f}); digit NMI "
         f"{_scores(digit, spice.labels_)['nmi']:.3f}; joint losses {np.round(joint_losses, 3)}"
     )
-    assert len(joint_losses) == 2 and np.all(np.isfinite(joint_losses))
+    assert len(joint_losses) == 1 and np.all(np.isfinite(joint_losses))
     assert final["nmi"] >= _scores(speaker, kmeans)["nmi"] + 0.02
     np.testing.assert_array_equal(spice.predict(clips[:40]), spice.labels_[:40])
