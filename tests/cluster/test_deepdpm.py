@@ -151,3 +151,48 @@ def test_mixture_split_and_merge_keep_weights_on_the_simplex():
     assert mixture.index.tolist() == [0, 1]
     assert mixture.weights[mixture.index].sum().item() == pytest.approx(1.0)
     assert torch.linalg.eigvalsh(mixture.covariances[mixture.index]).min() > 0
+
+
+def _well_separated_15():
+    """15 Gaussians in 10-D, 10,000 points (scikit-learn's DP mixture finds exactly 15)."""
+    return make_blobs(
+        n_samples=10_000,
+        centers=15,
+        n_features=10,
+        cluster_std=1.0,
+        center_box=(-10, 10),
+        random_state=0,
+    )
+
+
+def _short_schedule(**params):
+    """The official schedule compressed 5x (split/merge every 6 epochs; 4 split and 4
+    merge rounds in 57 epochs) with 512-point batches: ~1,100 optimiser steps on 10k points."""
+    defaults = dict(
+        max_epochs=57,
+        split_merge_every=6,
+        batch_size=512,
+        transform_input="standard",
+        random_state=0,
+    )
+    return DeepDPMClusterer(**{**defaults, **params})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_clusters_init", [3, 30])
+def test_well_separated_gaussians(n_clusters_init):
+    X, y = _well_separated_15()
+    dpm = _short_schedule(n_clusters_init=n_clusters_init).fit(X)
+    assert abs(dpm.n_clusters_ - 15) <= 1
+    assert normalized_mutual_info_score(y, dpm.labels_) > 0.95
+
+
+@pytest.mark.slow
+def test_overlapping_2d_toy():
+    # 15 overlapping 2-D Gaussians; scikit-learn's DP mixture finds 13 of them
+    X, _ = make_blobs(
+        n_samples=5_000, centers=15, n_features=2, cluster_std=1.0, center_box=(-10, 10),
+        random_state=0,
+    )
+    dpm = _short_schedule(n_clusters_init=3, batch_size=256).fit(X)
+    assert abs(dpm.n_clusters_ - 15) <= 3
