@@ -293,10 +293,10 @@ def training_budget(
 
     Examples
     --------
-    >>> training_budget(3000, 256, min_steps=8000, min_epochs=20)
-    (728, 8008)
-    >>> training_budget(100_000, 256, min_steps=8000, min_epochs=20)
-    (21, 8190)
+    >>> training_budget(3000, 256, min_steps=4000, min_epochs=20)
+    (364, 4004)
+    >>> training_budget(100_000, 256, min_steps=4000, min_epochs=20)
+    (20, 7800)
     """
     steps_per_epoch = max(n_samples // batch_size, 1)
     n_epochs = max(min_epochs, math.ceil(min_steps / steps_per_epoch))
@@ -326,8 +326,10 @@ class TEMIClusterer(ClusterMixin, BaseEstimator):
     ----------
     n_clusters : int, default=8
     n_heads : int, default=16
-        Independent heads trained together; more heads make the label-free
-        lowest-loss choice less dependent on the seed.
+        Independent heads trained together (TEMI's README value). Heads of one
+        fit land at very different optima (NMI 0.60-0.88 on FSDD speakers) and
+        the lowest final loss picks out the best of them, so many small heads
+        make the result far less dependent on the seed than a few large ones.
     n_neighbors : int or "auto", default="auto"
         Neighbours to draw partners from. ``"auto"`` is
         ``clip(n_samples // (4 * n_clusters), 5, 50)``, so that the neighbourhood
@@ -340,10 +342,13 @@ class TEMIClusterer(ClusterMixin, BaseEstimator):
         EMA momentum of the cluster prior (TEMI default).
     teacher_momentum : float, default=0.996
         Initial EMA momentum of the teacher (TEMI default), raised to 1 along a cosine.
-    hidden_dims : tuple of int, default=(512,)
-        Hidden layer widths of each head (GELU after each).
-    bottleneck_dim : int, default=256
-        Width of the linear bottleneck before the cosine last layer (TEMI default).
+    hidden_dims : tuple of int, default=(128,)
+        Hidden layer widths of each head (GELU after each). TEMI's heads are
+        ``(512,)`` with a 256 bottleneck, sized for 768-d image features on GPUs;
+        on 64 PCA dimensions a quarter of that per head lets 16 heads train on a
+        CPU in about the time 4 large heads take.
+    bottleneck_dim : int, default=64
+        Width of the linear bottleneck before the cosine last layer.
     preprocessing : {"pca_l2", "standardize", "l2"} or None, default="pca_l2"
         Input transform learned in ``fit``: ``"pca_l2"`` standardises, projects on
         ``n_components`` principal components and L2-normalises the rows (it
@@ -358,8 +363,10 @@ class TEMIClusterer(ClusterMixin, BaseEstimator):
         nothing within a practical number of steps on audio embeddings).
     weight_decay : float, default=1e-4
         AdamW weight decay on weights (not on biases and weight-norm magnitudes).
-    min_steps : int, default=8000
-        Minimum number of optimizer steps (see the training budget above).
+    min_steps : int, default=4000
+        Minimum number of optimizer steps (see the training budget above). On
+        FSDD the loss still falls after 1,600 steps (NMI 0.67) and heads reach
+        NMI 0.88-0.90 after 4,000.
     min_epochs : int, default=20
         Minimum number of epochs (see the training budget above).
     warmup : float, default=0.1
@@ -453,14 +460,14 @@ class TEMIClusterer(ClusterMixin, BaseEstimator):
         teacher_temperature: float = 0.1,
         prior_momentum: float = 0.9,
         teacher_momentum: float = 0.996,
-        hidden_dims: tuple[int, ...] = (512,),
-        bottleneck_dim: int = 256,
+        hidden_dims: tuple[int, ...] = (128,),
+        bottleneck_dim: int = 64,
         preprocessing: str | None = "pca_l2",
         n_components: int = 64,
         batch_size: int | str = "auto",
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
-        min_steps: int = 8000,
+        min_steps: int = 4000,
         min_epochs: int = 20,
         warmup: float = 0.1,
         predict_with: str = "best",
