@@ -136,11 +136,11 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     to attention, 8% to the GELUs and the rest to copies, layer norms and
     residual sums; the log-mel front end takes under 0.5%. Attention uses
     :func:`torch.nn.functional.scaled_dot_product_attention`, which never
-    stores the token-by-token score matrix, so larger batches are not slower
-    per clip. Side by side with ``hear21passt`` 0.0.26 on two busy CPU
-    threads, a 10 s clip took 1.7-2.4 times less time at batch 1 and 4, and
-    the stride-16 network another 1.7-2.5 times less
-    (``benchmarks/bench_embedders.py`` measures it).
+    stores the token-by-token score matrix. Measured side by side with
+    ``hear21passt`` 0.0.26 in one thread, a 10 s clip took 2.5 / 2.7 / 3.0
+    CPU seconds at batch 1 / 4 / 8 (``hear21passt``: 4.6 / 5.6 / 5.2) and
+    0.9 / 0.9 / 1.1 with the stride-16 network
+    (``benchmarks/bench_embedders.py`` measures clips per second).
 
     Examples
     --------
