@@ -126,7 +126,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     See Also
     --------
-    skaudiocluster.transformers.byola.BYOLAEmbedder : faster, smaller embedder.
+    skaudiocluster.transformers.byola.BYOLAEmbedder : A much faster, smaller embedder.
 
     Notes
     -----
@@ -195,6 +195,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         X : ignored
             Present for API consistency (the embedder learns nothing from data).
         y : ignored
+            Present for API consistency.
 
         Returns
         -------
