@@ -151,9 +151,9 @@ def reliable_labels(
 
     A sample is reliable when its predicted cluster is shared by at least
     ``min_agreement`` of its ``n_neighbors`` nearest neighbours (cosine, self included)
-    and its confidence exceeds ``min_confidence``. As in SPICE, every cluster then keeps
-    the same number of reliable samples (a random subset of the size of the smallest
-    cluster's reliable set, but at least ``min_per_cluster`` where available).
+    and its confidence exceeds ``min_confidence``. As in SPICE, clusters are then
+    balanced: each keeps a random subset of its reliable samples as large as the smallest
+    cluster's reliable set (but at least ``min_per_cluster`` where it has that many).
 
     Guard: SPICE's balancing empties the whole set as soon as one cluster has no reliable
     sample. Here, any predicted cluster with fewer than ``min_per_cluster`` reliable
