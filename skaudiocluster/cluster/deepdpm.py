@@ -350,10 +350,12 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
     Examples
     --------
     >>> from sklearn.datasets import make_blobs
-    >>> X, _ = make_blobs(n_samples=600, centers=4, cluster_std=0.5, random_state=0)
-    >>> dpm = DeepDPMClusterer(n_clusters_init=2, max_epochs=40, split_merge_every=8,
-    ...                        batch_size=200, transform_input="standard", random_state=0)
-    >>> dpm.fit(X).n_clusters_
+    >>> X, _ = make_blobs(n_samples=400, centers=4, n_features=3, cluster_std=0.6,
+    ...                   random_state=3)
+    >>> dpm = DeepDPMClusterer(n_clusters_init=2, max_epochs=18, split_merge_every=3,
+    ...                        steps_per_epoch=8, batch_size=32, lr=0.02, sub_lr=0.02,
+    ...                        transform_input="standard", random_state=0).fit(X)
+    >>> dpm.n_clusters_
     4
     """
 
