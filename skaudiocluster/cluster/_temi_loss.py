@@ -127,8 +127,8 @@ def temi_loss(
     >>> import torch
     >>> logits = torch.zeros(2, 5, 3)
     >>> prior = torch.full((2, 3), 1 / 3)
-    >>> temi_loss(logits, logits, logits, logits, prior, beta=1.0)
-    tensor([0., 0.])
+    >>> temi_loss(logits, logits, logits, logits, prior)  # -(1/K) (2 - 2 beta) log K
+    tensor([-0.2930, -0.2930])
     """
     log_s_a = F.log_softmax(student_a / student_temperature, dim=-1)
     log_s_b = F.log_softmax(student_b / student_temperature, dim=-1)

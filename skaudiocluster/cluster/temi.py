@@ -132,8 +132,8 @@ class TEMICriterion(nn.Module):
     --------
     >>> import torch
     >>> logits = torch.zeros(2, 5, 3)
-    >>> TEMICriterion(beta=1.0)(logits, logits, logits, logits, torch.full((2, 3), 1 / 3))
-    tensor([0., 0.])
+    >>> TEMICriterion()(logits, logits, logits, logits, torch.full((2, 3), 1 / 3))
+    tensor([-0.2930, -0.2930])
     """
 
     def __init__(
