@@ -2,8 +2,9 @@
 
 Written from the layer-by-layer spec (``research/embedders.md`` section 1); parameter
 names match the official checkpoints, so their state dicts load with ``strict=True``.
-Both modules take padded batches with per-clip lengths and give every clip exactly
-what it would get alone (see :func:`padded_waveforms` and :meth:`AudioNTT2020.forward`).
+Both modules take padded batches with per-clip lengths and give every clip what it
+would get alone, up to float rounding (see :func:`padded_waveforms` and
+:meth:`AudioNTT2020.forward`).
 """
 
 from __future__ import annotations

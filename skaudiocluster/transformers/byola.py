@@ -29,6 +29,7 @@ from skaudiocluster.transformers._byola_net import (
     encoder_state,
     padded_waveforms,
 )
+from skaudiocluster.transformers._byola_pretrain import pretrain
 from skaudiocluster.transformers._weights import (
     WeightsInfo,
     load_state_dict,
@@ -240,8 +241,6 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.n_clips_ = len(clips)
         self.pretrain_history_ = []
         if self.pretrain_epochs > 0:
-            from skaudiocluster.transformers._byola_pretrain import pretrain
-
             self.pretrain_history_ = pretrain(self, clips, device=device, seed=seed)
             self.module_.cpu().eval()
         return self

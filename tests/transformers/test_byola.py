@@ -317,3 +317,31 @@ def test_augmentations_keep_shape_and_stay_finite():
     assert batch.shape == (2, 2, 1, 64, TRAIN_FRAMES) and torch.isfinite(batch).all()
     assert abs(float(batch.mean())) < 1e-5 and abs(float(batch.std()) - 1) < 1e-4
     assert len(views.memory) == 2
+
+
+@pytest.mark.slow
+def test_fsdd_pretraining_from_random_init_lowers_loss_and_lifts_speaker_nmi(
+    fsdd_dir, record_property
+):
+    from skaudiocluster.datasets import load_fsdd
+
+    paths, speaker = load_fsdd(fsdd_dir, target="speaker")
+    _, digit = load_fsdd(fsdd_dir, target="digit")
+    subset = np.sort(np.random.default_rng(0).choice(len(paths), 300, replace=False))
+    clips, speaker, digit = [paths[i] for i in subset], speaker[subset], digit[subset]
+    untrained = BYOLAEmbedder(weights=None, random_state=0).fit_transform(clips)
+    est = BYOLAEmbedder(weights=None, random_state=0, pretrain_epochs=2, pretrain_batch_size=64,
+                        lr=3e-4).fit(clips)
+    trained = est.transform(clips)
+    losses = [epoch["train_loss"] for epoch in est.pretrain_history_]
+    scores = {
+        "speaker_nmi_untrained": _kmeans_nmi(untrained, speaker, 6),
+        "speaker_nmi_trained": _kmeans_nmi(trained, speaker, 6),
+        "digit_nmi_untrained": _kmeans_nmi(untrained, digit, 10),
+        "digit_nmi_trained": _kmeans_nmi(trained, digit, 10),
+    }
+    for name, value in scores.items():
+        record_property(name, value)
+    print(f"BYOL loss per epoch {losses}; {scores}")
+    assert losses[-1] < losses[0]
+    assert scores["speaker_nmi_trained"] > scores["speaker_nmi_untrained"]
