@@ -317,6 +317,15 @@ class _JointNetwork(nn.Module):
         self.register_buffer("bias", bias)
         self.classifier = classifier
 
+    def train(self, mode: bool = True) -> _JointNetwork:
+        # The encoder's batch-norm statistics stay the pretrained ones: batches of strong
+        # views (noise, fades) would drag them away from the clean audio seen at predict.
+        super().train(mode)
+        for module in self.encoder.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mean, std = self.norm_stats
         lms = (self.frontend(waves) - mean) / std
@@ -433,7 +442,9 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
     strong_noise, strong_dropout : float, default=0.6, 0.4
         The same for the strong views.
     n_neighbors : int, default=100
-        Neighbours (self included) checked by the reliability rule.
+        Neighbours (self included) checked by the reliability rule; clipped to
+        ``n_samples // (4 * n_clusters)`` so a neighbourhood stays well inside a cluster of
+        average size.
     min_agreement : float, default=0.9
         Fraction of neighbours that must share a sample's cluster for it to be reliable.
     min_confidence : float, default=0.99
@@ -476,6 +487,8 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         Training samples whose SPICE-Self label was kept as a stage-3 target.
     self_labels_ : ndarray of shape (n_samples,)
         Clusters found by SPICE-Self (the selected head) before stage 3.
+    n_neighbors_ : int
+        Neighbours used by the reliability rule.
     best_head_ : int
         Index of the selected SPICE-Self head.
     head_losses_ : ndarray of shape (n_heads,)
@@ -648,10 +661,12 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         head = _single_head(heads, self.best_head_, **self._head_kwargs())
         proba = _forward(head, features, self.device_)[0].softmax(dim=-1).numpy()
         self.self_labels_ = proba.argmax(axis=1)
+        # A neighbourhood larger than a typical cluster could never agree with itself.
+        self.n_neighbors_ = min(self.n_neighbors, max(1, n_samples // (4 * self.n_clusters)))
         self.labels_reliable_ = reliable_labels(
             features.numpy(),
             proba,
-            n_neighbors=self.n_neighbors,
+            n_neighbors=self.n_neighbors_,
             min_agreement=self.min_agreement,
             min_confidence=self.min_confidence,
             min_per_cluster=self.min_reliable,
