@@ -55,7 +55,7 @@ def make_passt_s16(args: argparse.Namespace) -> TransformerMixin:
     from skaudiocluster.transformers._passt_net import PaSSTConfig, PaSSTNet
     from skaudiocluster.transformers.passt import PaSSTEmbedder
 
-    path = f"{tempfile.mkdtemp()}/passt-s16-random.pt"
+    path = f"{tempfile.gettempdir()}/skaudiocluster-bench-passt-s16-random.pt"  # overwritten
     torch.save(PaSSTNet(PaSSTConfig(stride=16, n_time_positions=62)).state_dict(), path)
     return PaSSTEmbedder(weights=path, sample_rate=RATE, device="cpu")
 
