@@ -222,7 +222,7 @@ def make_sound_classes(
     two-tone sirens. Every clip is one event in white background noise, and
     draws its own pitch, onset, event length (30-90 % of the clip), loudness
     and noise level, so classes overlap in simple spectral statistics: log-mel
-    mean and standard deviation with k-means reach an NMI of about 0.5-0.6 on
+    mean and standard deviation with k-means reach an NMI of about 0.4-0.6 on
     the defaults, far from perfect and far above chance. Classes are balanced
     (sizes differ by at most one) and shuffled.
 
