@@ -5,6 +5,7 @@ resident memory of each run, with torch limited to ``--threads`` threads::
 
     python benchmarks/bench_embedders.py --embedder byola --weights AudioNTT2020-BYOLA-64x96d512.pth
     python benchmarks/bench_embedders.py --embedder byola --profile   # where the time goes
+    python benchmarks/bench_embedders.py --compare byola byola-official-recipe --weights W.pth
     python benchmarks/bench_embedders.py --embedder passt --seconds 10 --batch-sizes 1 4
     python benchmarks/bench_embedders.py --embedder passt-s16 --seconds 10 --batch-sizes 1 4
     PYTHONPATH=/path/to/hear21passt-0.0.26 python benchmarks/bench_embedders.py \
@@ -205,6 +206,27 @@ def profile(embedder: TransformerMixin, clip_seconds: float, batch_size: int, to
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
 
 
+def compare(
+    embedders: dict[str, TransformerMixin], clip_seconds: float, batch_size: int,
+    rounds: int = 8,
+) -> dict[str, list[float]]:
+    """Clips/s of fitted embedders timed in turn on the same clips, ``rounds`` times each.
+
+    Alternating keeps a shared machine's load the same for all of them, so their ratio
+    means something even when the absolute rates do not.
+    """
+    clips = clips_of(clip_seconds, 2 * batch_size)
+    rates: dict[str, list[float]] = {name: [] for name in embedders}
+    for embedder in embedders.values():
+        embedder.set_params(batch_size=batch_size).transform(clips[:batch_size])
+    for _ in range(rounds):
+        for name, embedder in embedders.items():
+            start = time.perf_counter()
+            embedder.transform(clips)
+            rates[name].append(len(clips) / (time.perf_counter() - start))
+    return rates
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedder", choices=[*EMBEDDERS, "all"], default="all")
@@ -217,8 +239,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="time each case for at least this long")
     parser.add_argument("--profile", action="store_true",
                         help="also print where the time goes for 1 s clips at the largest batch")
+    parser.add_argument("--compare", nargs="+", choices=list(EMBEDDERS), default=None,
+                        help="time these embedders alternately (1 s clips, largest batch) "
+                             "and print their best and median clips/s")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.compare:
+        fitted = {name: EMBEDDERS[name](args).fit(clips_of(1.0, 4)) for name in args.compare}
+        for name, rates in compare(fitted, 1.0, max(args.batch_sizes)).items():
+            print(f"{name}: best {max(rates):.1f} clips/s, median {np.median(rates):.1f} "
+                  f"(1 s clips, batch {max(args.batch_sizes)}, alternating)")
+        return
     names = list(EMBEDDERS) if args.embedder == "all" else [args.embedder]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'embedder':10} {'clip s':>7} {'batch':>6} {'clips/s':>9} {'peak RSS MB':>12}")
