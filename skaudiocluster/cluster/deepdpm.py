@@ -9,7 +9,7 @@ marginal likelihoods under a Normal-Inverse-Wishart prior (``_niw``,
 
 Changing K with skorch: the head has ``max_clusters`` output units of which the
 active ones are unmasked. Parameter shapes then never change, so the optimiser,
-skorch's fit loop, pickling and ``partial_fit``-style state all stay valid while
+skorch's fit loop and pickling all stay valid while
 splits activate units and merges mask them; only the optimiser moments of the
 touched rows are reset. The cost is a cap on K (``max_clusters``).
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
 from sklearn.cluster import KMeans
-from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch import NeuralNet
@@ -347,6 +347,22 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
         e.g. ``history_[:, "n_clusters"]``.
     n_features_in_ : int
 
+    Notes
+    -----
+    Departures from the official code, each for a stated reason:
+
+    * Statistics (weighted counts, sums, outer products) are accumulated per
+      batch, so an epoch is linear in N (the official per-batch concatenation is
+      quadratic); Cholesky factors are computed once per epoch.
+    * The marginal likelihood centres the scatter on the sample mean (the exact
+      NIW evidence); posterior means use the raw soft count ``N_k``.
+    * New sub-clusters are seeded from the halves of each cluster along its
+      principal axis (no pass over the points, official: 1-D 2-means); a merged
+      cluster's sub-clusters are the two clusters it was made from.
+    * ``Psi`` scales with the data's variance (see ``prior_sigma_scale``).
+    * An epoch has at least 20 batches, and training runs on one CPU thread.
+    * Units no training point selects at the end are dropped from ``n_clusters_``.
+
     Examples
     --------
     >>> from sklearn.datasets import make_blobs
@@ -574,11 +590,6 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
         """
         return self.predict_proba(X).argmax(axis=1)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        return tags
-
 
 @contextmanager
 def _one_cpu_thread(device: torch.device):
@@ -596,18 +607,8 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(previous)
 
 
-class _Identity:
-    """Stand-in for ``transform_input="none"`` with the fit / transform interface."""
-
-    def fit(self, X):
-        return self
-
-    def transform(self, X):
-        return X
-
-
 def _make_transformer(name: str):
-    return {"l2": Normalizer, "standard": StandardScaler, "none": _Identity}[name]()
+    return {"l2": Normalizer, "standard": StandardScaler, "none": FunctionTransformer}[name]()
 
 
 def _kmeans_labels(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
