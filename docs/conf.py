@@ -36,8 +36,10 @@ numpydoc_show_class_members = False
 numpydoc_xref_param_type = False
 numpydoc_validation_checks = set()
 
-# examples use small data and run on the CPU; the same warnings filter as the tests
+# examples use small data and run on the CPU. Docstring examples may use their
+# module's public names without importing them (as under pytest --doctest-modules).
 doctest_global_setup = """
+from skaudiocluster import *
 import warnings
 import matplotlib
 matplotlib.use("Agg")
