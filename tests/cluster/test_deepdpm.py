@@ -136,17 +136,6 @@ def test_module_masks_inactive_units_and_routes_sub_nets():
     assert bool(module.active[2])
 
 
-def test_split_units_are_tilted_towards_their_sub_clusters():
-    module = DeepDPMModule(3, max_clusters=4)
-    module.active[0] = True
-    anchors = torch.randn(2, 3)
-    module.copy_unit(0, 1)
-    module.separate_units(0, 1, anchors, margin=4.0)
-    logits, _ = module(anchors)
-    gap = logits[:, 1] - logits[:, 0]
-    torch.testing.assert_close(gap, torch.tensor([-2.0, 2.0]), atol=1e-4, rtol=0)
-
-
 def test_mixture_split_and_merge_keep_weights_on_the_simplex():
     X = torch.tensor(make_blobs(n_samples=300, centers=3, random_state=0)[0], dtype=torch.float64)
     prior = prior_from_data(X, kappa=1e-4, nu=None, sigma_scale=0.05, diagonal=False)
