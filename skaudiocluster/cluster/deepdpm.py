@@ -49,8 +49,6 @@ AUTO_DIAGONAL_ABOVE = 64
 # follow the mixture between M-steps; an epoch then draws this many batches.
 MIN_STEPS_PER_EPOCH = 20
 KMEANS_MAX_SAMPLES = 200_000
-# Logit gap between the two halves of a split unit at the sub-cluster means.
-SPLIT_MARGIN = 4.0
 INFERENCE_BATCH = 4096
 
 
@@ -110,23 +108,6 @@ class DeepDPMModule(nn.Module):
         self.head.weight[target] = self.head.weight[source]
         self.head.bias[target] = self.head.bias[source]
         self.active[target] = True
-
-    @torch.no_grad()
-    def separate_units(self, first: int, second: int, anchors: torch.Tensor, margin: float):
-        """Tilt two (duplicated) head units apart so that ``anchors[0]`` prefers ``first``
-        and ``anchors[1]`` prefers ``second`` by ``margin`` logits, meeting halfway.
-
-        Without this, duplicated units give every point equal odds, the next M-step
-        makes both components the same Gaussian and the split is lost."""
-        hidden = self.cluster_net[:-1](anchors.to(self.head.weight.dtype))
-        direction = hidden[1] - hidden[0]
-        step = 0.5 * margin / direction.dot(direction).clamp_min(1e-12)
-        shift = step * direction
-        offset = shift.dot(hidden.mean(dim=0))
-        self.head.weight[first] -= shift
-        self.head.weight[second] += shift
-        self.head.bias[first] += offset
-        self.head.bias[second] -= offset
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked cluster logits (B, max_clusters) and sub-cluster logits (B, 2)."""
@@ -259,10 +240,8 @@ class SplitMergeSchedule(Callback):
             chosen = chosen[np.argsort(-log_ratio[chosen])[: len(free)]]
         for k, new_slot in zip(chosen, free):
             slot = int(index[k])
-            anchors = mixture.sub_means[slot].clone()
             mixture.split(slot, new_slot)
             module.copy_unit(slot, new_slot)
-            module.separate_units(slot, new_slot, anchors, SPLIT_MARGIN)
             self._reset_units(module, optimizer, [slot, new_slot], head=True)
         return len(chosen)
 
