@@ -365,6 +365,7 @@ def _scores(y_true, y_pred) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_fsdd_speakers_beat_kmeans_over_three_seeds(fsdd_byola_d512):
+    """Measured with the defaults: NMI 0.878 / 0.826 / 0.880 (mean 0.861) vs KMeans 0.818."""
     X, speaker = fsdd_byola_d512["X"], fsdd_byola_d512["speaker"]
     temi_nmi, kmeans_nmi = [], []
     for seed in range(3):
@@ -392,4 +393,5 @@ def test_synthetic_sound_classes_beat_kmeans():
     kmeans = normalized_mutual_info_score(y, KMeans(6, n_init=10, random_state=0).fit_predict(X))
     print("sound classes: TEMI " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
     print(f"sound classes: KMeans(6) nmi={kmeans:.3f}")
-    assert scores["nmi"] >= kmeans
+    # measured: TEMI 0.853, KMeans 0.481; neighbours in log-mel statistics carry the class
+    assert scores["nmi"] >= kmeans + 0.2
