@@ -41,23 +41,29 @@ def _embedders(weights: str | None) -> dict[str, Callable]:
     return {"spectrogram": spectrogram, "byola": byola, "passt": passt}
 
 
-def _clusterers(n_clusters: int, random_state: int) -> dict[str, Callable]:
-    """Clusterer factories by CLI name; each expects standardised 2-D features."""
+def _clusterers(n_clusters: int, random_state: int, *, quick: bool = False) -> dict[str, Callable]:
+    """Clusterer factories by CLI name; each expects standardised 2-D features.
+
+    ``quick`` shrinks the deep clusterers' training budgets (for the demo).
+    """
 
     def temi():
         from skaudiocluster.cluster.temi import TEMIClusterer
 
-        return TEMIClusterer(n_clusters=n_clusters, random_state=random_state)
+        budget = {"min_steps": 500, "n_heads": 8} if quick else {}
+        return TEMIClusterer(n_clusters=n_clusters, random_state=random_state, **budget)
 
     def spice():
         from skaudiocluster.cluster.spice import SPICEClusterer
 
-        return SPICEClusterer(n_clusters=n_clusters, random_state=random_state)
+        budget = {"max_epochs": 10, "n_repeats": 4, "semi_max_epochs": 50} if quick else {}
+        return SPICEClusterer(n_clusters=n_clusters, random_state=random_state, **budget)
 
     def deepdpm():
         from skaudiocluster.cluster.deepdpm import DeepDPMClusterer
 
-        return DeepDPMClusterer(random_state=random_state)
+        budget = {"max_epochs": 60} if quick else {}
+        return DeepDPMClusterer(random_state=random_state, **budget)
 
     return {
         "kmeans": lambda: KMeans(n_clusters, n_init=10, random_state=random_state),
@@ -95,7 +101,8 @@ def demo(args: argparse.Namespace) -> int:
     embed_seconds = time.perf_counter() - start
     print(_markdown_row(_DEMO_COLUMNS))
     print("|" + "---|" * len(_DEMO_COLUMNS))
-    for name, make in _clusterers(args.n_classes, args.random_state).items():
+    clusterers = _clusterers(args.n_classes, args.random_state, quick=True)
+    for name, make in clusterers.items():
         model = _head(features, make())
         start = time.perf_counter()
         labels = model.fit_predict(features)

@@ -36,7 +36,7 @@ def test_demo_prints_a_score_table(capsys, monkeypatch):
     import skaudiocluster.cli as cli
 
     fast = {k: v for k, v in cli._clusterers(3, 0).items() if k in ("kmeans", "agglomerative")}
-    monkeypatch.setattr(cli, "_clusterers", lambda n, r: fast)
+    monkeypatch.setattr(cli, "_clusterers", lambda n, r, quick=False: fast)
     assert main(["demo", "--n-samples", "60", "--n-classes", "3"]) == 0
     out = capsys.readouterr().out
     assert "| pipeline | K found | NMI | ARI | accuracy |" in out
