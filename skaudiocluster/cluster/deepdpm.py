@@ -366,6 +366,7 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
     Examples
     --------
     >>> from sklearn.datasets import make_blobs
+    >>> from skaudiocluster import DeepDPMClusterer
     >>> X, _ = make_blobs(n_samples=400, centers=4, n_features=3, cluster_std=0.6,
     ...                   random_state=3)
     >>> dpm = DeepDPMClusterer(n_clusters_init=2, max_epochs=18, split_merge_every=3,
