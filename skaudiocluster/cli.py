@@ -50,7 +50,7 @@ def _clusterers(n_clusters: int, random_state: int, *, quick: bool = False) -> d
     def temi():
         from skaudiocluster.cluster.temi import TEMIClusterer
 
-        budget = {"min_steps": 500, "n_heads": 8} if quick else {}
+        budget = {"min_steps": 1500} if quick else {}
         return TEMIClusterer(n_clusters=n_clusters, random_state=random_state, **budget)
 
     def spice():
