@@ -194,6 +194,27 @@ class MultiHead(nn.Module):
         return self.last_layer(hidden)
 
 
+
+def copy_head(heads: MultiHead, index: int, **head_kwargs) -> MultiHead:
+    """A one-head :class:`MultiHead` holding a copy of head ``index`` of ``heads``.
+
+    ``head_kwargs`` are the architecture arguments ``heads`` was built with.
+    """
+    first = heads.body[0].weight
+    single = MultiHead(first.shape[1], heads.n_clusters, n_heads=1, **head_kwargs)
+    # Stacked parameters lead with the head axis; batch-norm ones are flat
+    # (n_heads * features); counters are scalars shared by all heads.
+    single.load_state_dict(
+        {
+            name: value.clone()
+            if value.dim() == 0
+            else value.reshape(heads.n_heads, -1, *value.shape[1:])[index].clone()
+            for name, value in heads.state_dict().items()
+        }
+    )
+    return single.to(first.device)
+
+
 class _HeadBatchNorm(nn.Module):
     """BatchNorm1d over ``(n_heads, batch, features)`` with statistics per head and feature."""
 

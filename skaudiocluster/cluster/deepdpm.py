@@ -49,6 +49,7 @@ AUTO_DIAGONAL_ABOVE = 64
 # follow the mixture between M-steps; an epoch then draws this many batches.
 MIN_STEPS_PER_EPOCH = 20
 KMEANS_MAX_SAMPLES = 200_000
+HEAD_FIT_MAX_SAMPLES = 20_000
 INFERENCE_BATCH = 4096
 
 
@@ -103,6 +104,30 @@ class DeepDPMModule(nn.Module):
             bias[slots] = torch.empty_like(bias[slots]).uniform_(-bound, bound)
 
     @torch.no_grad()
+    def point_sub_nets(self, slots: torch.Tensor, sub_means: torch.Tensor, sharpness: float = 4.0):
+        """Start the sub-nets of ``slots`` as the split their two sub-cluster means define.
+
+        Two hidden units measure the signed distance from the midpoint along the
+        line through the means (1 at a mean) and feed the opposite sub-cluster
+        logits with weight ``sharpness``; the other hidden units start with zero
+        output weights. A randomly initialised sub-net instead outputs about 1/2
+        for both sub-clusters, and the next sub-cluster M-step then moves both
+        means to the cluster's mean, where they stay.
+        """
+        self.reset_sub_nets(slots)
+        sub_means = sub_means.to(self.sub_w1.dtype)
+        centre = sub_means.mean(dim=1)
+        half = (sub_means[:, 1] - sub_means[:, 0]) / 2
+        direction = half / (half**2).sum(dim=1, keepdim=True).clamp_min(1e-12)
+        offset = (direction * centre).sum(dim=1)
+        self.sub_w1[slots, :, 0], self.sub_b1[slots, 0] = direction, -offset
+        self.sub_w1[slots, :, 1], self.sub_b1[slots, 1] = -direction, offset
+        self.sub_w2[slots] = 0.0
+        self.sub_b2[slots] = 0.0
+        self.sub_w2[slots, 0, 1] = sharpness
+        self.sub_w2[slots, 1, 0] = sharpness
+
+    @torch.no_grad()
     def copy_unit(self, source: int, target: int):
         """Duplicate the head unit ``source`` into ``target`` and activate it."""
         self.head.weight[target] = self.head.weight[source]
@@ -138,6 +163,38 @@ class DeepDPMNet(NeuralNet):
             clusters = logits.detach().argmax(dim=1)
             loss = loss + sub_cluster_loss(x, sub_logits, mixture.sub_means[clusters])
         return loss
+
+
+def fit_head_to_mixture(
+    module: DeepDPMModule, mixture: DPMixture, rows: torch.Tensor, max_iter: int = 100
+):
+    """Refit the head's active units to the mixture's responsibilities on ``rows``.
+
+    After a split the two new units are copies, and after a merge the kept unit
+    covers only half of its cluster; until the network tells the changed
+    clusters apart, the M-step (which uses the network's soft assignments) pulls
+    split pairs back together. The hidden layer stays fixed, so this is a
+    multinomial logistic regression (L-BFGS, the cluster loss) on its features.
+    """
+    index = mixture.index
+    with torch.no_grad():
+        hidden = module.cluster_net[:-1](rows)
+        target = mixture.e_step(rows).to(hidden.dtype)
+    weight = module.head.weight[index].detach().clone().requires_grad_()
+    bias = module.head.bias[index].detach().clone().requires_grad_()
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = smoothed_kl(target, F.log_softmax(hidden @ weight.T + bias, dim=1))
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        module.head.weight[index] = weight
+        module.head.bias[index] = bias
 
 
 def _reset_adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows):
@@ -206,20 +263,26 @@ class SplitMergeSchedule(Callback):
         if epoch >= self.m_step_from_ and epoch > self.frozen_until_:
             mixture.m_step()
             if net.train_sub_nets_:
-                net.module_.reset_sub_nets(mixture.sub_m_step())
+                collapsed = mixture.sub_m_step()
+                net.module_.point_sub_nets(collapsed, mixture.sub_means[collapsed])
         if epoch == self.sub_from_ - 1:
             mixture.seed_sub_clusters(mixture.index)
+            net.module_.point_sub_nets(mixture.index, mixture.sub_means[mixture.index])
         event = ""
         if epoch >= self.first_move_ and (epoch - self.first_move_) % self.every == 0:
             is_split = (epoch - self.first_move_) // self.every % 2 == 0
             moved = self._split(net) if is_split else self._merge(net)
+            if moved:
+                fit_head_to_mixture(net.module_, net.mixture_, net.head_fit_rows_)
+                _reset_adam_rows(net.optimizer_, net.module_.head.weight, mixture.index)
+                _reset_adam_rows(net.optimizer_, net.module_.head.bias, mixture.index)
             event = f"{'split' if is_split else 'merge'} {moved}"
             self.frozen_until_ = epoch + self.freeze_
         net.history.record("n_clusters", mixture.n_clusters)
         net.history.record("event", event)
 
     def _split(self, net) -> int:
-        mixture, module, optimizer = net.mixture_, net.module_, net.optimizer_
+        mixture, module = net.mixture_, net.module_
         index = mixture.index
         sub_index = torch.stack([2 * index, 2 * index + 1], dim=1).flatten()
         accept, log_ratio = split_decisions(
@@ -242,11 +305,11 @@ class SplitMergeSchedule(Callback):
             slot = int(index[k])
             mixture.split(slot, new_slot)
             module.copy_unit(slot, new_slot)
-            self._reset_units(module, optimizer, [slot, new_slot], head=True)
+            self._reset_units(net, [slot, new_slot], head=True)
         return len(chosen)
 
     def _merge(self, net) -> int:
-        mixture, module, optimizer = net.mixture_, net.module_, net.optimizer_
+        mixture, module = net.mixture_, net.module_
         index = mixture.index
         hard = [s[index] for s in mixture.hard]
         means = mixture.means[index]
@@ -255,13 +318,14 @@ class SplitMergeSchedule(Callback):
             kept, removed = int(index[kept]), int(index[removed])
             mixture.merge(kept, removed)
             module.active[removed] = False
-            self._reset_units(module, optimizer, [kept], head=False)
+            self._reset_units(net, [kept], head=False)
         return len(pairs)
 
     @staticmethod
-    def _reset_units(module: DeepDPMModule, optimizer, slots: list[int], *, head: bool):
+    def _reset_units(net, slots: list[int], *, head: bool):
+        module, optimizer = net.module_, net.optimizer_
         slots_t = torch.tensor(slots, device=module.active.device)
-        module.reset_sub_nets(slots_t)
+        module.point_sub_nets(slots_t, net.mixture_.sub_means[slots_t])
         params = [module.sub_w1, module.sub_b1, module.sub_w2, module.sub_b2]
         if head:
             params += [module.head.weight, module.head.bias]
@@ -493,6 +557,8 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
         self.net_.initialize()
         self.net_.module_.active.copy_(mixture.active)
         self.net_.mixture_ = mixture
+        sample = np.random.default_rng(seed).permutation(n_samples)[:HEAD_FIT_MAX_SAMPLES]
+        self.net_.head_fit_rows_ = data[torch.as_tensor(np.sort(sample), device=device)]
         # Rows and a dummy target; batches are fancy-indexed whole (see _make_net).
         rows = TensorDataset(data, torch.zeros(n_samples, device=device))
         with _one_cpu_thread(device):

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from skaudiocluster._torch import DEVICE_OPTIONS, make_generator, resolve_device, seed_torch
 from skaudiocluster.audio import check_audio
 from skaudiocluster.augment import strong_augmentation, weak_augmentation
-from skaudiocluster.cluster._heads import MultiHead
+from skaudiocluster.cluster._heads import MultiHead, copy_head
 from skaudiocluster.cluster._spice_labels import (
     double_softmax_cross_entropy,
     fixmatch_loss,
@@ -359,16 +359,6 @@ def _forward(module: nn.Module, features: torch.Tensor, device: torch.device) ->
     return torch.cat(chunks, dim=-2)
 
 
-def _single_head(heads: MultiHead, index: int, **head_kwargs) -> MultiHead:
-    """A one-head :class:`MultiHead` holding a copy of head ``index`` of ``heads``."""
-    first = heads.body[0].weight
-    single = MultiHead(first.shape[1], heads.n_clusters, n_heads=1, **head_kwargs)
-    single.load_state_dict(
-        {name: value[index : index + 1].clone() for name, value in heads.state_dict().items()}
-    )
-    return single.to(first.device)
-
-
 class SPICEClusterer(ClusterMixin, BaseEstimator):
     """SPICE deep clustering on embeddings: prototype pseudo-labels, then semi-supervision.
 
@@ -658,7 +648,7 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         heads, self.head_losses_, history = self._fit_self(features, seed)
         self.history_ = {"self": history}
         self.best_head_ = int(np.argmin(self.head_losses_))
-        head = _single_head(heads, self.best_head_, **self._head_kwargs())
+        head = copy_head(heads, self.best_head_, **self._head_kwargs())
         proba = _forward(head, features, self.device_)[0].softmax(dim=-1).numpy()
         self.self_labels_ = proba.argmax(axis=1)
         # A neighbourhood larger than a typical cluster could never agree with itself.

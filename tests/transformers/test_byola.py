@@ -3,7 +3,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import urllib.request
 
 import numpy as np
 import pytest
@@ -224,20 +223,6 @@ def test_training_checkpoint_prefixes_are_stripped(tmp_path, byola_d512_weights)
     clips = _clips()
     assert_array_equal(BYOLAEmbedder(wrapped).fit_transform(clips),
                        BYOLAEmbedder(byola_d512_weights).fit_transform(clips))
-
-
-def test_offline_registered_name_says_where_to_put_the_file(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setenv("SKAUDIOCLUSTER_CACHE", str(tmp_path))
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(ValueError) as info:
-        BYOLAEmbedder(weights="byola-v1-d1024").fit(_clips())
-    message = str(info.value)
-    assert str(tmp_path / "AudioNTT2020-BYOLA-64x96d1024.pth") in message
-    assert "github.com/nttcslab/byol-a" in message and "evaluation" in message
-    assert not list(tmp_path.iterdir())
 
 
 def test_unit_sec_shorter_than_encoder_minimum_is_rejected():

@@ -7,7 +7,6 @@ rebuilt here and loaded strictly, so the checkpoint key names are checked too.
 """
 
 import pickle
-import urllib.request
 import zlib
 
 import numpy as np
@@ -174,20 +173,6 @@ def test_structured_patchout_only_in_training_mode():
         net.train()
         trained = net(mel)[0]
     assert not torch.allclose(evaluated, trained)
-
-
-def test_offline_registered_name_says_where_to_put_the_file(monkeypatch, tmp_path):
-    def no_network(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setenv("SKAUDIOCLUSTER_CACHE", str(tmp_path))
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    with pytest.raises(ValueError) as excinfo:
-        PaSSTEmbedder(weights="passt_s_swa_p16_128_ap476").fit(None)
-    message = str(excinfo.value)
-    assert str(tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt") in message
-    assert "https://github.com/kkoutini/PaSST/releases/download/" in message
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_checkpoints_raise_clear_errors(tmp_path):
