@@ -59,12 +59,14 @@ def prior_from_data(
 ) -> NIWPrior:
     """The data-driven NIW prior used by DeepDPM.
 
-    ``m`` is the data mean (the paper's ``data_mean`` choice). ``Psi`` is
-    ``sigma_scale * v * I`` where ``v`` is the mean per-feature variance of ``X``:
-    the official default ``0.005 * I`` assumes L2-normalised rows of about ten
-    dimensions, and scaling by ``v`` keeps its meaning at any dimension and scale.
-    ``nu`` defaults to ``D + 2`` (full) or 3 (diagonal), the smallest value that
-    gives ``E[Sigma] = Psi`` under the prior; ``kappa`` is taken as given.
+    ``m`` is the data mean (the paper's ``data_mean`` choice). ``nu`` defaults to
+    ``D + 2`` (full) or 3 (diagonal); larger values make the prior more confident.
+    ``Psi`` is chosen so that the prior mean of a cluster covariance,
+    ``Psi / (nu - D - 1)``, is ``sigma_scale * v * I`` with ``v`` the mean
+    per-feature variance of ``X``: a fraction of the data's spread, whatever
+    ``nu``, the dimension and the scale of ``X`` (the official default
+    ``0.005 * I`` assumes L2-normalised rows of about ten dimensions). With the
+    default ``nu`` this is ``Psi = sigma_scale * v * I``. ``kappa`` is taken as given.
 
     Examples
     --------
@@ -76,14 +78,14 @@ def prior_from_data(
     """
     X = X.to(torch.float64)
     n_features = X.shape[1]
-    variance = X.var(dim=0, unbiased=False).mean().clamp_min(1e-12)
-    scale = float(sigma_scale) * variance
-    ones = torch.ones(n_features, dtype=torch.float64, device=X.device)
-    psi = scale * ones if diagonal else torch.diag(scale * ones)
     dim = 1 if diagonal else n_features
     nu = float(dim + 2 if nu is None else nu)
-    if nu <= dim:
-        raise ValueError(f"the NIW degrees of freedom nu={nu} must exceed {dim} here")
+    if nu <= dim + 1:
+        raise ValueError(f"the NIW degrees of freedom nu={nu} must exceed {dim + 1} here")
+    variance = X.var(dim=0, unbiased=False).mean().clamp_min(1e-12)
+    scale = float(sigma_scale) * variance * (nu - dim - 1)
+    ones = torch.ones(n_features, dtype=torch.float64, device=X.device)
+    psi = scale * ones if diagonal else torch.diag(scale * ones)
     return NIWPrior(mean=X.mean(dim=0), psi=psi, kappa=float(kappa), nu=nu)
 
 

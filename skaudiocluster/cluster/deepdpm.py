@@ -356,12 +356,16 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
     prior_kappa : float, default=1e-4
         NIW pseudo-count on the means (tiny: means follow the data).
     prior_nu : float or None, default=None
-        NIW degrees of freedom; ``None`` means ``D + 2`` (full) or 3 (diagonal).
+        NIW degrees of freedom, above ``D + 1`` (full) or 2 (diagonal); ``None``
+        means ``D + 2`` (full) or 3 (diagonal), the weakest prior with a mean.
+        Larger values hold cluster covariances closer to the prior's, which
+        stops a Gaussian mixture from cutting non-Gaussian classes into pieces.
     prior_sigma_scale : float, default=0.05
-        NIW scale ``Psi = prior_sigma_scale * v * I`` with ``v`` the mean
-        per-feature variance of the transformed input, i.e. the prior cluster
-        covariance as a fraction of the data's. Smaller values let clusters be
-        tighter and favour splits.
+        Prior mean of a cluster covariance, ``prior_sigma_scale * v * I`` with
+        ``v`` the mean per-feature variance of the transformed input: the
+        expected cluster spread as a fraction of the data's. The NIW scale is
+        ``Psi = prior_sigma_scale * v * (nu - D - 1) * I``. Smaller values let
+        clusters be tighter and favour splits.
     weight_smoothing : float, default=0.1
         Dirichlet smoothing of the mixture weights, ``(N_k/N + a) / (1 + K a)``.
     covariance_type : {"auto", "full", "diag"}, default="auto"
@@ -422,8 +426,16 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
       NIW evidence); posterior means use the raw soft count ``N_k``.
     * New sub-clusters are seeded from the halves of each cluster along its
       principal axis (no pass over the points, official: 1-D 2-means); a merged
-      cluster's sub-clusters are the two clusters it was made from.
-    * ``Psi`` scales with the data's variance (see ``prior_sigma_scale``).
+      cluster's sub-clusters are the two clusters it was made from. A sub-net
+      whose sub-clusters are (re)seeded starts as the cut between them
+      (:meth:`DeepDPMModule.point_sub_nets`); a random one would let the next
+      sub-cluster M-step pull both means onto the cluster's.
+    * After every round that changed K, the head's active units are refitted
+      to the new mixture's responsibilities (:func:`fit_head_to_mixture`).
+      With duplicated units the network splits each pair 50/50 and the M-step,
+      which uses the network's assignments, pulls the pair back together.
+    * ``Psi`` scales with the data's variance and with ``nu`` (see
+      ``prior_sigma_scale``).
     * An epoch has at least 20 batches, and training runs on one CPU thread.
     * Units no training point selects at the end are dropped from ``n_clusters_``.
 

@@ -62,7 +62,10 @@ def test_prior_from_data_follows_data_statistics():
     diag = prior_from_data(X, kappa=1e-4, nu=None, sigma_scale=0.1, diagonal=True)
     assert diag.nu == 3 and diag.psi.shape == (4,)
     with pytest.raises(ValueError, match="nu"):
-        prior_from_data(X, kappa=1e-4, nu=4.0, sigma_scale=0.1, diagonal=False)
+        prior_from_data(X, kappa=1e-4, nu=5.0, sigma_scale=0.1, diagonal=False)
+    # a larger nu keeps the prior mean covariance Psi / (nu - D - 1) where it was
+    strong = prior_from_data(X, kappa=1e-4, nu=25.0, sigma_scale=0.1, diagonal=False)
+    torch.testing.assert_close(strong.psi / (25.0 - 4 - 1), prior.psi)
 
 
 def test_sufficient_stats_match_weighted_sums():
