@@ -101,10 +101,19 @@ def test_empty_clusters_do_not_crash():
 
 def test_diagonal_covariances_for_wide_input():
     X, _ = make_blobs(n_samples=150, centers=3, n_features=80, random_state=0)
-    dpm = _tiny(max_epochs=7).fit(X)
+    dpm = _tiny(max_epochs=7, n_components=None).fit(X)
     assert dpm.covariance_type_ == "diag"
     assert dpm.covariances_.shape == (dpm.n_clusters_, 80)
     assert _tiny(max_epochs=2, covariance_type="full").fit(X[:, :5]).covariance_type_ == "full"
+
+
+def test_wide_input_is_reduced_to_n_components():
+    X, y = make_blobs(n_samples=150, centers=3, n_features=80, random_state=0)
+    dpm = _tiny(max_epochs=7, n_components=6).fit(X)
+    assert dpm.covariance_type_ == "full"
+    assert dpm.means_.shape == (dpm.n_clusters_, 6)
+    assert dpm.input_transformer_.transform(X).shape == (150, 6)
+    assert dpm.predict(X).shape == (150,)
 
 
 def test_rejects_more_initial_clusters_than_units():
