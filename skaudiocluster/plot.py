@@ -41,9 +41,12 @@ def _axes(ax, n_panels: int, panel_size: tuple[float, float] = (5.0, 4.5)):
     return fig, list(axes[0])
 
 
-def _scatter_by_label(ax, points: np.ndarray, labels, title: str, max_legend: int) -> None:
+def _scatter_by_label(
+    ax, points: np.ndarray, labels, title: str, max_legend: int, names: list | None = None
+) -> None:
+    """Scatter ``points`` coloured by label; the i-th of ``names`` gets the i-th colour."""
     values = np.asarray(labels)
-    names = list(dict.fromkeys(values.tolist()))
+    names = list(dict.fromkeys(values.tolist())) if names is None else names
     cmap = _pyplot().get_cmap("tab10" if len(names) <= 10 else "tab20")
     for index, name in enumerate(names):
         mask = values == name
@@ -67,6 +70,10 @@ def plot_cluster_map(
     max_legend: int = 12,
 ):
     """Scatter the samples in 2-D, coloured by cluster and, if given, by true label.
+
+    With ``y_true``, each cluster is drawn in the colour of the class it is
+    matched to by the Hungarian algorithm, so the two panels can be compared
+    at a glance.
 
     Parameters
     ----------
@@ -119,9 +126,14 @@ def plot_cluster_map(
         points = np.asarray(reducer.fit_transform(X))
     fig, axes = _axes(ax, 1 if y_true is None else 2)
     n_clusters = len(set(np.asarray(labels).tolist()))
-    _scatter_by_label(axes[0], points, labels, f"clusters (K={n_clusters})", max_legend)
+    # With labels, a cluster takes the colour of the class it is matched to.
+    classes = clusters = None
     if y_true is not None:
-        _scatter_by_label(axes[1], points, y_true, "true labels", max_legend)
+        _, classes, clusters = matched_confusion_matrix(y_true, labels)
+    title = f"clusters (K={n_clusters})"
+    _scatter_by_label(axes[0], points, labels, title, max_legend, clusters)
+    if y_true is not None:
+        _scatter_by_label(axes[1], points, y_true, "true labels", max_legend, classes)
     return fig
 
 
