@@ -656,8 +656,7 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
 
     @torch.no_grad()
     def _slot_logits(self, Xt: np.ndarray) -> np.ndarray:
-        # In float64: float32 kernels round a row differently depending on its
-        # batch, and predictions should not depend on which rows come with it.
+        # In float64, so that a row's prediction does not depend on its batch.
         self.module_.eval()
         net = copy.deepcopy(self.module_.cluster_net).double()
         data = torch.from_numpy(Xt).to(self.module_.active.device, torch.float64)
@@ -677,8 +676,10 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_clusters_)
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float32, reset=False)
-        Xt = self.input_transformer_.transform(X).astype(np.float32)
+        # float64 throughout: scikit-learn's float32 transforms round a value
+        # differently depending on where it sits in memory.
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        Xt = self.input_transformer_.transform(X)
         index = self.module_.active.nonzero().flatten().cpu().numpy()
         logits = torch.from_numpy(self._slot_logits(Xt)[:, index])
         return to_numpy(torch.softmax(logits, dim=1))
