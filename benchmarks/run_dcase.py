@@ -195,6 +195,20 @@ def _agglomerative(Z, K, seed, args):
     return AgglomerativeClustering(n_clusters=K, linkage="ward")
 
 
+def _dpgmm(Z, K, seed, args):
+    from sklearn.mixture import BayesianGaussianMixture
+
+    # scikit-learn's Dirichlet-process mixture, the classical way to infer K: up to
+    # 40 components, full covariances up to 64 dimensions (as DeepDPM's "auto")
+    return BayesianGaussianMixture(
+        n_components=min(40, len(Z)),
+        covariance_type="full" if Z.shape[1] <= 64 else "diag",
+        weight_concentration_prior_type="dirichlet_process",
+        max_iter=500,
+        random_state=seed,
+    )
+
+
 # --quick: training budgets for a smoke run of the deep clusterers (not for results)
 QUICK = {
     "spice": {"max_epochs": 3, "n_repeats": 2, "semi_max_epochs": 5},
@@ -226,12 +240,14 @@ def _deepdpm(Z, K, seed, args):
     return DeepDPMClusterer(random_state=seed, **_deep_params("deepdpm", args))
 
 
-# name -> factory(features, n_classes, seed, args); deep ones train on the features themselves
+# name -> factory(features, n_classes, seed, args); deep ones train on the features
+# themselves. DBSCAN, MeanShift, dpgmm and DeepDPM find K; the others are given it.
 CLUSTERERS: dict[str, Callable] = {
     "kmeans": _kmeans,
     "agglomerative": _agglomerative,
     "dbscan": _dbscan,
     "meanshift": _meanshift,
+    "dpgmm": _dpgmm,
     "spice": _spice,
     "temi": _temi,
     "deepdpm": _deepdpm,

@@ -51,7 +51,7 @@ def test_synthetic_table_csv_and_unavailable_rows(run_dcase, tmp_path, capsys):
         "--features", "spectrogram", "byola",
         "--byola-weights", str(tmp_path / "missing.pth"),
         "--reducers", "none", "pca",
-        "--clusterers", "kmeans", "agglomerative", "dbscan",
+        "--clusterers", "kmeans", "agglomerative", "dbscan", "dpgmm",
         "--seeds", "0", "1", "--no-plots", "--out", str(out),
     ]  # fmt: skip
     assert run_dcase.main(argv) == 0
@@ -60,11 +60,10 @@ def test_synthetic_table_csv_and_unavailable_rows(run_dcase, tmp_path, capsys):
     assert (out / "results.md").read_text().strip() in printed
 
     rows = table_rows(printed)
-    assert len(rows) == 2 * 2 * 3
+    assert len(rows) == 2 * 2 * 4
     spectrogram = {(r[1], r[2]): r for r in rows if r[0] == "spectrogram"}
-    assert set(spectrogram) == {
-        (red, clu) for red in ("none", "pca") for clu in ("kmeans", "agglomerative", "dbscan")
-    }
+    clusterers = ("kmeans", "agglomerative", "dbscan", "dpgmm")
+    assert set(spectrogram) == {(red, clu) for red in ("none", "pca") for clu in clusterers}
     kmeans = spectrogram[("none", "kmeans")]
     assert kmeans[-1] == "ok" and "±" in kmeans[3]  # two seeds: mean ± std
     assert all(r[-1] == "unavailable [1]" for r in rows if r[0] == "byola")
@@ -72,9 +71,9 @@ def test_synthetic_table_csv_and_unavailable_rows(run_dcase, tmp_path, capsys):
 
     results = read_csv(out / "results.csv")
     assert list(results[0]) == run_dcase.COLUMNS
-    assert len(results) == 12
+    assert len(results) == 16
     ok = [r for r in results if r["status"] == "ok"]
-    assert len(ok) == 6
+    assert len(ok) == 8
     for row in ok:
         assert 0.0 <= float(row["nmi_mean"]) <= 1.0
         assert -1.0 <= float(row["ari_mean"]) <= 1.0
@@ -88,7 +87,7 @@ def test_synthetic_table_csv_and_unavailable_rows(run_dcase, tmp_path, capsys):
     assert nmi[("none", "kmeans")] > 0.3
 
     runs = read_csv(out / "runs.csv")
-    assert len(runs) == 24 and {r["seed"] for r in runs} == {"0", "1"}
+    assert len(runs) == 32 and {r["seed"] for r in runs} == {"0", "1"}
 
 
 def test_embeddings_are_cached(run_dcase, tmp_path, capsys):
