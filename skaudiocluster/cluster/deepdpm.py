@@ -591,6 +591,7 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
         rows = TensorDataset(data, torch.zeros(n_samples, device=device))
         with _one_cpu_thread(device):
             self.net_.partial_fit(rows, None)  # fit() would re-initialise the module
+        del self.net_.head_fit_rows_  # training data has no place in the fitted estimator
 
         self.module_ = self.net_.module_
         self.history_ = self.net_.history

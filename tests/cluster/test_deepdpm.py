@@ -72,6 +72,7 @@ def test_pickle_round_trip(fitted, blobs):
     X, _ = blobs
     restored = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(restored.predict_proba(X), fitted.predict_proba(X))
+    assert not hasattr(fitted.net_, "head_fit_rows_")  # no copy of the training data kept
 
 
 def test_exact_repeat_on_cpu(blobs):
