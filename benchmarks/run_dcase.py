@@ -198,11 +198,13 @@ def _agglomerative(Z, K, seed, args):
 def _dpgmm(Z, K, seed, args):
     from sklearn.mixture import BayesianGaussianMixture
 
+    from skaudiocluster.cluster.deepdpm import AUTO_DIAGONAL_ABOVE
+
     # scikit-learn's Dirichlet-process mixture, the classical way to infer K: up to
-    # 40 components, full covariances up to 64 dimensions (as DeepDPM's "auto")
+    # 40 components, full covariances where DeepDPM's "auto" would use them
     return BayesianGaussianMixture(
         n_components=min(40, len(Z)),
-        covariance_type="full" if Z.shape[1] <= 64 else "diag",
+        covariance_type="full" if Z.shape[1] <= AUTO_DIAGONAL_ABOVE else "diag",
         weight_concentration_prior_type="dirichlet_process",
         max_iter=500,
         random_state=seed,

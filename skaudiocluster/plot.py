@@ -126,7 +126,6 @@ def plot_cluster_map(
         points = np.asarray(reducer.fit_transform(X))
     fig, axes = _axes(ax, 1 if y_true is None else 2)
     n_clusters = len(set(np.asarray(labels).tolist()))
-    # With labels, a cluster takes the colour of the class it is matched to.
     classes = clusters = None
     if y_true is not None:
         _, classes, clusters = matched_confusion_matrix(y_true, labels)

@@ -194,7 +194,6 @@ class MultiHead(nn.Module):
         return self.last_layer(hidden)
 
 
-
 def copy_head(heads: MultiHead, index: int, **head_kwargs) -> MultiHead:
     """A one-head :class:`MultiHead` holding a copy of head ``index`` of ``heads``.
 

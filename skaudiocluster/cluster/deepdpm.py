@@ -16,7 +16,6 @@ touched rows are reset. The cost is a cap on K (``max_clusters``).
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 from torch import nn
+from torch.func import functional_call
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, RandomSampler, TensorDataset
 
@@ -277,8 +277,8 @@ class SplitMergeSchedule(Callback):
             moved = self._split(net) if is_split else self._merge(net)
             if moved:
                 fit_head_to_mixture(net.module_, net.mixture_, net.head_fit_rows_)
-                _reset_adam_rows(net.optimizer_, net.module_.head.weight, mixture.index)
-                _reset_adam_rows(net.optimizer_, net.module_.head.bias, mixture.index)
+                for param in (net.module_.head.weight, net.module_.head.bias):
+                    _reset_adam_rows(net.optimizer_, param, mixture.index)
             event = f"{'split' if is_split else 'merge'} {moved}"
             self.frozen_until_ = epoch + self.freeze_
         net.history.record("n_clusters", mixture.n_clusters)
@@ -308,7 +308,7 @@ class SplitMergeSchedule(Callback):
             slot = int(index[k])
             mixture.split(slot, new_slot)
             module.copy_unit(slot, new_slot)
-            self._reset_units(net, [slot, new_slot], head=True)
+            self._reset_sub_nets(net, [slot, new_slot])
         return len(chosen)
 
     def _merge(self, net) -> int:
@@ -321,19 +321,20 @@ class SplitMergeSchedule(Callback):
             kept, removed = int(index[kept]), int(index[removed])
             mixture.merge(kept, removed)
             module.active[removed] = False
-            self._reset_units(net, [kept], head=False)
+            self._reset_sub_nets(net, [kept])
         return len(pairs)
 
     @staticmethod
-    def _reset_units(net, slots: list[int], *, head: bool):
-        module, optimizer = net.module_, net.optimizer_
+    def _reset_sub_nets(net, slots: list[int]):
+        """Point the sub-nets of ``slots`` at their new sub-clusters and forget their moments.
+
+        The head's rows are refitted (and their moments reset) once the round is over.
+        """
+        module = net.module_
         slots_t = torch.tensor(slots, device=module.active.device)
         module.point_sub_nets(slots_t, net.mixture_.sub_means[slots_t])
-        params = [module.sub_w1, module.sub_b1, module.sub_w2, module.sub_b2]
-        if head:
-            params += [module.head.weight, module.head.bias]
-        for param in params:
-            _reset_adam_rows(optimizer, param, slots_t)
+        for param in (module.sub_w1, module.sub_b1, module.sub_w2, module.sub_b2):
+            _reset_adam_rows(net.optimizer_, param, slots_t)
 
 
 class DeepDPMClusterer(ClusterMixin, BaseEstimator):
@@ -604,7 +605,8 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
         if self.n_components is not None and X.shape[1] > self.n_components:
             n_components = min(self.n_components, X.shape[0])
             steps += [StandardScaler(), PCA(n_components, svd_solver="full", random_state=seed)]
-        return make_pipeline(*steps, _make_transformer(self.transform_input))
+        last = {"l2": Normalizer, "standard": StandardScaler, "none": FunctionTransformer}
+        return make_pipeline(*steps, last[self.transform_input]())
 
     def _make_net(
         self, n_samples: int, n_features: int, schedule: SplitMergeSchedule, device
@@ -658,10 +660,10 @@ class DeepDPMClusterer(ClusterMixin, BaseEstimator):
     @torch.no_grad()
     def _slot_logits(self, Xt: np.ndarray) -> np.ndarray:
         # In float64, so that a row's prediction does not depend on its batch.
-        self.module_.eval()
-        net = copy.deepcopy(self.module_.cluster_net).double()
+        net = self.module_.cluster_net
+        params = {name: value.double() for name, value in net.named_parameters()}
         data = torch.from_numpy(Xt).to(self.module_.active.device, torch.float64)
-        chunks = [net(x) for x in torch.split(data, INFERENCE_BATCH)]
+        chunks = [functional_call(net, params, x) for x in torch.split(data, INFERENCE_BATCH)]
         logits = torch.cat(chunks).masked_fill(~self.module_.active, -math.inf)
         return logits.detach().cpu().numpy()
 
@@ -713,10 +715,6 @@ def _one_cpu_thread(device: torch.device):
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _make_transformer(name: str):
-    return {"l2": Normalizer, "standard": StandardScaler, "none": FunctionTransformer}[name]()
 
 
 def _kmeans_labels(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
