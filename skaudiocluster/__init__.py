@@ -1,53 +1,50 @@
-"""Deep clustering of sound collections behind a scikit-learn API."""
+"""Deep clustering of sound collections behind a scikit-learn API.
 
-from skaudiocluster.audio import check_audio
-from skaudiocluster.cluster.deepdpm import DeepDPMClusterer
-from skaudiocluster.cluster.spice import SPICEClusterer
-from skaudiocluster.cluster.temi import TEMIClusterer
-from skaudiocluster.datasets import (
-    load_audio_folder,
-    load_dcase2018_task5,
-    load_fsdd,
-    make_sound_classes,
-)
-from skaudiocluster.metrics import (
-    CLUSTERING_SCORERS,
-    ClusteringScorer,
-    ClusteringScores,
-    TransductiveSplit,
-    get_clustering_scorer,
-    hungarian_accuracy,
-    hungarian_mapping,
-    matched_confusion_matrix,
-)
-from skaudiocluster.plot import plot_cluster_map, plot_confusion_matrix, plot_history
-from skaudiocluster.transformers.byola import BYOLAEmbedder
-from skaudiocluster.transformers.passt import PaSSTEmbedder
-from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
+Public names are imported on first use, so ``import skaudiocluster`` does not
+load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0.dev0"
 
-__all__ = [
-    "check_audio",
-    "DeepDPMClusterer",
-    "SPICEClusterer",
-    "TEMIClusterer",
-    "load_audio_folder",
-    "load_dcase2018_task5",
-    "load_fsdd",
-    "make_sound_classes",
-    "CLUSTERING_SCORERS",
-    "ClusteringScorer",
-    "ClusteringScores",
-    "TransductiveSplit",
-    "get_clustering_scorer",
-    "hungarian_accuracy",
-    "hungarian_mapping",
-    "matched_confusion_matrix",
-    "plot_cluster_map",
-    "plot_confusion_matrix",
-    "plot_history",
-    "SpectrogramTransformer",
-    "PaSSTEmbedder",
-    "BYOLAEmbedder",
-]
+_WHERE = {
+    "check_audio": "audio",
+    "DeepDPMClusterer": "cluster.deepdpm",
+    "SPICEClusterer": "cluster.spice",
+    "TEMIClusterer": "cluster.temi",
+    "load_audio_folder": "datasets",
+    "load_dcase2018_task5": "datasets",
+    "load_fsdd": "datasets",
+    "make_sound_classes": "datasets",
+    "CLUSTERING_SCORERS": "metrics",
+    "ClusteringScorer": "metrics",
+    "ClusteringScores": "metrics",
+    "TransductiveSplit": "metrics",
+    "get_clustering_scorer": "metrics",
+    "hungarian_accuracy": "metrics",
+    "hungarian_mapping": "metrics",
+    "matched_confusion_matrix": "metrics",
+    "plot_cluster_map": "plot",
+    "plot_confusion_matrix": "plot",
+    "plot_history": "plot",
+    "SpectrogramTransformer": "transformers.spectrogram",
+    "PaSSTEmbedder": "transformers.passt",
+    "BYOLAEmbedder": "transformers.byola",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'skaudiocluster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"skaudiocluster.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

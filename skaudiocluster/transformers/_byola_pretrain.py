@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from skaudiocluster._torch import make_generator
-from skaudiocluster.cluster._training import StopOnNonFiniteLoss, progress_callbacks
+from skaudiocluster._training import StopOnNonFiniteLoss, progress_callbacks
 from skaudiocluster.transformers._byola_net import LOG_EPS, AudioNTT2020
 
 TRAIN_FRAMES = 96  # unit_sec 0.95 of the official training: the "64x96" of the weight names

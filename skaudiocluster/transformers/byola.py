@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch.nn import functional as F
 
-from skaudiocluster._torch import progress, resolve_device, seed_torch
+from skaudiocluster._torch import draw_seed, fit_context, progress, resolve_device
 from skaudiocluster.audio import check_audio, length_batches
 from skaudiocluster.transformers._byola_net import (
     MIN_SAMPLES,
@@ -27,6 +27,7 @@ from skaudiocluster.transformers._byola_net import (
     LogMelFrontend,
     checkpoint_d,
     encoder_state,
+    n_frames,
     padded_waveforms,
 )
 from skaudiocluster.transformers._byola_pretrain import pretrain
@@ -145,11 +146,12 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     Notes
     -----
-    Training the encoder jointly with something else (as ``SPICEClusterer`` does):
-    :meth:`log_mel` maps a ``(B, L)`` float tensor of equal-length 16 kHz clips to the
-    normalised log-mel ``(B, 1, 64, T)``, differentiably and on the input's device,
-    so ``est.module_(est.log_mel(waves))`` gives embeddings with gradients to
-    ``module_``'s parameters. Call ``module_.train()`` for training and
+    Training the encoder jointly with something else (as ``SPICEClusterer`` does) uses
+    a small public interface: :meth:`waveforms` decodes and frames clips at
+    :attr:`model_sample_rate`; :meth:`log_mel` maps a batch of them to the normalised
+    log-mel ``(B, 1, 64, T)`` and valid frame counts, differentiably and on the
+    input's device; ``est.module_(*est.log_mel(waves))`` gives embeddings with
+    gradients to ``module_``'s parameters. Call ``module_.train()`` for training and
     ``module_.eval()`` afterwards; :meth:`transform` always runs the encoder in eval
     mode, with each batch norm folded into its convolution.
 
@@ -163,6 +165,11 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     >>> emb.shape
     (3, 512)
     """
+
+    #: Rate of the clips the encoder takes (:meth:`waveforms`, :meth:`log_mel`).
+    model_sample_rate: int = SAMPLE_RATE
+    #: Shortest clip the encoder takes (70 ms at 16 kHz).
+    min_samples: int = MIN_SAMPLES
 
     _parameter_constraints: dict = {
         "weights": [str, os.PathLike, None],
@@ -232,17 +239,18 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         """
         clips = self._clips(X)
         device = resolve_device(self.device)
-        seed = seed_torch(self.random_state)
+        seed = draw_seed(self.random_state)
         norm_stats = self._check_norm_stats()
-        self.module_ = self._load_module().eval()
-        if norm_stats is None:
-            norm_stats = self._learn_norm_stats(clips, device)
-        self.mean_, self.std_ = norm_stats
-        self.n_clips_ = len(clips)
-        self.pretrain_history_ = []
-        if self.pretrain_epochs > 0:
-            self.pretrain_history_ = pretrain(self, clips, device=device, seed=seed)
-            self.module_.cpu().eval()
+        with fit_context(self, seed, device, n_threads=None):
+            self.module_ = self._load_module().eval()
+            if norm_stats is None:
+                norm_stats = self._learn_norm_stats(clips, device)
+            self.mean_, self.std_ = norm_stats
+            self.n_clips_ = len(clips)
+            self.pretrain_history_ = []
+            if self.pretrain_epochs > 0:
+                self.pretrain_history_ = pretrain(self, clips, device=device, seed=seed)
+                self.module_.cpu().eval()
         return self
 
     def transform(self, X) -> np.ndarray:
@@ -272,23 +280,60 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         net.train(was_training)
         return out
 
-    def log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """Normalised log-mel of equal-length 16 kHz clips, differentiable, on their device.
+    def waveforms(self, X) -> list[np.ndarray]:
+        """The clips of ``X`` as the encoder takes them: mono float32 at 16 kHz, framed.
 
         Parameters
         ----------
-        waveforms : torch.Tensor of shape (B, L)
-            Float clips at 16 kHz, ``L >= 1120`` (70 ms).
+        X : list of 1-D arrays, 2-D array or list of paths
+            Raw audio clips (rate ``sample_rate`` for arrays).
 
         Returns
         -------
-        lms : torch.Tensor of shape (B, 1, 64, 1 + L // 160)
+        clips : list of ndarray
+            One 1-D array per clip, at least :attr:`min_samples` long.
+        """
+        return self._clips(X)
+
+    def log_mel(
+        self, waveforms: torch.Tensor | list, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised log-mel of 16 kHz clips, differentiable, on the input's device.
+
+        Parameters
+        ----------
+        waveforms : torch.Tensor of shape (B, L), or list of 1-D arrays
+            16 kHz float clips, each at least :attr:`min_samples` long. A tensor
+            holds equal-length clips (differentiably) or zero-padded ones with
+            ``lengths``; a list may hold clips of any lengths.
+        lengths : torch.Tensor of shape (B,), default=None
+            Valid samples of each row of a padded tensor; ``None`` means ``L``.
+
+        Returns
+        -------
+        lms : torch.Tensor of shape (B, 1, 64, T)
             ``(log(mel + eps) - mean_) / std_``, ready for ``module_``.
+        frames : torch.Tensor of shape (B,)
+            Valid frames of each clip (``1 + n_samples // 160``), the second
+            argument of ``module_``: the frames past a clip's end are padding
+            that ``module_`` masks, so a clip's embedding does not depend on its
+            batch.
         """
         check_is_fitted(self, "module_")
-        padded = F.pad(waveforms.unsqueeze(1), (N_FFT // 2, N_FFT // 2), mode="reflect")
-        lms = LogMelFrontend().to(waveforms.device)(padded.squeeze(1))
-        return ((lms - self.mean_) / self.std_).unsqueeze(1)
+        if isinstance(waveforms, torch.Tensor) and lengths is None:
+            padded = F.pad(waveforms.unsqueeze(1), (N_FFT // 2, N_FFT // 2), mode="reflect")
+            padded = padded.squeeze(1)
+            frames = torch.full((len(waveforms),), n_frames(waveforms.shape[1]))
+            device = waveforms.device
+        else:
+            is_tensor = isinstance(waveforms, torch.Tensor)
+            device = waveforms.device if is_tensor else torch.device("cpu")
+            if is_tensor:
+                waveforms = [w[: int(n)].detach().cpu().numpy() for w, n in zip(waveforms, lengths)]
+            padded, frames = padded_waveforms([np.asarray(w, np.float32) for w in waveforms])
+            padded = padded.to(device)
+        lms = LogMelFrontend().to(device)(padded)
+        return ((lms - self.mean_) / self.std_).unsqueeze(1), frames.to(device)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

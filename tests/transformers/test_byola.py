@@ -188,7 +188,7 @@ def test_random_state_repeats_random_init():
 def test_log_mel_feeds_module_differentiably(random_embedder):
     waves = torch.from_numpy(np.stack(_clips(seed=5, lengths=(8000, 8000))))
     module = random_embedder.module_
-    out = module(random_embedder.log_mel(waves))
+    out = module(*random_embedder.log_mel(waves))
     out.sum().backward()
     assert module.features[0].weight.grad is not None
     module.zero_grad(set_to_none=True)

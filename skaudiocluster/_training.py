@@ -1,0 +1,154 @@
+"""skorch plumbing shared by the embedders and the clusterers: the net, loss guard, EMA, progress."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback, ProgressBar
+from skorch.history import History
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+class TrainingNet(NeuralNet):
+    """A :class:`skorch.NeuralNet` whose ``fit`` lets ``KeyboardInterrupt`` through.
+
+    skorch ends training quietly on Ctrl-C and returns the half-trained net;
+    an estimator would then look fitted. Here the interrupt still runs the
+    ``on_train_end`` callbacks (progress bars close) and is then re-raised.
+    """
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt as exc:
+            self.interrupt_ = exc
+            raise
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        self.interrupt_ = None
+        super().partial_fit(X, y, classes=classes, **fit_params)
+        interrupt, self.interrupt_ = self.interrupt_, None
+        if interrupt is not None:
+            raise interrupt
+        return self
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Raise :class:`NonFiniteLossError` as soon as a batch loss is NaN or infinite.
+
+    Parameters
+    ----------
+    name : str
+        Who is training, for the message (e.g. ``"TEMIClusterer"``).
+    """
+
+    def __init__(self, name: str = "training"):
+        self.name = name
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        loss = net.history[-1, "batches", -1].get("train_loss" if training else "valid_loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"{self.name}: the loss became {loss} at epoch {len(net.history)}; "
+                "lower the learning rate or standardise the input features"
+            )
+
+
+class EMA(Callback):
+    """After every optimizer step, ``target <- m * target + (1 - m) * online``, parameter-wise.
+
+    ``m`` follows a cosine schedule from ``momentum`` to ``final_momentum`` over
+    ``total_steps`` (DINO, TEMI); ``final_momentum=None`` keeps it constant (BYOL).
+
+    Parameters
+    ----------
+    online : callable
+        ``online(net)`` returns the trained module.
+    target : callable
+        ``target(net)`` returns its moving-average copy (same parameter names).
+    momentum : float
+    total_steps : int or None, default=None
+        Steps of the cosine schedule (needed with ``final_momentum``).
+    final_momentum : float or None, default=None
+
+    Examples
+    --------
+    >>> EMA(None, None, 0.996, total_steps=101, final_momentum=1.0).momentum_at(100)
+    1.0
+    """
+
+    def __init__(
+        self,
+        online: Callable,
+        target: Callable,
+        momentum: float,
+        *,
+        total_steps: int | None = None,
+        final_momentum: float | None = None,
+    ):
+        self.online = online
+        self.target = target
+        self.momentum = momentum
+        self.total_steps = total_steps
+        self.final_momentum = final_momentum
+
+    def momentum_at(self, step: int) -> float:
+        if self.final_momentum is None:
+            return self.momentum
+        progress = min(step / max(self.total_steps - 1, 1), 1.0)
+        span = self.final_momentum - self.momentum
+        return self.final_momentum - span * (math.cos(math.pi * progress) + 1) / 2
+
+    def on_train_begin(self, net, **kwargs):
+        self.step_ = 0
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if not training:
+            return
+        m = self.momentum_at(self.step_)
+        online = dict(self.online(net).named_parameters())
+        target = dict(self.target(net).named_parameters())
+        names = list(target)
+        with torch.no_grad():
+            target_params = [target[name] for name in names]
+            torch._foreach_mul_(target_params, m)
+            torch._foreach_add_(target_params, [online[name] for name in names], alpha=1.0 - m)
+        self.step_ += 1
+
+
+def progress_callbacks(
+    verbose: int, batches_per_epoch: int | str = "auto"
+) -> list[tuple[str, Callback]]:
+    """Callbacks for skorch's ``callbacks=``: a progress bar per epoch when ``verbose``.
+
+    Pass ``batches_per_epoch`` when the training iterator has no length skorch
+    can read (custom samplers and iterators).
+    """
+    return [("progress", ProgressBar(batches_per_epoch=batches_per_epoch))] if verbose else []
+
+
+def epoch_history(nets: Iterable[NeuralNet], **extra) -> History:
+    """One :class:`skorch.History` of epoch rows (batches dropped) from the nets of a fit.
+
+    Rows keep skorch's keys (``epoch``, ``train_loss``, ``dur``, ...) plus the
+    algorithm's own; ``extra`` maps a key to one value per net (e.g.
+    ``stage=["self", "semi"]``), written into every row of that net. ``epoch``
+    counts on across nets.
+    """
+    history = History()
+    for position, net in enumerate(nets):
+        for row in net.history:
+            history.append(
+                {
+                    **{key: value for key, value in row.items() if key != "batches"},
+                    **{key: values[position] for key, values in extra.items()},
+                    "epoch": len(history) + 1,
+                }
+            )
+    return history

@@ -1,0 +1,199 @@
+"""The one contract of the deep clusterers, as ``_BaseKMeans`` is for scikit-learn's k-means.
+
+:class:`BaseDeepClusterer` owns what every deep clusterer does the same way:
+parameter names and validation of the shared parameters, the input transform
+(``preprocessing`` + ``n_components`` -> ``preprocessor_``), the device
+(``device`` -> ``device_``), seeding through a forked torch generator (the
+caller's global random state is untouched), one CPU thread while training
+(restored after), ``KeyboardInterrupt`` and errors leaving the estimator
+unfitted, ``predict`` as the argmax of ``predict_proba``, and pickles whose
+tensors live on the CPU.
+
+A subclass implements :meth:`BaseDeepClusterer._fit_features` (train on the
+preprocessed float32 features) and :meth:`BaseDeepClusterer._proba` (cluster
+probabilities of preprocessed features).
+
+Dtype policy: inputs are validated and preprocessed in float64 (scikit-learn's
+float32 transforms round a value differently depending on where it sits in
+memory), the networks run in float32, and ``predict_proba`` returns float32.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from skaudiocluster._torch import cpu_state, draw_seed, fit_context, resolve_device, torch_threads
+
+# Training and inference run on this many CPU threads (see _torch.torch_threads).
+FIT_THREADS = 1
+
+
+def make_preprocessor(
+    preprocessing: str | None, n_components: int | None, shape: tuple[int, int], seed: int
+) -> Pipeline:
+    """The input transform of the deep clusterers (unfitted).
+
+    Inputs with more than ``n_components`` features are standardised and
+    projected on their first ``n_components`` principal components (at most
+    ``n_samples``); then rows are L2-normalised (``"l2"``), features
+    standardised (``"standardize"``), or left as they are (``None``).
+
+    Examples
+    --------
+    >>> make_preprocessor("l2", 64, (1000, 512), seed=0)
+    Pipeline(steps=[('standardscaler', StandardScaler()),
+                    ('pca', PCA(n_components=64, random_state=0)),
+                    ('normalizer', Normalizer())])
+    >>> make_preprocessor(None, 64, (1000, 8), seed=0)
+    Pipeline(steps=[('functiontransformer', FunctionTransformer())])
+    """
+    n_samples, n_features = shape
+    steps = []
+    if n_components is not None and n_features > n_components:
+        steps += [StandardScaler(), PCA(min(n_components, n_samples), random_state=seed)]
+    if preprocessing == "l2":
+        steps.append(Normalizer())
+    elif preprocessing == "standardize":
+        steps.append(StandardScaler())
+    return make_pipeline(*(steps or [FunctionTransformer()]))
+
+
+def check_hidden_dims(hidden_dims) -> tuple[int, ...]:
+    """``hidden_dims`` as a tuple of positive ints, or a ``ValueError`` that says what is wrong.
+
+    Examples
+    --------
+    >>> check_hidden_dims([128, 64])
+    (128, 64)
+    """
+    dims = tuple(hidden_dims)
+    if not dims or not all(isinstance(d, Integral) and not isinstance(d, bool) for d in dims):
+        raise ValueError(f"hidden_dims must be a non-empty tuple of ints, got {hidden_dims!r}")
+    if min(dims) < 1:
+        raise ValueError(f"hidden_dims must hold positive widths, got {hidden_dims!r}")
+    return tuple(int(d) for d in dims)
+
+
+class BaseDeepClusterer(ClusterMixin, BaseEstimator):
+    """Base class of the deep clusterers: shared parameters, fit protocol, predict, pickling.
+
+    Subclasses declare their own parameters on top of
+    ``BaseDeepClusterer._parameter_constraints`` and store them in
+    ``__init__`` unchanged. Shared parameters and what they mean:
+
+    * ``hidden_dims`` : tuple of int, hidden layer widths of the networks.
+    * ``preprocessing`` : {"l2", "standardize"} or None, and ``n_components`` :
+      int or None, the input transform (:func:`make_preprocessor`), fitted as
+      ``preprocessor_``.
+    * ``device`` : "auto", a string or a :class:`torch.device`; resolved as ``device_``.
+    * ``random_state`` : int, RandomState instance or None; an int makes CPU fits
+      repeat exactly.
+    * ``verbose`` : int; progress bars when positive.
+    """
+
+    _parameter_constraints: dict = {
+        "hidden_dims": [tuple, list],
+        "preprocessing": [StrOptions({"l2", "standardize"}), None],
+        "n_components": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the clusterer on ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings, one row per clip.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+            The fitted clusterer.
+        """
+        device = resolve_device(self.device)
+        seed = draw_seed(self.random_state)
+        with fit_context(self, seed, device, n_threads=FIT_THREADS):
+            self.device_ = device
+            check_hidden_dims(self.hidden_dims)
+            embeddings = self._embeddings(X, reset=True, seed=seed)
+            self.preprocessor_ = make_preprocessor(
+                self.preprocessing, self.n_components, embeddings.shape, seed
+            ).fit(embeddings)
+            features = self._fit_features(self._preprocess(embeddings), X, seed)
+            self.labels_ = self._proba(features).argmax(axis=1)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Soft cluster assignments of each row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters), float32
+            Rows sum to 1.
+        """
+        check_is_fitted(self)
+        with torch_threads(FIT_THREADS if self.device_.type == "cpu" else None):
+            return self._proba(self._preprocess(self._embeddings(X, reset=False)))
+
+    def predict(self, X) -> np.ndarray:
+        """Cluster of each row of ``X``: the argmax of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return self.predict_proba(X).argmax(axis=1)
+
+    def __getstate__(self) -> dict:
+        return cpu_state(super().__getstate__())
+
+    # -- what subclasses implement or may override ----------------------------------------------
+
+    def _embeddings(self, X, *, reset: bool, seed: int | None = None) -> np.ndarray:
+        """``X`` validated as a float64 2-D array (a clusterer owning an encoder embeds here)."""
+        return validate_data(
+            self, X, dtype=np.float64, reset=reset, ensure_min_samples=self._min_samples()
+        )
+
+    def _min_samples(self) -> int:
+        """Fewest training rows the algorithm accepts."""
+        return 2
+
+    def _preprocess(self, embeddings: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.preprocessor_.transform(embeddings), dtype=np.float32)
+
+    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+        """Train on the preprocessed ``features`` (float32); ``X`` is the raw input of ``fit``.
+
+        Runs inside the fit context (forked RNG seeded by ``seed``, one CPU
+        thread). Returns the training features the fitted model labels (usually
+        ``features`` itself) for ``labels_``.
+        """
+        raise NotImplementedError
+
+    def _proba(self, features: np.ndarray) -> np.ndarray:
+        """Cluster probabilities ``(n_samples, n_clusters)`` of preprocessed features."""
+        raise NotImplementedError
