@@ -1,0 +1,258 @@
+"""Clustering quality of the deep clusterers next to the classical pipelines, on real audio.
+
+For every labelled set in the shared data folder and every feature producer,
+the same embeddings (computed once, cached with joblib) are clustered by
+
+* given K: ``kmeans`` (k-means, 10 inits), ``ward`` (agglomerative, Ward),
+  ``umap+kmeans`` (UMAP to 10-D, ``min_dist=0``, then k-means), ``temi``, ``spice``;
+* K inferred: ``umap+hdbscan`` (scikit-learn's ``HDBSCAN`` on the same UMAP,
+  ``min_cluster_size = max(5, N // 100)``; noise is one more label when scored),
+  ``dpgmm`` (scikit-learn's Dirichlet-process ``BayesianGaussianMixture``, 40
+  components, on standardised PCA-32 features), ``deepdpm``;
+
+each at its defaults, for every seed, and scored by NMI, ARI and Hungarian
+accuracy (mean and sd over seeds), with the K found and the fit seconds. Every
+fit runs in its own worker process on one thread (``--jobs`` workers at once)::
+
+    python benchmarks/bench_quality.py --shared ../shared
+    python benchmarks/bench_quality.py --sets fsdd-speaker --features byola --methods kmeans temi
+    python benchmarks/bench_quality.py --sets fsdd-speaker --subset 300 --seeds 0 1 2
+
+``--subset N`` draws, for each seed, a stratified subset of N clips (seeded by
+the seed), so the figures are means over subsets as well as over seeds.
+The tables are printed as markdown and written with a CSV of the runs to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+SETS = ("fsdd-speaker", "fsdd-digit", "bengalese-finch", "arabic-commands")
+FEATURES = ("byola", "spectrogram")
+GIVEN_K = ("kmeans", "ward", "umap+kmeans", "temi", "spice")
+FOUND_K = ("umap+hdbscan", "dpgmm", "deepdpm")
+METHODS = GIVEN_K + FOUND_K
+BYOLA_WEIGHTS = "weights/AudioNTT2020-BYOLA-64x96d512.pth"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _labels_csv(folder: Path) -> tuple[list[str], np.ndarray]:
+    """Paths and labels of a folder with a ``labels.csv`` of ``path,label`` rows."""
+    with open(folder / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [str(folder / row["path"]) for row in rows], np.asarray([row["label"] for row in rows])
+
+
+def load_set(name: str, shared: Path) -> tuple[list[str], np.ndarray]:
+    """Clip paths and labels of one of :data:`SETS`."""
+    from skaudiocluster.datasets import load_fsdd
+
+    if name.startswith("fsdd-"):
+        return load_fsdd(shared / "data/fsdd/recordings", target=name.removeprefix("fsdd-"))
+    folder = {"bengalese-finch": "bengalese_finch_gy6or6", "arabic-commands": "arabic_speech_commands"}
+    return _labels_csv(shared / "data" / folder[name])
+
+
+def embed(feature: str, paths: list[str], weights: str) -> np.ndarray:
+    """Embeddings of ``paths`` by one of :data:`FEATURES` (cached by the caller)."""
+    import torch
+
+    torch.set_num_threads(2)
+    if feature == "byola":
+        from skaudiocluster.transformers.byola import BYOLAEmbedder
+
+        producer = BYOLAEmbedder(weights=weights)
+    else:
+        from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
+
+        producer = SpectrogramTransformer()
+    return np.asarray(producer.fit_transform(paths), dtype=np.float32)
+
+
+def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified subset of ``size`` rows."""
+    from sklearn.model_selection import train_test_split
+
+    index, _ = train_test_split(np.arange(len(y)), train_size=size, stratify=y, random_state=seed)
+    return np.sort(index)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _umap(X: np.ndarray, seed: int) -> np.ndarray:
+    from umap import UMAP
+
+    reducer = UMAP(
+        n_components=10, n_neighbors=min(15, len(X) - 1), min_dist=0.0, random_state=seed, n_jobs=1
+    )
+    return reducer.fit_transform(X)
+
+
+def _pca32(X: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    standard = StandardScaler().fit_transform(X)
+    return PCA(min(32, *X.shape), random_state=seed).fit_transform(standard)
+
+
+def cluster(method: str, X: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+    """Labels of ``X`` by ``method`` (K given to the :data:`GIVEN_K` methods only)."""
+    from sklearn.cluster import HDBSCAN, AgglomerativeClustering, KMeans
+    from sklearn.mixture import BayesianGaussianMixture
+
+    from skaudiocluster import DeepDPMClusterer, SPICEClusterer, TEMIClusterer
+
+    def kmeans(Z):
+        return KMeans(n_classes, n_init=10, random_state=seed).fit_predict(Z)
+
+    factories: dict[str, Callable[[], np.ndarray]] = {
+        "kmeans": lambda: kmeans(X),
+        "ward": lambda: AgglomerativeClustering(n_classes, linkage="ward").fit_predict(X),
+        "umap+kmeans": lambda: kmeans(_umap(X, seed)),
+        "umap+hdbscan": lambda: HDBSCAN(min_cluster_size=max(5, len(X) // 100)).fit_predict(
+            _umap(X, seed)
+        ),
+        "dpgmm": lambda: BayesianGaussianMixture(
+            n_components=min(40, len(X)),
+            weight_concentration_prior_type="dirichlet_process",
+            max_iter=500,
+            random_state=seed,
+        ).fit_predict(_pca32(X, seed)),
+        "temi": lambda: TEMIClusterer(n_classes, random_state=seed).fit_predict(X),
+        "spice": lambda: SPICEClusterer(n_classes, random_state=seed).fit_predict(X),
+        "deepdpm": lambda: DeepDPMClusterer(random_state=seed).fit_predict(X),
+    }
+    return factories[method]()
+
+
+def run_one(method: str, X: np.ndarray, y: np.ndarray, seed: int) -> dict:
+    """Fit one method on one thread and score it; runs in a worker process."""
+    import torch
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from threadpoolctl import threadpool_limits
+
+    from skaudiocluster.metrics import hungarian_accuracy
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    with threadpool_limits(1):
+        labels = cluster(method, X, len(np.unique(y)), seed)
+    seconds = time.perf_counter() - start
+    return {
+        "nmi": normalized_mutual_info_score(y, labels),
+        "ari": adjusted_rand_score(y, labels),
+        "acc": hungarian_accuracy(y, labels),
+        "k": len(set(labels.tolist()) - {-1}),
+        "fit_s": seconds,
+    }
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def summary_rows(runs: list[dict]) -> list[dict]:
+    """Mean and sd over seeds of every (set, feature, method)."""
+    keys = sorted({(r["set"], r["feature"], r["method"]) for r in runs}, key=_order)
+    rows = []
+    for key in keys:
+        group = [r for r in runs if (r["set"], r["feature"], r["method"]) == key]
+        row = dict(zip(("set", "feature", "method"), key), n_seeds=len(group))
+        for metric in ("nmi", "ari", "acc", "k", "fit_s"):
+            values = np.asarray([r[metric] for r in group], dtype=float)
+            row[f"{metric}_mean"], row[f"{metric}_sd"] = values.mean(), values.std()
+        rows.append(row)
+    return rows
+
+
+def _order(key: tuple) -> tuple:
+    set_name, feature, method = key
+    return (
+        SETS.index(set_name) if set_name in SETS else len(SETS),
+        FEATURES.index(feature),
+        METHODS.index(method),
+    )
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| set | features | method | NMI | ARI | ACC | K | fit s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+
+        def cell(metric, digits=3):
+            return f"{r[f'{metric}_mean']:.{digits}f} ± {r[f'{metric}_sd']:.{digits}f}"
+
+        lines.append(
+            f"| {r['set']} | {r['feature']} | {r['method']} | {cell('nmi')} | {cell('ari')} | "
+            f"{cell('acc')} | {cell('k', 1)} | {r['fit_s_mean']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_shared = os.environ.get("SKAUDIOCLUSTER_SHARED", "../shared")
+    parser.add_argument("--shared", type=Path, default=Path(default_shared))
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--subset", type=int, default=None, help="stratified subset per seed")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
+    parser.add_argument("--out", type=Path, default=Path("bench_quality_results"))
+    parser.add_argument("--cache", type=Path, default=None, help="default: OUT/cache")
+    args = parser.parse_args(argv)
+
+    from joblib import Memory, Parallel, delayed
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    memory = Memory(args.cache or args.out / "cache", verbose=0)
+    cached_embed = memory.cache(embed)
+    weights = str(args.shared / BYOLA_WEIGHTS)
+    jobs, keys = [], []
+    for set_name in args.sets:
+        paths, y = load_set(set_name, args.shared)
+        for feature in args.features:
+            start = time.perf_counter()
+            X = cached_embed(feature, paths, weights)
+            print(f"{set_name} {feature}: {X.shape} in {time.perf_counter() - start:.1f} s",
+                  flush=True)
+            for seed in args.seeds:
+                index = (
+                    np.arange(len(y)) if args.subset is None else stratified_subset(y, args.subset, seed)
+                )
+                for method in args.methods:
+                    jobs.append(delayed(run_one)(method, X[index], y[index], seed))
+                    keys.append({"set": set_name, "feature": feature, "method": method,
+                                 "seed": seed, "n": len(index)})
+    start = time.perf_counter()
+    results = Parallel(n_jobs=args.jobs, backend="loky")(jobs)
+    runs = [{**key, **result} for key, result in zip(keys, results)]
+    print(f"\n{len(runs)} fits in {time.perf_counter() - start:.0f} s wall, "
+          f"{args.jobs} worker processes of one thread\n")
+    table = markdown(summary_rows(runs))
+    print(table)
+    (args.out / "results.md").write_text(table + "\n")
+    with open(args.out / "runs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(runs[0]))
+        writer.writeheader()
+        writer.writerows(runs)
+
+
+if __name__ == "__main__":
+    main()
