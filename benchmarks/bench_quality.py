@@ -58,8 +58,11 @@ def load_set(name: str, shared: Path) -> tuple[list[str], np.ndarray]:
 
     if name.startswith("fsdd-"):
         return load_fsdd(shared / "data/fsdd/recordings", target=name.removeprefix("fsdd-"))
-    folder = {"bengalese-finch": "bengalese_finch_gy6or6", "arabic-commands": "arabic_speech_commands"}
-    return _labels_csv(shared / "data" / folder[name])
+    folders = {
+        "bengalese-finch": "bengalese_finch_gy6or6",
+        "arabic-commands": "arabic_speech_commands",
+    }
+    return _labels_csv(shared / "data" / folders[name])
 
 
 def embed(feature: str, paths: list[str], weights: str) -> np.ndarray:
@@ -190,13 +193,13 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-
-        def cell(metric, digits=3):
-            return f"{r[f'{metric}_mean']:.{digits}f} ± {r[f'{metric}_sd']:.{digits}f}"
-
+        cells = [
+            f"{r[f'{metric}_mean']:.{digits}f} ± {r[f'{metric}_sd']:.{digits}f}"
+            for metric, digits in (("nmi", 3), ("ari", 3), ("acc", 3), ("k", 1))
+        ]
         lines.append(
-            f"| {r['set']} | {r['feature']} | {r['method']} | {cell('nmi')} | {cell('ari')} | "
-            f"{cell('acc')} | {cell('k', 1)} | {r['fit_s_mean']:.1f} |"
+            f"| {r['set']} | {r['feature']} | {r['method']} | {' | '.join(cells)} "
+            f"| {r['fit_s_mean']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -230,21 +233,32 @@ def main(argv: list[str] | None = None) -> None:
         for feature in args.features:
             start = time.perf_counter()
             X = cached_embed(feature, paths, weights)
-            print(f"{set_name} {feature}: {X.shape} in {time.perf_counter() - start:.1f} s",
-                  flush=True)
+            print(
+                f"{set_name} {feature}: {X.shape} in {time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
             for seed in args.seeds:
-                index = (
-                    np.arange(len(y)) if args.subset is None else stratified_subset(y, args.subset, seed)
-                )
+                index = np.arange(len(y))
+                if args.subset is not None:
+                    index = stratified_subset(y, args.subset, seed)
                 for method in args.methods:
                     jobs.append(delayed(run_one)(method, X[index], y[index], seed))
-                    keys.append({"set": set_name, "feature": feature, "method": method,
-                                 "seed": seed, "n": len(index)})
+                    keys.append(
+                        {
+                            "set": set_name,
+                            "feature": feature,
+                            "method": method,
+                            "seed": seed,
+                            "n": len(index),
+                        }
+                    )
     start = time.perf_counter()
     results = Parallel(n_jobs=args.jobs, backend="loky")(jobs)
     runs = [{**key, **result} for key, result in zip(keys, results)]
-    print(f"\n{len(runs)} fits in {time.perf_counter() - start:.0f} s wall, "
-          f"{args.jobs} worker processes of one thread\n")
+    print(
+        f"\n{len(runs)} fits in {time.perf_counter() - start:.0f} s wall, "
+        f"{args.jobs} worker processes of one thread\n"
+    )
     table = markdown(summary_rows(runs))
     print(table)
     (args.out / "results.md").write_text(table + "\n")
