@@ -198,17 +198,27 @@ def plot_confusion_matrix(
     return fig
 
 
-def _history_rows(history) -> dict[str, list[Mapping]]:
-    """Epoch rows per training stage from an estimator, a history, or a dict of histories."""
+def _history_stages(history) -> dict[str, list[tuple[float, Mapping]]]:
+    """``(epoch, row)`` pairs per training stage, in order of first appearance.
+
+    Rows without a ``stage`` key form one unnamed stage; a row's epoch is its
+    ``epoch`` entry, else its position in the history.
+    """
     history = getattr(history, "history_", history)
-    if isinstance(history, Mapping):
-        return {str(stage): list(rows) for stage, rows in history.items()}
-    if isinstance(history, Sequence) and all(isinstance(row, Mapping) for row in history):
-        return {"": list(history)}
-    raise TypeError(
-        "history must be a fitted estimator with history_, a list of per-epoch dicts "
-        f"(e.g. a skorch History) or a dict of them; got {type(history).__name__}"
-    )
+    if (
+        isinstance(history, (Mapping, str))
+        or not isinstance(history, Sequence)
+        or not all(isinstance(row, Mapping) for row in history)
+    ):
+        raise TypeError(
+            "history must be a fitted estimator with history_ or a list of per-epoch dicts "
+            f"(e.g. a skorch History); got {type(history).__name__}"
+        )
+    stages: dict[str, list[tuple[float, Mapping]]] = {}
+    for position, row in enumerate(history, start=1):
+        epoch = row.get("epoch", position)
+        stages.setdefault(str(row.get("stage", "")), []).append((epoch, row))
+    return stages
 
 
 def plot_history(history, *, keys: Sequence[str] = ("train_loss", "n_clusters"), ax=None):
@@ -216,10 +226,11 @@ def plot_history(history, *, keys: Sequence[str] = ("train_loss", "n_clusters"),
 
     Parameters
     ----------
-    history : estimator, list of dict, or dict of lists of dict
-        A fitted clusterer with ``history_`` (TEMI, SPICE, DeepDPM), a skorch
-        ``History`` or list of per-epoch dicts, or a dict of them by training
-        stage (SPICE's ``{"self": ..., "semi": ...}``), drawn one after another.
+    history : estimator or list of dict
+        A fitted clusterer with ``history_`` (TEMI, SPICE, DeepDPM), or its
+        ``history_`` (a skorch ``History``), or any list of per-epoch dicts
+        (e.g. ``BYOLAEmbedder().pretrain_history_``). Rows with a ``stage`` key
+        (SPICE's ``"self"`` and ``"semi"``) are drawn as one line per stage.
     keys : sequence of str, default=("train_loss", "n_clusters")
         Per-epoch entries to draw, one panel each; keys no epoch has are skipped.
     ax : matplotlib Axes or sequence of Axes, default=None
@@ -239,20 +250,20 @@ def plot_history(history, *, keys: Sequence[str] = ("train_loss", "n_clusters"),
     >>> [a.get_ylabel() for a in plot_history(history).axes]
     ['train_loss', 'n_clusters']
     """
-    stages = _history_rows(history)
-    present = [k for k in keys if any(k in row for rows in stages.values() for row in rows)]
+    stages = _history_stages(history)
+    present = [k for k in keys if any(k in row for rows in stages.values() for _, row in rows)]
     if not present:
         raise ValueError(f"no epoch of the history records any of {list(keys)}")
     fig, axes = _axes(ax, len(present), panel_size=(5.0, 3.5))
     for key, axis in zip(present, axes):
-        start = 0
         for stage, rows in stages.items():
-            epochs = [start + i + 1 for i, row in enumerate(rows) if key in row]
-            values = [row[key] for row in rows if key in row]
+            epochs = [epoch for epoch, row in rows if key in row]
+            values = [row[key] for _, row in rows if key in row]
+            if not values:
+                continue
             draw = axis.step if key == "n_clusters" else axis.plot
             kwargs = {"where": "post"} if key == "n_clusters" else {}
             draw(epochs, values, label=stage or None, **kwargs)
-            start += len(rows)
         axis.set_xlabel("epoch")
         axis.set_ylabel(key)
         if key == "n_clusters":

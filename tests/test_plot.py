@@ -1,4 +1,5 @@
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.datasets import make_blobs  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
+from skaudiocluster._training import epoch_history  # noqa: E402
 from skaudiocluster.plot import (  # noqa: E402
     plot_cluster_map,
     plot_confusion_matrix,
@@ -125,17 +127,42 @@ def test_history_loss_and_k(tmp_path):
     assert_valid_png(tmp_path / "history.png")
 
 
-def test_history_of_staged_estimator():
-    class Fitted:
-        history_ = {
-            "self": [{"train_loss": 1.0}, {"train_loss": 0.5}],
-            "semi": [{"train_loss": 0.4}, {"train_loss": 0.3}, {"train_loss": 0.2}],
-        }
+def _net_history(losses, **extra):
+    history = History()
+    for loss in losses:
+        history.new_epoch()
+        history.record("train_loss", loss)
+        for key, value in extra.items():
+            history.record(key, value)
+        history.new_batch()
+        history.record_batch("train_loss", loss)
+    return SimpleNamespace(history=history)
 
-    fig = plot_history(Fitted())
-    (axis,) = fig.axes
-    assert [line.get_label() for line in axis.lines] == ["self", "semi"]
-    np.testing.assert_array_equal(axis.lines[1].get_xdata(), [3, 4, 5])
+
+def test_history_of_staged_estimator():
+    # the one history_ shape of a multi-stage fit (SPICE): rows with a stage key, epochs counting on
+    nets = [_net_history([1.0, 0.5]), _net_history([0.4, 0.3, 0.2], n_reliable=7)]
+
+    class Fitted:
+        history_ = epoch_history(nets, stage=["self", "semi"])
+
+    fig = plot_history(Fitted(), keys=("train_loss", "n_reliable"))
+    loss_axis, reliable_axis = fig.axes
+    assert [line.get_label() for line in loss_axis.lines] == ["self", "semi"]
+    np.testing.assert_array_equal(loss_axis.lines[0].get_xdata(), [1, 2])
+    np.testing.assert_array_equal(loss_axis.lines[1].get_xdata(), [3, 4, 5])
+    np.testing.assert_allclose(loss_axis.lines[1].get_ydata(), [0.4, 0.3, 0.2])
+    # a stage that never records a key draws no line for it
+    assert [line.get_label() for line in reliable_axis.lines] == ["semi"]
+    assert loss_axis.get_legend() is not None
+
+
+def test_history_stages_keep_order_of_first_appearance():
+    rows = [{"stage": s, "train_loss": float(i)} for i, s in enumerate("bbaab")]
+    (axis,) = plot_history(rows).axes
+    assert [line.get_label() for line in axis.lines] == ["b", "a"]
+    np.testing.assert_array_equal(axis.lines[0].get_xdata(), [1, 2, 5])
+    np.testing.assert_array_equal(axis.lines[1].get_xdata(), [3, 4])
 
 
 def test_history_errors():
@@ -143,6 +170,9 @@ def test_history_errors():
         plot_history([{"dur": 1.0}])
     with pytest.raises(TypeError, match="history must be"):
         plot_history(3.0)
+    # the old dict-of-histories form is gone: one history_ shape for every clusterer
+    with pytest.raises(TypeError, match="history must be"):
+        plot_history({"self": [{"train_loss": 1.0}]})
 
 
 def test_missing_matplotlib_message(monkeypatch):
