@@ -94,8 +94,10 @@ def demo(args: argparse.Namespace) -> int:
     X, y = make_sound_classes(
         n_samples=args.n_samples, n_classes=args.n_classes, random_state=args.random_state
     )
-    print(f"{len(X)} synthetic clips, {args.n_classes} sound classes "
-          "(skaudiocluster.datasets.make_sound_classes)\n")
+    print(
+        f"{len(X)} synthetic clips, {args.n_classes} sound classes "
+        "(skaudiocluster.datasets.make_sound_classes)\n"
+    )
     start = time.perf_counter()
     features = SpectrogramTransformer().fit_transform(X)
     embed_seconds = time.perf_counter() - start
@@ -107,14 +109,19 @@ def demo(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         labels = model.fit_predict(features)
         seconds = time.perf_counter() - start + embed_seconds
-        print(_markdown_row((
-            f"log-mel mean+std -> scale -> PCA -> {name}",
-            len(np.unique(labels)),
-            normalized_mutual_info_score(y, labels),
-            adjusted_rand_score(y, labels),
-            hungarian_accuracy(y, labels),
-            f"{seconds:.1f}",
-        )), flush=True)
+        print(
+            _markdown_row(
+                (
+                    f"log-mel mean+std -> scale -> PCA -> {name}",
+                    len(np.unique(labels)),
+                    normalized_mutual_info_score(y, labels),
+                    adjusted_rand_score(y, labels),
+                    hungarian_accuracy(y, labels),
+                    f"{seconds:.1f}",
+                )
+            ),
+            flush=True,
+        )
     return 0
 
 
@@ -152,8 +159,9 @@ def _find_audio(folder: str) -> list[str]:
 def _write_csv(out: str, paths: Sequence[str], labels, confidence) -> None:
     """Write atomically: a temporary file in the target folder, then a rename."""
     folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
         with os.fdopen(fd, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "cluster", "confidence"])
@@ -162,7 +170,7 @@ def _write_csv(out: str, paths: Sequence[str], labels, confidence) -> None:
                 writer.writerow([path, int(label), conf])
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -182,18 +190,34 @@ def build_parser() -> argparse.ArgumentParser:
     p_cluster.add_argument("--out", default="assignments.csv")
     p_cluster.add_argument("--n-clusters", type=int, default=8)
     p_cluster.add_argument("--embedder", choices=sorted(_embedders(None)), default="spectrogram")
-    p_cluster.add_argument("--weights", default=None,
-                           help="pretrained weights for byola/passt: a registered name or a path")
+    p_cluster.add_argument(
+        "--weights",
+        default=None,
+        help="pretrained weights for byola/passt: a registered name or a path",
+    )
     p_cluster.add_argument("--clusterer", choices=sorted(_clusterers(2, 0)), default="kmeans")
     p_cluster.add_argument("--random-state", type=int, default=0)
     p_cluster.set_defaults(func=cluster)
     return parser
 
 
+# Exit status of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return its exit status.
+
+    0 on success; 2 with a one-line message for a bad input; 130 on Ctrl-C,
+    after which no output file exists (estimators interrupted mid-fit stay
+    unfitted and the CSV is only written once everything is computed).
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"skaudiocluster {args.command}: interrupted, nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, TypeError, ImportError) as exc:
         print(f"skaudiocluster {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,13 @@
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 from skaudiocluster.cli import main
@@ -41,3 +48,43 @@ def test_demo_prints_a_score_table(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| pipeline | K found | NMI | ARI | accuracy |" in out
     assert out.count("-> kmeans") == 1 and out.count("-> agglomerative") == 1
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from /proc")
+def test_ctrl_c_while_training_exits_130_and_writes_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    t = np.arange(4000) / 8000
+    for i in range(40):
+        tone = np.sin(2 * np.pi * (200 + 50 * (i % 4)) * t) + 0.05 * rng.standard_normal(t.size)
+        soundfile.write(folder / f"c{i}.wav", tone, 8000)
+    out = tmp_path / "out" / "X.csv"
+    out.parent.mkdir()
+    command = [sys.executable, "-m", "skaudiocluster.cli", "cluster", str(folder)]
+    command += ["--clusterer", "deepdpm", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait on CPU time, not wall time, so a busy machine cannot make the signal land
+        # during the imports: those plus embedding 40 clips take under 6 CPU seconds, and
+        # DeepDPM's 300 default epochs about a minute more.
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and _cpu_seconds(proc.pid) < 9.0:
+            assert time.monotonic() < deadline, "the CLI never got to training"
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before the signal:\n{proc.stderr.read()}"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "skaudiocluster cluster: interrupted, nothing written"
+    assert list(out.parent.iterdir()) == []
