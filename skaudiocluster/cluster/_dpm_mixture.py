@@ -59,6 +59,9 @@ class DPMixture:
     active : bool tensor (max_clusters,)
     means, covariances, weights : tensors over slots (inactive slots are unused)
     sub_means, sub_covariances : tensors (max_clusters, 2, ...) of the sub-clusters
+    has_sub_clusters : bool
+        Whether sub-clusters have been seeded (:meth:`seed_sub_clusters`); until
+        then ``sub_means`` are placeholders and the sub-nets do not train.
     soft, hard, sub_soft, sub_hard : lists ``[n, s, q]`` of the current epoch's
         statistics (sub-cluster ``j`` of slot ``k`` at index ``2k + j``)
     """
@@ -75,6 +78,7 @@ class DPMixture:
         self.weights = torch.zeros(max_clusters, dtype=torch.float64, device=device)
         self.sub_means = self.means[:, None].repeat(1, 2, 1)
         self.sub_covariances = self.covariances[:, None].repeat(1, 2, *([1] * len(cov_shape)))
+        self.has_sub_clusters = False
         self.reset_stats()
 
     @property
@@ -168,6 +172,7 @@ class DPMixture:
         if len(slots):
             means, covariances = principal_halves(self.means[slots], self.covariances[slots])
             self.sub_means[slots], self.sub_covariances[slots] = means, covariances
+            self.has_sub_clusters = True
 
     def split(self, slot: int, new_slot: int):
         """Replace cluster ``slot`` by its two sub-clusters, in ``slot`` and ``new_slot``."""
