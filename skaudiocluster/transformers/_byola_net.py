@@ -75,9 +75,7 @@ class LogMelFrontend(nn.Module):
 
     def forward(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, L + n_fft) centre-padded waveforms -> (B, 64, T) log-mel, T = 1 + L // 160."""
-        spec = torch.stft(
-            padded, N_FFT, HOP, N_FFT, self.window, center=False, return_complex=True
-        )
+        spec = torch.stft(padded, N_FFT, HOP, N_FFT, self.window, center=False, return_complex=True)
         power = spec.real.square() + spec.imag.square()
         return torch.log(torch.matmul(self.fbank, power) + LOG_EPS)
 
@@ -95,12 +93,19 @@ class AudioNTT2020(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for in_channels in (1, 64, 64):
-            layers += [nn.Conv2d(in_channels, 64, 3, padding=1), nn.BatchNorm2d(64),
-                       nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(in_channels, 64, 3, padding=1),
+                nn.BatchNorm2d(64),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
         self.features = nn.Sequential(*layers)
         self.fc = nn.Sequential(
-            nn.Linear(64 * (N_MELS // 8), d), nn.ReLU(), nn.Dropout(0.3),
-            nn.Linear(d, d), nn.ReLU(),
+            nn.Linear(64 * (N_MELS // 8), d),
+            nn.ReLU(),
+            nn.Dropout(0.3),
+            nn.Linear(d, d),
+            nn.ReLU(),
         )
 
     def frame_features(

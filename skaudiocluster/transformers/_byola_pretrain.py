@@ -12,17 +12,24 @@ inputs, random resize crop and random linear fader. Defaults follow the official
 from __future__ import annotations
 
 import copy
+import os
 from collections import deque
 
 import numpy as np
 import torch
-from skorch import NeuralNet
-from skorch.callbacks import Callback, Checkpoint, LRScheduler
+from skorch.callbacks import Checkpoint, LRScheduler
+from skorch.history import History
 from torch import nn
 from torch.nn import functional as F
 
 from skaudiocluster._torch import make_generator
-from skaudiocluster._training import StopOnNonFiniteLoss, progress_callbacks
+from skaudiocluster._training import (
+    EMA,
+    StopOnNonFiniteLoss,
+    TrainingNet,
+    epoch_history,
+    progress_callbacks,
+)
 from skaudiocluster.transformers._byola_net import LOG_EPS, AudioNTT2020
 
 TRAIN_FRAMES = 96  # unit_sec 0.95 of the official training: the "64x96" of the weight names
@@ -35,8 +42,10 @@ FADER_GAIN = 1.0
 def mlp(in_features: int) -> nn.Sequential:
     """BYOL projector / predictor: Linear, BatchNorm1d, ReLU, Linear."""
     return nn.Sequential(
-        nn.Linear(in_features, PROJECTION_HIDDEN), nn.BatchNorm1d(PROJECTION_HIDDEN),
-        nn.ReLU(inplace=True), nn.Linear(PROJECTION_HIDDEN, PROJECTION_SIZE),
+        nn.Linear(in_features, PROJECTION_HIDDEN),
+        nn.BatchNorm1d(PROJECTION_HIDDEN),
+        nn.ReLU(inplace=True),
+        nn.Linear(PROJECTION_HIDDEN, PROJECTION_SIZE),
     )
 
 
@@ -66,26 +75,13 @@ class BYOLLoss(nn.Module):
         return (2 - 2 * cosine).sum(dim=1).mean()
 
 
-class EMATarget(Callback):
-    """After every optimizer step: ``target <- decay * target + (1 - decay) * online``."""
+class BYOLANet(TrainingNet):
+    """skorch net whose ``module_`` is the online branch and ``target_`` its moving average.
 
-    def __init__(self, decay: float = 0.99):
-        self.decay = decay
-
-    def on_batch_end(self, net, batch=None, training=None, **kwargs):
-        if not training:
-            return
-        online = dict(net.module_.named_parameters())
-        with torch.no_grad():
-            for name, param in net.target_.named_parameters():
-                param.lerp_(online[name], 1.0 - self.decay)
-
-
-class BYOLANet(NeuralNet):
-    """skorch net whose ``module_`` is the online branch and ``target_`` its EMA copy.
-
-    ``module`` is the :class:`BYOLBranch` to train. ``X`` is a :class:`BYOLAViews`
-    dataset; batches are view pairs, already batch-normalised by its ``collate``.
+    ``module`` is the :class:`BYOLBranch` to train; the net builds ``target_``, a
+    copy without predictor and without gradients, which the ``EMA`` callback
+    updates. ``X`` is a :class:`BYOLAViews` dataset; batches are view pairs,
+    already standardised by its ``collate``.
     """
 
     def initialize_module(self):
@@ -99,6 +95,14 @@ class BYOLANet(NeuralNet):
         with torch.no_grad():
             target = self.target_(X.to(self.device))
         return self.criterion_(y_pred, target)
+
+
+def _online(net: BYOLANet) -> nn.Module:
+    return net.module_
+
+
+def _target(net: BYOLANet) -> nn.Module:
+    return net.target_
 
 
 class BYOLAViews(torch.utils.data.Dataset):
@@ -181,40 +185,83 @@ def random_linear_fader(x: torch.Tensor, rng: np.random.Generator) -> torch.Tens
     return x + torch.linspace(float(head), float(tail), x.shape[-1], dtype=x.dtype)
 
 
-def pretrain(embedder, clips: list[np.ndarray], *, device: torch.device, seed: int) -> list:
-    """Train ``embedder.module_`` in place with BYOL-A on ``clips``; return the epoch history.
+def pretrain(
+    encoder: AudioNTT2020,
+    log_mels: list[torch.Tensor],
+    *,
+    floor: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    ema_decay: float,
+    checkpoint_dir: str | os.PathLike | None,
+    device: torch.device,
+    seed: int,
+    verbose: int,
+) -> History:
+    """Train ``encoder`` with BYOL-A on ``log_mels``; its weights are replaced when training ends.
 
-    ``embedder`` is a :class:`~skaudiocluster.transformers.byola.BYOLAEmbedder` whose
-    ``module_``, ``mean_`` and ``std_`` are set.
+    Parameters
+    ----------
+    encoder : AudioNTT2020
+        The encoder to train (its weights are copied into the online and target
+        branches, and the trained online weights are loaded back at the end).
+    log_mels : list of Tensor (64, T_i)
+        Normalised log-mel of each clip, on the CPU.
+    floor : float
+        The normalised value of silence, ``(log(eps) - mean) / std``, that pads short clips.
+    epochs : int
+        Passes over the clips; the Adam learning rate is cosine-annealed to 0 over them.
+    batch_size : int
+        Clips per step (at most ``len(log_mels)``; a last incomplete batch is dropped).
+    lr : float
+        Adam learning rate.
+    ema_decay : float
+        Decay of the target branch's moving average.
+    checkpoint_dir : str, path or None
+        Where skorch's ``Checkpoint`` saves the online branch after every epoch
+        (``byola_params.pt``, ``byola_history.json``); ``None`` saves nothing.
+    device : torch.device
+        Where to train.
+    seed : int
+        Seeds crops, augmentations and the batch order. Weight initialisation and
+        dropout draw from torch's default generator: run this inside
+        :func:`skaudiocluster._torch.forked_rng` to repeat and to leave it alone.
+    verbose : int
+        A progress bar per epoch when positive.
+
+    Returns
+    -------
+    history : skorch History
+        One row per epoch (``epoch``, ``train_loss``, ``dur``).
     """
-    log_mels = [None] * len(clips)
-    for index, lms, lengths in embedder._log_mel_batches(clips, torch.device("cpu"), "log-mel"):
-        for row, clip_index in enumerate(index):
-            log_mels[clip_index] = (lms[row, :, : lengths[row]].clone() - embedder.mean_) / (
-                embedder.std_)
-    floor = (np.log(LOG_EPS) - embedder.mean_) / embedder.std_
-    views = BYOLAViews(log_mels, floor, seed)
-    batch_size = min(embedder.pretrain_batch_size, len(clips))
     callbacks = [
-        ("ema", EMATarget(embedder.ema_decay)),
-        ("lr_schedule", LRScheduler(torch.optim.lr_scheduler.CosineAnnealingLR,
-                                    T_max=embedder.pretrain_epochs)),
-        ("finite_loss", StopOnNonFiniteLoss("BYOLAEmbedder pretraining")),
-        *progress_callbacks(embedder.verbose),
+        ("ema", EMA(_online, _target, ema_decay)),
+        ("lr_schedule", LRScheduler(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs)),
+        ("non_finite_loss", StopOnNonFiniteLoss("BYOLAEmbedder pretraining")),
+        *progress_callbacks(verbose),
     ]
-    if embedder.checkpoint_dir is not None:
-        callbacks.append(("checkpoint", Checkpoint(
-            monitor=None, dirname=str(embedder.checkpoint_dir), f_params="byola_params.pt",
-            f_optimizer=None, f_criterion=None, f_history="byola_history.json",
-        )))
-    embedder.module_.train()
+    if checkpoint_dir is not None:
+        callbacks.append(
+            (
+                "checkpoint",
+                Checkpoint(
+                    monitor=None,
+                    dirname=os.fspath(checkpoint_dir),
+                    f_params="byola_params.pt",
+                    f_optimizer=None,
+                    f_criterion=None,
+                    f_history="byola_history.json",
+                ),
+            )
+        )
     net = BYOLANet(
-        BYOLBranch(copy.deepcopy(embedder.module_)),
+        BYOLBranch(copy.deepcopy(encoder).train()),
         criterion=BYOLLoss,
         optimizer=torch.optim.Adam,
-        lr=embedder.lr,
-        max_epochs=embedder.pretrain_epochs,
-        batch_size=batch_size,
+        lr=lr,
+        max_epochs=epochs,
+        batch_size=min(batch_size, len(log_mels)),
         iterator_train__shuffle=True,
         iterator_train__drop_last=True,
         iterator_train__collate_fn=BYOLAViews.collate,
@@ -224,7 +271,6 @@ def pretrain(embedder, clips: list[np.ndarray], *, device: torch.device, seed: i
         device=device,
         verbose=0,
     )
-    net.fit(views, y=None)
-    embedder.module_.load_state_dict(net.module_.encoder.state_dict())
-    return [{key: value for key, value in epoch.items() if key != "batches"}
-            for epoch in net.history]
+    net.fit(BYOLAViews(log_mels, floor, seed), y=None)
+    encoder.load_state_dict(net.module_.encoder.state_dict())
+    return epoch_history([net])

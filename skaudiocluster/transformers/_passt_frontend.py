@@ -51,8 +51,14 @@ class PaSSTFrontend(nn.Module):
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         emphasised = waveforms[:, 1:] - PREEMPHASIS * waveforms[:, :-1]
         spec = torch.stft(
-            emphasised, N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
-            window=self.window, center=True, pad_mode="reflect", normalized=False,
+            emphasised,
+            N_FFT,
+            hop_length=HOP_LENGTH,
+            win_length=WIN_LENGTH,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
             return_complex=True,
         )
         power = spec.real.square() + spec.imag.square()

@@ -65,8 +65,12 @@ def config_from_state_dict(state: dict[str, torch.Tensor]) -> PaSSTConfig:
     )
     # Several strides can give the same number of frequency rows; PaSST's are 10..16.
     return PaSSTConfig(
-        stride=max(strides), depth=depth, n_classes=n_classes, n_time_positions=n_time,
-        embed_dim=embed_dim, n_heads=embed_dim // 64,
+        stride=max(strides),
+        depth=depth,
+        n_classes=n_classes,
+        n_time_positions=n_time,
+        embed_dim=embed_dim,
+        n_heads=embed_dim // 64,
     )
 
 
@@ -135,7 +139,10 @@ class PaSSTNet(nn.Module):
     """
 
     def __init__(
-        self, config: PaSSTConfig = PaSSTConfig(), *, patchout_time: int = 0,
+        self,
+        config: PaSSTConfig = PaSSTConfig(),
+        *,
+        patchout_time: int = 0,
         patchout_freq: int = 0,
     ) -> None:
         super().__init__()
@@ -162,8 +169,13 @@ class PaSSTNet(nn.Module):
         deviations out, so a plain normal draw has the same distribution and is
         twice as fast.
         """
-        for tensor in (self.cls_token, self.dist_token, self.new_pos_embed,
-                       self.freq_new_pos_embed, self.time_new_pos_embed):
+        for tensor in (
+            self.cls_token,
+            self.dist_token,
+            self.new_pos_embed,
+            self.freq_new_pos_embed,
+            self.time_new_pos_embed,
+        ):
             nn.init.normal_(tensor, std=0.02)
         self.patch_embed.proj.reset_parameters()
         for module in self.modules():
@@ -202,9 +214,7 @@ class PaSSTNet(nn.Module):
         x = torch.cat([tokens.expand(batch, -1, -1), x], dim=1)
         mask = None
         if valid is not None:
-            keep = torch.cat(
-                [valid.new_ones(batch, 2), valid.repeat(1, n_freq)], dim=1
-            )
+            keep = torch.cat([valid.new_ones(batch, 2), valid.repeat(1, n_freq)], dim=1)
             mask = keep[:, None, None, :]
         for block in self.blocks:
             x = block(x, mask)

@@ -1,42 +1,199 @@
-"""Pretrained weights: registry of official files, download into a cache, checked loading."""
+"""Pretrained weights as documented data: one :class:`WeightsInfo` per official checkpoint.
+
+Each constant names a file, where it comes from, its sha256 (where one is known),
+its licence and the paper to cite, in the manner of torchaudio's pipeline
+bundles. The embedders accept the constant's ``name`` as ``weights=``; the file
+is downloaded once into :func:`cache_dir` with
+:func:`torch.hub.download_url_to_file` (a temporary file, hash-checked, then
+renamed) and checked again when a later process first loads it.
+
+Examples
+--------
+>>> from skaudiocluster.transformers._weights import BYOLA_V1_D512, weights_info
+>>> weights_info("byola-v1-d512") is BYOLA_V1_D512
+True
+>>> BYOLA_V1_D512.filename
+'AudioNTT2020-BYOLA-64x96d512.pth'
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["WeightsInfo", "register_weights", "registered_weights", "resolve_weights",
-           "load_state_dict", "cache_dir"]
+__all__ = [
+    "WeightsInfo",
+    "register_weights",
+    "registered_weights",
+    "weights_info",
+    "resolve_weights",
+    "load_state_dict",
+    "cache_dir",
+    "sha256_of",
+    "BYOLA_V1_D512",
+    "BYOLA_V1_D1024",
+    "BYOLA_V1_D2048",
+    "PASST_S_SWA_P16_128_AP476",
+    "PASST_S_KD_P16_128_AP486",
+    "PASST_L_KD_P16_128_AP47",
+    "PASST_S_P16_S16_128_AP468",
+    "PASST_B_F128_P16_S16_AP_459",
+    "PASST_U600_F128_P16_S16_AP_460",
+]
 
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """An official checkpoint: where it lives and how to recognise it."""
+    """An official checkpoint: where it lives, how to recognise it, on what terms.
+
+    Parameters
+    ----------
+    name : str
+        The name the embedders accept as ``weights=``.
+    url : str
+        Official download location.
+    sha256 : str or None
+        Hex digest of the file; ``None`` where none has been recorded (the file
+        is then used unchecked).
+    filename : str
+        File name in the cache folder (the official one).
+    licence : str
+        Terms the authors publish the weights under.
+    source : str
+        The project that trained and publishes them.
+    citation : str
+        The paper to cite when using them.
+
+    Examples
+    --------
+    >>> from skaudiocluster.transformers._weights import PASST_S_SWA_P16_128_AP476 as info
+    >>> info.licence.split()[0]
+    'Apache-2.0'
+    """
 
     name: str
     url: str
     sha256: str | None
     filename: str
-    licence: str = ""
+    licence: str
+    source: str
+    citation: str
 
 
 _REGISTRY: dict[str, WeightsInfo] = {}
+# (path, size, mtime_ns) of cached files whose sha256 matched in this process, so a
+# large file is hashed once per process rather than on every fit.
+_VERIFIED: set[tuple[str, int, int]] = set()
 
 
-def register_weights(info: WeightsInfo) -> None:
-    """Add an official checkpoint to the registry under ``info.name``."""
+def register_weights(info: WeightsInfo) -> WeightsInfo:
+    """Make ``info.name`` a valid ``weights=`` value; return ``info``."""
     _REGISTRY[info.name] = info
+    return info
 
 
 def registered_weights(prefix: str = "") -> list[str]:
-    """Names of the registered checkpoints that start with ``prefix``."""
+    """Names of the registered checkpoints that start with ``prefix``.
+
+    Examples
+    --------
+    >>> registered_weights("byola")
+    ['byola-v1-d1024', 'byola-v1-d2048', 'byola-v1-d512']
+    """
     return sorted(name for name in _REGISTRY if name.startswith(prefix))
+
+
+def weights_info(name: str) -> WeightsInfo:
+    """The :class:`WeightsInfo` registered under ``name`` (``KeyError`` if none)."""
+    return _REGISTRY[name]
+
+
+_BYOLA_LICENCE = (
+    "NTT software evaluation licence: internal evaluation use only, no redistribution "
+    "(https://github.com/nttcslab/byol-a/blob/master/LICENSE)"
+)
+_BYOLA_SOURCE = "https://github.com/nttcslab/byol-a (BYOL-A v1, AudioNTT2020 encoder)"
+_BYOLA_CITATION = (
+    "D. Niizumi, D. Takeuchi, Y. Ohishi, N. Harada and K. Kashino, "
+    '"BYOL for Audio: Self-Supervised Learning for General-Purpose Audio Representation", '
+    "IJCNN 2021"
+)
+_BYOLA_URL = "https://github.com/nttcslab/byol-a/raw/master/pretrained_weights/"
+
+
+def _byola(d: int, sha256: str | None) -> WeightsInfo:
+    filename = f"AudioNTT2020-BYOLA-64x96d{d}.pth"
+    return register_weights(
+        WeightsInfo(
+            name=f"byola-v1-d{d}",
+            url=_BYOLA_URL + filename,
+            sha256=sha256,
+            filename=filename,
+            licence=_BYOLA_LICENCE,
+            source=_BYOLA_SOURCE,
+            citation=_BYOLA_CITATION,
+        )
+    )
+
+
+#: BYOL-A v1, 512-d embeddings (the default of :class:`~skaudiocluster.BYOLAEmbedder`).
+BYOLA_V1_D512 = _byola(512, "6cc64226318494f06ef41d7e5810be7d37abfd6490da45abdab48f188c5332e2")
+#: BYOL-A v1, 1024-d embeddings (sha256 not recorded: used unchecked).
+BYOLA_V1_D1024 = _byola(1024, None)
+#: BYOL-A v1, 2048-d embeddings (sha256 not recorded: used unchecked).
+BYOLA_V1_D2048 = _byola(2048, None)
+
+_PASST_LICENCE = "Apache-2.0 (https://github.com/kkoutini/PaSST/blob/main/LICENSE)"
+_PASST_SOURCE = "https://github.com/kkoutini/PaSST (AudioSet checkpoints, GitHub releases)"
+_PASST_CITATION = (
+    "K. Koutini, J. Schlueter, H. Eghbal-zadeh and G. Widmer, "
+    '"Efficient Training of Audio Transformers with Patchout", Interspeech 2022'
+)
+_PASST_URL = "https://github.com/kkoutini/PaSST/releases/download/"
+
+
+def _passt(name: str, release: str) -> WeightsInfo:
+    # The sha256 of the release files could not be checked from our machines: None
+    # (used unchecked) until someone records it.
+    return register_weights(
+        WeightsInfo(
+            name=name,
+            url=_PASST_URL + release,
+            sha256=None,
+            filename=release.rsplit("/", 1)[1],
+            licence=_PASST_LICENCE,
+            source=_PASST_SOURCE,
+            citation=_PASST_CITATION,
+        )
+    )
+
+
+# AudioSet checkpoints for 10 s windows of 128-band, hop-320 log-mels (the front end
+# of skaudiocluster.transformers._passt_frontend).
+#: PaSST-S, stride 10, SWA (the HEAR 2021 default and :class:`~skaudiocluster.PaSSTEmbedder`'s).
+PASST_S_SWA_P16_128_AP476 = _passt(
+    "passt_s_swa_p16_128_ap476", "v0.0.1-audioset/passt-s-f128-p16-s10-ap.476-swa.pt"
+)
+#: PaSST-S, stride 10, knowledge-distilled.
+PASST_S_KD_P16_128_AP486 = _passt("passt_s_kd_p16_128_ap486", "v.0.0.9/passt-s-kd-ap.486.pt")
+#: PaSST-L (7 blocks), stride 10, knowledge-distilled.
+PASST_L_KD_P16_128_AP47 = _passt("passt_l_kd_p16_128_ap47", "v.0.0.10/passt-l-kd-ap.47.pt")
+#: PaSST-S, stride 16 (8 x 62 patches per 10 s: about twice as fast on a CPU).
+PASST_S_P16_S16_128_AP468 = _passt(
+    "passt_s_p16_s16_128_ap468", "v0.0.2-audioset/passt-s-f128-p16-s16-ap.468.pt"
+)
+#: PaSST-B, stride 16.
+PASST_B_F128_P16_S16_AP_459 = _passt(
+    "passt_b_f128_p16_s16_ap_459", "v.0.0.7-audioset/passt-b-f128-p16-s16-ap.459.pt"
+)
+#: PaSST-U600, stride 16.
+PASST_U600_F128_P16_S16_AP_460 = _passt(
+    "passt_u600_f128_p16_s16_ap_460", "v.0.0.7-audioset/passt-u600-f128-p16-s16-ap.460.pt"
+)
 
 
 def cache_dir() -> Path:
@@ -51,35 +208,53 @@ def cache_dir() -> Path:
     return Path(base) / "skaudiocluster"
 
 
-def resolve_weights(weights: str | os.PathLike, *, download: bool = True) -> Path:
+def resolve_weights(
+    weights: str | os.PathLike, *, download: bool = True, progress: bool = False
+) -> Path:
     """Return a local file for ``weights``: a registered name or a path.
 
-    A registered name is looked up in :func:`cache_dir`; if absent it is
-    downloaded from its official location (sha256 checked, written to a
-    temporary file and renamed, so no half-written file is ever left). A name
-    that cannot be downloaded raises a ``ValueError`` that says where to put
-    the file by hand.
+    A registered name is looked up in :func:`cache_dir`. A cached file is
+    checked against the recorded sha256 (once per process while its size and
+    modification time stay the same); one that does not match raises a
+    ``ValueError`` calling it corrupt, with its path and how to replace it. An
+    absent file is downloaded from its official location with
+    :func:`torch.hub.download_url_to_file`, which writes a temporary file,
+    checks the sha256 and renames it, so no half-written or mismatching file
+    is ever left. A name that cannot be downloaded (offline, or
+    ``download=False``) raises a ``ValueError`` that says where to put the
+    file by hand.
+
+    Parameters
+    ----------
+    weights : str or path
+        A registered name (see :func:`registered_weights`) or a checkpoint file.
+    download : bool, default=True
+        Whether a registered file missing from the cache may be downloaded.
+    progress : bool, default=False
+        Show a progress bar while downloading.
+
+    Returns
+    -------
+    path : Path
+        An existing checkpoint file.
     """
     name = os.fspath(weights)
     if name in _REGISTRY:
         info = _REGISTRY[name]
         target = cache_dir() / info.filename
         if target.is_file():
+            _check_cached(info, target)
             return target
         if not download:
             raise ValueError(_offline_message(info, target, "downloading is disabled"))
-        try:
-            _download(info, target)
-        except OSError as exc:
-            raise ValueError(_offline_message(info, target, str(exc))) from exc
+        _download(info, target, progress=progress)
         return target
     path = Path(name).expanduser()
     if path.is_file():
         return path
     known = ", ".join(registered_weights()) or "none"
     raise ValueError(
-        f"weights={name!r} is neither an existing file nor a registered name "
-        f"(registered: {known})"
+        f"weights={name!r} is neither an existing file nor a registered name (registered: {known})"
     )
 
 
@@ -97,9 +272,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {os.fspath(path)!r} does not hold a state dict of tensors")
     return state
 
@@ -113,25 +286,46 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _download(info: WeightsInfo, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{info.filename}.")
+def _check_cached(info: WeightsInfo, target: Path) -> None:
+    if info.sha256 is None:
+        return
+    stat = target.stat()
+    key = (os.fspath(target.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    digest = sha256_of(target)
+    if digest != info.sha256:
+        raise ValueError(
+            f"the cached weights file {target} is corrupt: its sha256 is {digest}, "
+            f"{info.name!r} has {info.sha256}. Delete it ({target}) so that it is "
+            f"downloaded again on next use, or replace it with a fresh copy of {info.url}."
+        )
+    _VERIFIED.add(key)
+
+
+def _download(info: WeightsInfo, target: Path, *, progress: bool) -> None:
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(info.url, timeout=60) as src:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                out.write(block)
-        if info.sha256 is not None and sha256_of(tmp_name) != info.sha256:
-            raise OSError(f"sha256 mismatch for {info.url}")
-        os.replace(tmp_name, target)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(
+            info.url, os.fspath(target), hash_prefix=info.sha256, progress=progress
+        )
+    except RuntimeError as exc:  # torch.hub's sha256 mismatch; it removed its temporary file
+        raise ValueError(
+            f"the download of weights {info.name!r} from {info.url} is corrupt "
+            f"(sha256 mismatch: {exc}); nothing was kept at {target}. Try again. "
+            + _by_hand(info, target)
+        ) from exc
+    except OSError as exc:
+        raise ValueError(_offline_message(info, target, str(exc))) from exc
+
+
+def _by_hand(info: WeightsInfo, target: Path) -> str:
+    licence = f" Licence: {info.licence}." if info.licence else ""
+    return (
+        f"Download {info.url} on a machine with internet and place it at {target} "
+        f"(or load a local file with weights='/path/to/{info.filename}').{licence}"
+    )
 
 
 def _offline_message(info: WeightsInfo, target: Path, reason: str) -> str:
-    licence = f" Licence: {info.licence}." if info.licence else ""
-    return (
-        f"could not obtain weights {info.name!r} ({reason}). Download {info.url} "
-        f"on a machine with internet and place it at {target} "
-        f"(or pass weights='/path/to/{info.filename}').{licence}"
-    )
+    return f"could not obtain weights {info.name!r} ({reason}). " + _by_hand(info, target)

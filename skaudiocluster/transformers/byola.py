@@ -15,11 +15,13 @@ from sklearn.base import (
 )
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
+from skorch.history import History
 from torch.nn import functional as F
 
-from skaudiocluster._torch import draw_seed, fit_context, progress, resolve_device
+from skaudiocluster._torch import cpu_state, draw_seed, fit_context, progress, resolve_device
 from skaudiocluster.audio import check_audio, length_batches
 from skaudiocluster.transformers._byola_net import (
+    LOG_EPS,
     MIN_SAMPLES,
     N_FFT,
     SAMPLE_RATE,
@@ -31,33 +33,9 @@ from skaudiocluster.transformers._byola_net import (
     padded_waveforms,
 )
 from skaudiocluster.transformers._byola_pretrain import pretrain
-from skaudiocluster.transformers._weights import (
-    WeightsInfo,
-    load_state_dict,
-    register_weights,
-    resolve_weights,
-)
+from skaudiocluster.transformers._weights import load_state_dict, resolve_weights
 
 __all__ = ["BYOLAEmbedder"]
-
-_LICENCE = (
-    "NTT software evaluation licence, evaluation use only, no redistribution "
-    "(https://github.com/nttcslab/byol-a/blob/master/LICENSE)"
-)
-# sha256 of the d1024 / d2048 files is unknown here (not in our mirror): downloads are unchecked
-for _d, _sha256 in (
-    (512, "6cc64226318494f06ef41d7e5810be7d37abfd6490da45abdab48f188c5332e2"),
-    (1024, None),
-    (2048, None),
-):
-    register_weights(WeightsInfo(
-        name=f"byola-v1-d{_d}",
-        url=("https://github.com/nttcslab/byol-a/raw/master/pretrained_weights/"
-             f"AudioNTT2020-BYOLA-64x96d{_d}.pth"),
-        sha256=_sha256,
-        filename=f"AudioNTT2020-BYOLA-64x96d{_d}.pth",
-        licence=_LICENCE,
-    ))
 
 
 class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -72,7 +50,9 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     The official weights are under NTT's software evaluation licence (evaluation
     use only, no redistribution). They are never bundled: a registered name
-    downloads them from the official repository on first use.
+    downloads them from the official repository on first use (their source,
+    licence, citation and sha256 are
+    :data:`~skaudiocluster.transformers._weights.BYOLA_V1_D512` and its siblings).
 
     Parameters
     ----------
@@ -115,30 +95,33 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     checkpoint_dir : str or path, default=None
         Where the self-supervised training saves the encoder after every epoch
         (skorch ``Checkpoint``); ``None`` saves nothing.
-    device : str, default="auto"
+    device : str or torch.device, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ...
+        Resolved in ``fit``: the encoder then stays on that device.
     random_state : int, RandomState instance or None, default=None
         Seeds the random initialisation and the self-supervised training; an int
-        makes CPU runs repeat exactly.
+        makes CPU runs repeat exactly. torch's global generator is left as it was.
     verbose : int, default=0
         0 is silent; otherwise progress bars while embedding and training.
 
     Attributes
     ----------
     module_ : torch.nn.Module
-        The ``AudioNTT2020`` encoder (eval mode; on the device of the last ``fit`` or
-        ``transform``, the CPU after ``fit``). Its state-dict keys are
-        the official checkpoint's. It maps a normalised log-mel batch
+        The ``AudioNTT2020`` encoder, in eval mode, on ``device_``. Its state-dict
+        keys are the official checkpoint's. It maps a normalised log-mel batch
         ``(B, 1, 64, T)`` to embeddings ``(B, d)``; see :meth:`log_mel`.
+    device_ : torch.device
+        Where ``module_`` lives and :meth:`transform` runs (``device`` resolved in
+        ``fit``; the CPU after unpickling).
     mean_ : float
         Mean of the log-mel values used for normalisation.
     std_ : float
         Standard deviation of the log-mel values used for normalisation.
     n_clips_ : int
         Number of clips seen in ``fit``.
-    pretrain_history_ : list of dict
-        skorch history of the self-supervised training (``train_loss`` per epoch);
-        empty when ``pretrain_epochs=0``.
+    pretrain_history_ : skorch History
+        One row per epoch of the self-supervised training (``epoch``,
+        ``train_loss``, ``dur``); empty when ``pretrain_epochs=0``.
 
     See Also
     --------
@@ -202,7 +185,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         lr: float = 3e-4,
         ema_decay: float = 0.99,
         checkpoint_dir: str | os.PathLike | None = None,
-        device: str = "auto",
+        device: str | torch.device = "auto",
         random_state=None,
         verbose: int = 0,
     ):
@@ -242,15 +225,28 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         seed = draw_seed(self.random_state)
         norm_stats = self._check_norm_stats()
         with fit_context(self, seed, device, n_threads=None):
-            self.module_ = self._load_module().eval()
+            self.device_ = device
+            module = self._load_module()
             if norm_stats is None:
                 norm_stats = self._learn_norm_stats(clips, device)
             self.mean_, self.std_ = norm_stats
             self.n_clips_ = len(clips)
-            self.pretrain_history_ = []
+            self.pretrain_history_ = History()
             if self.pretrain_epochs > 0:
-                self.pretrain_history_ = pretrain(self, clips, device=device, seed=seed)
-                self.module_.cpu().eval()
+                self.pretrain_history_ = pretrain(
+                    module,
+                    self._normalised_log_mels(clips),
+                    floor=(float(np.log(LOG_EPS)) - self.mean_) / self.std_,
+                    epochs=self.pretrain_epochs,
+                    batch_size=self.pretrain_batch_size,
+                    lr=self.lr,
+                    ema_decay=self.ema_decay,
+                    checkpoint_dir=self.checkpoint_dir,
+                    device=device,
+                    seed=seed,
+                    verbose=self.verbose,
+                )
+            self.module_ = module.to(device).eval()
         return self
 
     def transform(self, X) -> np.ndarray:
@@ -268,16 +264,17 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         """
         check_is_fitted(self, "module_")
         clips = self._clips(X)
-        device = resolve_device(self.device)
-        net = self.module_.to(device)
+        net = self.module_
         was_training = net.training
         net.eval()
         out = np.empty((len(clips), self._n_features_out), dtype=np.float32)
-        with torch.inference_mode():
-            for index, lms, lengths in self._log_mel_batches(clips, device, "embedding"):
-                lms = ((lms - self.mean_) / self.std_).unsqueeze(1)
-                out[index] = net(lms, lengths, fold=True).cpu().numpy()
-        net.train(was_training)
+        try:
+            with torch.inference_mode():
+                for index, lms, lengths in self._log_mel_batches(clips, self.device_, "embedding"):
+                    lms = ((lms - self.mean_) / self.std_).unsqueeze(1)
+                    out[index] = net(lms, lengths, fold=True).cpu().numpy()
+        finally:
+            net.train(was_training)
         return out
 
     def waveforms(self, X) -> list[np.ndarray]:
@@ -340,6 +337,10 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
+    def __getstate__(self):
+        # learned modules and devices to the CPU: a GPU fit unpickles anywhere
+        return cpu_state(super().__getstate__())
+
     @property
     def _n_features_out(self) -> int:
         return self.module_.fc[3].out_features
@@ -364,12 +365,14 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def _load_module(self) -> AudioNTT2020:
         if self.weights is None:
             return AudioNTT2020(512 if self.d is None else self.d)
-        path = resolve_weights(self.weights)
+        path = resolve_weights(self.weights, progress=self.verbose > 0)
         state = encoder_state(load_state_dict(path))
         d = checkpoint_d(state) if state else None
         if d is None:
-            raise ValueError(f"checkpoint {os.fspath(path)!r} holds no BYOL-A encoder tensors "
-                             "(keys with 'features.' or 'fc.')")
+            raise ValueError(
+                f"checkpoint {os.fspath(path)!r} holds no BYOL-A encoder tensors "
+                "(keys with 'features.' or 'fc.')"
+            )
         if self.d is not None and self.d != d:
             raise ValueError(f"d={self.d} but checkpoint {os.fspath(path)!r} has d={d}")
         module = AudioNTT2020(d)
@@ -390,6 +393,16 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             with torch.inference_mode():
                 lms = frontend(waves.to(device))
             yield index, lms, lengths.to(device)
+
+    def _normalised_log_mels(self, clips) -> list[torch.Tensor]:
+        """``(log-mel - mean_) / std_`` of each clip's valid frames, (64, T_i) on the CPU."""
+        log_mels = [None] * len(clips)
+        for index, lms, lengths in self._log_mel_batches(clips, torch.device("cpu"), "log-mel"):
+            for row, clip_index in enumerate(index):
+                log_mels[clip_index] = (lms[row, :, : lengths[row]].clone() - self.mean_) / (
+                    self.std_
+                )
+        return log_mels
 
     def _learn_norm_stats(self, clips, device) -> tuple[float, float]:
         """Mean and population std of all valid log-mel values, merged batch by batch."""

@@ -16,7 +16,15 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skaudiocluster._torch import progress, resolve_device, seed_torch, to_numpy
+from skaudiocluster._torch import (
+    cpu_state,
+    draw_seed,
+    forked_rng,
+    progress,
+    resolve_device,
+    to_numpy,
+    unfitted_on_error,
+)
 from skaudiocluster.audio import check_audio
 from skaudiocluster.transformers._passt_frontend import (
     SAMPLE_RATE,
@@ -25,35 +33,9 @@ from skaudiocluster.transformers._passt_frontend import (
     n_frames,
 )
 from skaudiocluster.transformers._passt_net import PaSSTConfig, PaSSTNet, config_from_state_dict
-from skaudiocluster.transformers._weights import (
-    WeightsInfo,
-    load_state_dict,
-    register_weights,
-    resolve_weights,
-)
+from skaudiocluster.transformers._weights import load_state_dict, resolve_weights
 
 __all__ = ["PaSSTEmbedder"]
-
-_RELEASES = "https://github.com/kkoutini/PaSST/releases/download/"
-_LICENCE = "Apache-2.0 (https://github.com/kkoutini/PaSST)"
-# AudioSet checkpoints for 10 s windows of 128-band, hop-320 log-mels, the
-# front end implemented here. The sha256 of the release files could not be
-# checked from our machines, so it is None (not verified) until someone records it.
-_CHECKPOINTS = {
-    "passt_s_swa_p16_128_ap476": "v0.0.1-audioset/passt-s-f128-p16-s10-ap.476-swa.pt",
-    "passt_s_kd_p16_128_ap486": "v.0.0.9/passt-s-kd-ap.486.pt",
-    "passt_l_kd_p16_128_ap47": "v.0.0.10/passt-l-kd-ap.47.pt",
-    "passt_s_p16_s16_128_ap468": "v0.0.2-audioset/passt-s-f128-p16-s16-ap.468.pt",
-    "passt_b_f128_p16_s16_ap_459": "v.0.0.7-audioset/passt-b-f128-p16-s16-ap.459.pt",
-    "passt_u600_f128_p16_s16_ap_460": "v.0.0.7-audioset/passt-u600-f128-p16-s16-ap.460.pt",
-}
-for _name, _suffix in _CHECKPOINTS.items():
-    register_weights(
-        WeightsInfo(
-            name=_name, url=_RELEASES + _suffix, sha256=None,
-            filename=_suffix.rsplit("/", 1)[1], licence=_LICENCE,
-        )
-    )
 
 WINDOW = 10 * SAMPLE_RATE  # longest input of one forward pass (HEAR wrapper: 10 s)
 SCENE_HOP = SAMPLE_RATE * 5 // 2  # 2.5 s between the windows of a longer clip
@@ -87,7 +69,9 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         ``passt_s_p16_s16_128_ap468``, ``passt_b_f128_p16_s16_ap_459``,
         ``passt_u600_f128_p16_s16_ap_460``, which cut a 10 s clip into 8x62
         instead of 12x99 patches and embed about twice as fast on a CPU (the
-        cheaper option; see Notes).
+        cheaper option; see Notes). Their source, licence (Apache-2.0) and
+        citation are the ``PASST_*`` constants of
+        :mod:`skaudiocluster.transformers._weights`.
     embedding : {"features", "logits", "all"}, default="features"
         ``"features"``: the 768-d mean of the class and distillation tokens.
         ``"logits"``: the AudioSet class logits (before the sigmoid).
@@ -105,10 +89,12 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         Structured patchout: patch columns / rows dropped at random, only
         while ``module_`` is in training mode (fine-tuning by a caller);
         ``transform`` always uses every patch.
-    device : str, default="auto"
-        Torch device; ``"auto"`` uses CUDA when present, else the CPU.
+    device : str or torch.device, default="auto"
+        Torch device; ``"auto"`` uses CUDA when present, else the CPU. Resolved
+        in ``fit``: the network then stays there.
     random_state : int, RandomState instance or None, default=None
-        Seeds the random initialisation when ``weights=None``.
+        Seeds the random initialisation when ``weights=None`` (torch's global
+        generator is left as it was).
     verbose : int, default=0
         Show a progress bar when positive.
 
@@ -122,7 +108,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     frontend_ : torch.nn.Module
         The log-mel front end (no parameters).
     device_ : torch.device
-        Device the network runs on.
+        Device the network lives and runs on (the CPU after unpickling).
 
     See Also
     --------
@@ -172,7 +158,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         batch_size: int = 1,
         patchout_time: int = 0,
         patchout_freq: int = 0,
-        device: str = "auto",
+        device: str | torch.device = "auto",
         random_state=None,
         verbose: int = 0,
     ):
@@ -201,31 +187,17 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         -------
         self : PaSSTEmbedder
         """
-        self.device_ = resolve_device(self.device)
-        if self.weights is None:
-            self.config_ = PaSSTConfig()
-            module = self._build(self.config_).to_empty(device="cpu")
-            with torch.random.fork_rng(devices=[]):
-                seed_torch(self.random_state)
-                module.reset_parameters()
-        else:
-            path = resolve_weights(self.weights)
-            state = load_state_dict(path)
-            self.config_ = config_from_state_dict(state)
-            module = self._build(self.config_)
-            try:
-                module.load_state_dict(state, strict=True, assign=True)
-            except RuntimeError as exc:
-                raise ValueError(f"checkpoint {os.fspath(path)!r} does not fit PaSST: {exc}") \
-                    from exc
-            module.float()
-        if self.config_.n_time_patches(n_frames(WINDOW)) > self.config_.n_time_positions:
-            raise ValueError(
-                f"checkpoint has {self.config_.n_time_positions} time positions, "
-                "fewer than a 10 s window needs"
-            )
-        self.module_ = module.eval().to(self.device_)
-        self.frontend_ = PaSSTFrontend().to(self.device_)
+        device = resolve_device(self.device)
+        with unfitted_on_error(self):
+            self.device_ = device
+            module = self._random_module() if self.weights is None else self._load_module()
+            if self.config_.n_time_patches(n_frames(WINDOW)) > self.config_.n_time_positions:
+                raise ValueError(
+                    f"checkpoint has {self.config_.n_time_positions} time positions, "
+                    "fewer than a 10 s window needs"
+                )
+            self.module_ = module.eval().to(device)
+            self.frontend_ = PaSSTFrontend().to(device)
         return self
 
     def transform(self, X) -> np.ndarray:
@@ -279,8 +251,9 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         check_is_fitted(self)
         clips = check_audio(X, sample_rate=self.sample_rate, target_rate=SAMPLE_RATE)
         windows = [_timestamp_windows(clip) for clip in clips]
-        out = self._embed([w for clip_windows in windows for w in clip_windows],
-                          "PaSST timestamp embeddings")
+        out = self._embed(
+            [w for clip_windows in windows for w in clip_windows], "PaSST timestamp embeddings"
+        )
         embeddings = np.split(out, np.cumsum([len(w) for w in windows])[:-1])
         times = [np.arange(len(w)) * (TIMESTAMP_HOP * 1000 / SAMPLE_RATE) for w in windows]
         return embeddings, times
@@ -296,11 +269,35 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
+    def __getstate__(self):
+        # learned modules and devices to the CPU: a GPU fit unpickles anywhere
+        return cpu_state(super().__getstate__())
+
     def _build(self, config: PaSSTConfig) -> PaSSTNet:
         """An uninitialised network (on the meta device: its tensors are replaced next)."""
         with torch.device("meta"):
-            return PaSSTNet(config, patchout_time=self.patchout_time,
-                            patchout_freq=self.patchout_freq)
+            return PaSSTNet(
+                config, patchout_time=self.patchout_time, patchout_freq=self.patchout_freq
+            )
+
+    def _random_module(self) -> PaSSTNet:
+        """The official random init, drawn from ``random_state`` (torch's global RNG untouched)."""
+        self.config_ = PaSSTConfig()
+        module = self._build(self.config_).to_empty(device="cpu")
+        with forked_rng(draw_seed(self.random_state), torch.device("cpu")):
+            module.reset_parameters()
+        return module
+
+    def _load_module(self) -> PaSSTNet:
+        path = resolve_weights(self.weights, progress=self.verbose > 0)
+        state = load_state_dict(path)
+        self.config_ = config_from_state_dict(state)
+        module = self._build(self.config_)
+        try:
+            module.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} does not fit PaSST: {exc}") from exc
+        return module.float()
 
     def _embed(self, segments: list[np.ndarray], desc: str) -> np.ndarray:
         """Run the network on 32 kHz segments of at most 10 s; one output row each."""
@@ -316,9 +313,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 mel = self._log_mels([segments[i] for i in batch], frames[batch].max())
                 columns = n_columns[batch]
                 masked = columns.min() < columns.max()
-                features, logits = self.module_(
-                    mel, torch.from_numpy(columns) if masked else None
-                )
+                features, logits = self.module_(mel, torch.from_numpy(columns) if masked else None)
                 out[batch] = to_numpy(self._select(features, logits))
         return out
 

@@ -9,18 +9,11 @@ import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from skaudiocluster._torch import forked_rng
+from skaudiocluster.transformers import _byola_pretrain
+from skaudiocluster.transformers._byola_net import AudioNTT2020
 from skaudiocluster.transformers.byola import BYOLAEmbedder
-
-# Raw audio has no fixed feature count: clips of any length are valid input.
-EXPECTED_FAILED_CHECKS = {
-    "check_n_features_in": "raw audio: clip length is not a feature count",
-    "check_n_features_in_after_fitting": "raw audio: clip length is not a feature count",
-    "check_transformer_general": "raw audio: clips of another length are valid in transform",
-    "check_transformer_general(readonly_memmap=True)":
-        "raw audio: clips of another length are valid in transform",
-}
 
 
 def _fixture_path(shared_dir):
@@ -44,14 +37,6 @@ def reference(shared_dir):
 @pytest.fixture(scope="module")
 def random_embedder():
     return BYOLAEmbedder(weights=None, random_state=0).fit(_clips())
-
-
-@parametrize_with_checks(
-    [BYOLAEmbedder(weights=None, random_state=0)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 # The fixture's log-mels were computed where MKL ran its SSE FFT kernels. On AVX-512 CPUs
@@ -85,7 +70,10 @@ def test_reproduces_official_embeddings(shared_dir, byola_d512_weights):
     env = dict(os.environ, MKL_ENABLE_INSTRUCTIONS="SSE4_2", OMP_NUM_THREADS="2")
     run = subprocess.run(
         [sys.executable, "-c", _FIXTURE_CHECK, str(ref_path), str(byola_d512_weights)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
 
@@ -133,8 +121,7 @@ def test_unit_sec_pads_and_crops_centred(random_embedder):
     cropped, padded = est.transform([long, short])
     est.set_params(unit_sec=None)
     assert_allclose(cropped, est.transform([long[2000:10000]])[0], rtol=1e-5, atol=1e-5)
-    assert_allclose(padded, est.transform([np.pad(short, (1500, 1500))])[0],
-                    rtol=1e-5, atol=1e-5)
+    assert_allclose(padded, est.transform([np.pad(short, (1500, 1500))])[0], rtol=1e-5, atol=1e-5)
 
 
 def test_resamples_in_memory_input(random_embedder):
@@ -150,9 +137,9 @@ def test_learned_norm_stats_are_population_stats_of_valid_frames():
     est = BYOLAEmbedder(weights=None, batch_size=2).fit(clips)
     from skaudiocluster.transformers._byola_net import LogMelFrontend, padded_waveforms
 
-    values = np.concatenate([
-        LogMelFrontend()(padded_waveforms([clip])[0]).numpy().ravel() for clip in clips
-    ]).astype(np.float64)
+    values = np.concatenate(
+        [LogMelFrontend()(padded_waveforms([clip])[0]).numpy().ravel() for clip in clips]
+    ).astype(np.float64)
     assert_allclose([est.mean_, est.std_], [values.mean(), values.std()], rtol=1e-6)
 
 
@@ -192,8 +179,9 @@ def test_log_mel_feeds_module_differentiably(random_embedder):
     out.sum().backward()
     assert module.features[0].weight.grad is not None
     module.zero_grad(set_to_none=True)
-    assert_allclose(out.detach().numpy(), random_embedder.transform(list(waves.numpy())),
-                    rtol=1e-4, atol=1e-4)
+    assert_allclose(
+        out.detach().numpy(), random_embedder.transform(list(waves.numpy())), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_bad_checkpoint_raises_clear_error(tmp_path):
@@ -221,8 +209,10 @@ def test_training_checkpoint_prefixes_are_stripped(tmp_path, byola_d512_weights)
     wrapped = tmp_path / "train.pth"
     torch.save({"state_dict": {f"online_encoder.net.{k}": v for k, v in state.items()}}, wrapped)
     clips = _clips()
-    assert_array_equal(BYOLAEmbedder(wrapped).fit_transform(clips),
-                       BYOLAEmbedder(byola_d512_weights).fit_transform(clips))
+    assert_array_equal(
+        BYOLAEmbedder(wrapped).fit_transform(clips),
+        BYOLAEmbedder(byola_d512_weights).fit_transform(clips),
+    )
 
 
 def test_unit_sec_shorter_than_encoder_minimum_is_rejected():
@@ -259,8 +249,10 @@ def test_fsdd_speakers_cluster_better_than_log_mel_statistics(
     record_property("byola_speaker_nmi", byola_speaker)
     record_property("spectrogram_speaker_nmi", spectrogram_speaker)
     record_property("byola_digit_nmi", byola_digit)
-    print(f"speaker NMI: BYOL-A {byola_speaker:.3f}, log-mel mean+std {spectrogram_speaker:.3f}; "
-          f"digit NMI: BYOL-A {byola_digit:.3f}")
+    print(
+        f"speaker NMI: BYOL-A {byola_speaker:.3f}, log-mel mean+std {spectrogram_speaker:.3f}; "
+        f"digit NMI: BYOL-A {byola_digit:.3f}"
+    )
     assert byola_speaker >= 0.80
     assert byola_speaker > spectrogram_speaker
 
@@ -268,18 +260,104 @@ def test_fsdd_speakers_cluster_better_than_log_mel_statistics(
 def test_pretraining_is_seeded_checkpointed_and_changes_the_encoder(tmp_path):
     clips = _clips(seed=6, lengths=(8000, 12000, 20000, 6000))
     params = dict(weights=None, pretrain_epochs=1, pretrain_batch_size=2, random_state=0)
+    rng_state = torch.random.get_rng_state()
     first = BYOLAEmbedder(checkpoint_dir=tmp_path, **params).fit(clips)
+    assert torch.equal(torch.random.get_rng_state(), rng_state), "global torch RNG was touched"
     untrained = BYOLAEmbedder(weights=None, random_state=0).fit(clips)
     assert [epoch["epoch"] for epoch in first.pretrain_history_] == [1]
     assert all(np.isfinite(epoch["train_loss"]) for epoch in first.pretrain_history_)
+    assert "batches" not in first.pretrain_history_[0]
     assert not first.module_.training
     assert not np.allclose(first.transform(clips), untrained.transform(clips))
+    torch.manual_seed(123)  # the user's global stream must not matter either
     again = BYOLAEmbedder(**params).fit(clips)
     assert_array_equal(again.transform(clips), first.transform(clips))
+    other = BYOLAEmbedder(**{**params, "random_state": 1}).fit(clips)
+    assert not np.allclose(other.transform(clips), first.transform(clips))
     # the skorch checkpoint holds the online branch; its encoder loads as weights
-    reloaded = BYOLAEmbedder(weights=tmp_path / "byola_params.pt", norm_stats=(
-        first.mean_, first.std_)).fit(clips)
+    reloaded = BYOLAEmbedder(
+        weights=tmp_path / "byola_params.pt", norm_stats=(first.mean_, first.std_)
+    ).fit(clips)
     assert_array_equal(reloaded.transform(clips), first.transform(clips))
+
+
+def _pretrain_args(**overrides):
+    rng = torch.Generator().manual_seed(0)
+    log_mels = [torch.randn(64, frames, generator=rng) for frames in (40, 120, 96, 200)]
+    args = dict(
+        floor=-3.0,
+        epochs=1,
+        batch_size=2,
+        lr=1e-3,
+        ema_decay=0.99,
+        checkpoint_dir=None,
+        device=torch.device("cpu"),
+        seed=0,
+        verbose=0,
+    )
+    return log_mels, {**args, **overrides}
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 1.0])
+def test_pretrain_trains_the_given_encoder_with_an_ema_target(monkeypatch, ema_decay):
+    nets = []
+    history = _byola_pretrain.epoch_history
+    monkeypatch.setattr(
+        _byola_pretrain, "epoch_history", lambda fitted: nets.extend(fitted) or history(fitted)
+    )
+    with forked_rng(0, torch.device("cpu")):
+        encoder = AudioNTT2020(16)
+    initial = {key: value.clone() for key, value in encoder.state_dict().items()}
+    log_mels, args = _pretrain_args(ema_decay=ema_decay)
+    with forked_rng(0, torch.device("cpu")):
+        rows = _byola_pretrain.pretrain(encoder, log_mels, **args)
+    assert [row["epoch"] for row in rows] == [1] and np.isfinite(rows[0]["train_loss"])
+    online, target = nets[0].module_, nets[0].target_
+    assert target.predictor is None
+    assert_array_equal(encoder.fc[0].weight.detach(), online.encoder.fc[0].weight.detach())
+    assert not torch.equal(encoder.fc[0].weight, initial["fc.0.weight"])
+    # decay 0: the target follows the online branch; decay 1: it keeps the initial weights
+    reference = online.encoder.fc[0].weight if ema_decay == 0.0 else initial["fc.0.weight"]
+    assert_allclose(target.encoder.fc[0].weight.detach(), reference.detach(), atol=1e-7)
+
+
+def test_pretrain_repeats_with_the_same_seed():
+    def run(seed):
+        with forked_rng(0, torch.device("cpu")):
+            encoder = AudioNTT2020(16)
+        log_mels, args = _pretrain_args(seed=seed)
+        with forked_rng(seed, torch.device("cpu")):
+            _byola_pretrain.pretrain(encoder, log_mels, **args)
+        return encoder.fc[3].weight.detach()
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_interrupted_pretraining_leaves_the_embedder_unfitted(monkeypatch):
+    def interrupt(self, online, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_byola_pretrain.BYOLLoss, "forward", interrupt)
+    est = BYOLAEmbedder(weights=None, pretrain_epochs=2, pretrain_batch_size=2, random_state=0)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(_clips())
+    assert not hasattr(est, "module_") and not hasattr(est, "mean_")
+
+
+def test_transform_stays_on_the_fitted_device_and_pickles_to_cpu(random_embedder):
+    est = clone(random_embedder).set_params(device="cpu").fit(_clips())
+    clips = _clips(seed=7)
+    expected = est.transform(clips)
+    # the device parameter is read by fit only: changing it afterwards moves nothing
+    est.set_params(device="cuda:0")
+    assert_array_equal(est.transform(clips), expected)
+    assert est.device_ == torch.device("cpu")
+    assert {p.device for p in est.module_.parameters()} == {est.device_}
+    est.device_ = torch.device("cuda", 0)  # as after a fit on a GPU
+    state = est.__getstate__()
+    assert state["device_"] == torch.device("cpu")
+    assert {p.device.type for p in state["module_"].parameters()} == {"cpu"}
 
 
 def test_augmentations_keep_shape_and_stay_finite():
@@ -315,8 +393,9 @@ def test_fsdd_pretraining_from_random_init_lowers_loss_and_lifts_speaker_nmi(
     subset = np.sort(np.random.default_rng(0).choice(len(paths), 300, replace=False))
     clips, speaker, digit = [paths[i] for i in subset], speaker[subset], digit[subset]
     untrained = BYOLAEmbedder(weights=None, random_state=0).fit_transform(clips)
-    est = BYOLAEmbedder(weights=None, random_state=0, pretrain_epochs=2, pretrain_batch_size=64,
-                        lr=3e-4).fit(clips)
+    est = BYOLAEmbedder(
+        weights=None, random_state=0, pretrain_epochs=2, pretrain_batch_size=64, lr=3e-4
+    ).fit(clips)
     trained = est.transform(clips)
     losses = [epoch["train_loss"] for epoch in est.pretrain_history_]
     scores = {

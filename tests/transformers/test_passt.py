@@ -7,37 +7,19 @@ rebuilt here and loaded strictly, so the checkpoint key names are checked too.
 """
 
 import pickle
-import zlib
 
 import numpy as np
 import pytest
 import torch
+from _passt_checkpoint import net_shapes, write_checkpoint, write_one_block_checkpoint
 from sklearn.base import clone
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
-from sklearn.utils.estimator_checks import (
-    check_get_params_invariance,
-    check_no_attributes_set_in_init,
-    check_parameters_default_constructible,
-)
 
 from skaudiocluster import PaSSTEmbedder
 from skaudiocluster.transformers._passt_frontend import PaSSTFrontend
 from skaudiocluster.transformers._passt_net import PaSSTConfig, PaSSTNet, config_from_state_dict
-
-SCALE_KEYS = ("norm1.weight", "norm2.weight", "norm.weight", "head.0.weight")
-
-
-def frozen_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """The reference README's deterministic weights: RandomState(crc32(key)) uniform draws."""
-    state = {}
-    for key, shape in shapes.items():
-        rng = np.random.RandomState(zlib.crc32(key.encode("utf-8")))
-        u = rng.uniform(-1.0, 1.0, size=int(np.prod(shape)))
-        value = 1.0 + 0.1 * u if key.endswith(SCALE_KEYS) else 0.02 * np.sqrt(3) * u
-        state[key] = torch.from_numpy(value.astype(np.float32).reshape(shape))
-    return state
 
 
 def reference_signal(n_samples: int) -> np.ndarray:
@@ -45,12 +27,6 @@ def reference_signal(n_samples: int) -> np.ndarray:
     t = np.arange(n_samples) / 32000
     x = 0.25 * np.sin(2 * np.pi * 440 * t) + 0.25 * np.sin(2 * np.pi * (100 * t + 195 * t**2))
     return x.astype(np.float32)
-
-
-def net_shapes(config: PaSSTConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        state = PaSSTNet(config).state_dict()
-    return {key: tuple(value.shape) for key, value in state.items()}
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +38,7 @@ def reference(shared_dir):
 
 @pytest.fixture(scope="module")
 def frozen_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("passt") / "passt-frozen.pt"
-    torch.save(frozen_state_dict(net_shapes(PaSSTConfig())), path)
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("passt") / "passt-frozen.pt")
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +49,7 @@ def frozen_embedder(frozen_checkpoint):
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     """A one-block stride-16 PaSST: fast, and exercises reading the shape off a checkpoint."""
-    path = tmp_path_factory.mktemp("passt") / "passt-s16-depth1.pt"
-    config = PaSSTConfig(stride=16, depth=1, n_time_positions=62)
-    torch.save(frozen_state_dict(net_shapes(config)), path)
-    return path
+    return write_one_block_checkpoint(tmp_path_factory.mktemp("passt") / "passt-s16-depth1.pt")
 
 
 def test_state_dict_has_the_official_keys_and_shapes(reference):
@@ -155,8 +126,11 @@ def test_resamples_in_memory_audio(small_checkpoint):
 
 
 def test_config_is_read_from_checkpoint_shapes():
-    for config in (PaSSTConfig(), PaSSTConfig(stride=16, n_time_positions=62),
-                   PaSSTConfig(depth=7)):
+    for config in (
+        PaSSTConfig(),
+        PaSSTConfig(stride=16, n_time_positions=62),
+        PaSSTConfig(depth=7),
+    ):
         shapes = net_shapes(config)
         fake = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
         assert config_from_state_dict(fake) == config
@@ -196,24 +170,46 @@ def test_invalid_parameters_are_rejected_in_fit():
         PaSSTEmbedder(weights=None, batch_size=0).fit(None)
 
 
-@pytest.mark.parametrize(
-    "check",
-    [check_parameters_default_constructible, check_no_attributes_set_in_init,
-     check_get_params_invariance],
-)
-def test_sklearn_parameter_checks(check):
-    check("PaSSTEmbedder", PaSSTEmbedder())
-
-
 def test_random_init_is_seeded_and_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     first = PaSSTEmbedder(weights=None, random_state=0).fit(None)
     assert torch.equal(state, torch.random.get_rng_state()), "global torch RNG was touched"
     second = clone(first).fit(None)
-    for (key, value), other in zip(first.module_.state_dict().items(),
-                                   second.module_.state_dict().values(), strict=True):
+    for (key, value), other in zip(
+        first.module_.state_dict().items(), second.module_.state_dict().values(), strict=True
+    ):
         assert torch.equal(value, other), key
     assert first.module_.cls_token.std() > 0.01
+
+
+def test_failed_refit_keeps_the_previous_fit(small_checkpoint, tmp_path):
+    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(None)
+    clip = [reference_signal(8000)]
+    expected = embedder.transform(clip)
+    broken = {
+        key: torch.zeros(shape)
+        for key, shape in net_shapes(PaSSTConfig(stride=16, depth=2, n_time_positions=62)).items()
+    }
+    del broken["blocks.1.mlp.fc2.bias"]
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="does not fit PaSST"):
+        embedder.set_params(weights=tmp_path / "broken.pt").fit(None)
+    assert embedder.config_.depth == 1
+    np.testing.assert_array_equal(embedder.transform(clip), expected)
+
+
+def test_transform_stays_on_the_fitted_device_and_pickles_to_cpu(small_checkpoint):
+    embedder = PaSSTEmbedder(weights=small_checkpoint, device="cpu").fit(None)
+    clip = [reference_signal(8000)]
+    expected = embedder.transform(clip)
+    # the device parameter is read by fit only: changing it afterwards moves nothing
+    embedder.set_params(device="cuda:0")
+    np.testing.assert_array_equal(embedder.transform(clip), expected)
+    assert {p.device for p in embedder.module_.parameters()} == {embedder.device_}
+    embedder.device_ = torch.device("cuda", 0)  # as after a fit on a GPU
+    state = embedder.__getstate__()
+    assert state["device_"] == torch.device("cpu")
+    assert {p.device.type for p in state["module_"].parameters()} == {"cpu"}
 
 
 def test_pickle_round_trip_and_clone(small_checkpoint):
@@ -230,7 +226,8 @@ def test_pickle_round_trip_and_clone(small_checkpoint):
 def test_pipeline_runs_end_to_end_on_fsdd(fsdd_dir):
     paths = sorted(fsdd_dir.glob("*.wav"))[:60]
     pipeline = make_pipeline(
-        PaSSTEmbedder(weights=None, random_state=0, batch_size=2), PCA(50),
+        PaSSTEmbedder(weights=None, random_state=0, batch_size=2),
+        PCA(50),
         AgglomerativeClustering(10),
     )
     labels = pipeline.fit_predict(paths)
@@ -260,9 +257,19 @@ def test_live_cross_check_against_hear21passt(tmp_path):
 
     torch.manual_seed(0)
     net = get_model(arch="passt_s_swa_p16_128_ap476", pretrained=False)
-    mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024,
-                         freqm=48, timem=192, fmin=0.0, fmax=None, fmin_aug_range=10,
-                         fmax_aug_range=2000)
+    mel = AugmentMelSTFT(
+        n_mels=128,
+        sr=32000,
+        win_length=800,
+        hopsize=320,
+        n_fft=1024,
+        freqm=48,
+        timem=192,
+        fmin=0.0,
+        fmax=None,
+        fmin_aug_range=10,
+        fmax_aug_range=2000,
+    )
     model = base.PasstBasicWrapper(mel=mel, net=net).eval()
     torch.save(net.state_dict(), tmp_path / "seed0.pt")
     ours = PaSSTEmbedder(weights=tmp_path / "seed0.pt", embedding="all").fit(None)

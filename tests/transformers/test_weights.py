@@ -1,78 +1,165 @@
+import email.message
 import io
-import urllib.request
+import os
+import urllib.error
 
+import numpy as np
 import pytest
 import torch
 
-# importing the embedders registers their official checkpoints
-import skaudiocluster.transformers.byola  # noqa: F401
-import skaudiocluster.transformers.passt  # noqa: F401
 from skaudiocluster.transformers import _weights
 from skaudiocluster.transformers._weights import (
+    BYOLA_V1_D512,
+    PASST_S_SWA_P16_128_AP476,
     WeightsInfo,
     load_state_dict,
     register_weights,
     registered_weights,
     resolve_weights,
     sha256_of,
+    weights_info,
 )
+from skaudiocluster.transformers.byola import BYOLAEmbedder
 
 
-def _no_network(*args, **kwargs):
-    raise OSError("network is unreachable")
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder; the registry and the verified-file memo are restored after."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("SKAUDIOCLUSTER_CACHE", str(folder))
+    monkeypatch.setattr(_weights, "_REGISTRY", dict(_weights._REGISTRY))
+    monkeypatch.setattr(_weights, "_VERIFIED", set())
+    return folder
+
+
+def _test_weights(payload: bytes, name: str = "test-weights") -> WeightsInfo:
+    import hashlib
+
+    return register_weights(
+        WeightsInfo(
+            name=name,
+            url=f"https://example.org/{name}.pt",
+            sha256=hashlib.sha256(payload).hexdigest(),
+            filename=f"{name}.pt",
+            licence="CC0",
+            source="tests",
+            citation="none",
+        )
+    )
+
+
+def _no_network(url, dst, hash_prefix=None, progress=True):
+    raise urllib.error.URLError("network is unreachable")
 
 
 @pytest.mark.parametrize(
-    "name, filename, where",
+    "info, where",
     [
-        ("byola-v1-d1024", "AudioNTT2020-BYOLA-64x96d1024.pth", "github.com/nttcslab/byol-a"),
-        (
-            "passt_s_swa_p16_128_ap476",
-            "passt-s-f128-p16-s10-ap.476-swa.pt",
-            "https://github.com/kkoutini/PaSST/releases/download/",
-        ),
+        (weights_info("byola-v1-d1024"), "github.com/nttcslab/byol-a"),
+        (PASST_S_SWA_P16_128_AP476, "https://github.com/kkoutini/PaSST/releases/download/"),
     ],
 )
-def test_offline_registered_name_says_where_to_put_the_file(
-    tmp_path, monkeypatch, name, filename, where
-):
-    monkeypatch.setenv("SKAUDIOCLUSTER_CACHE", str(tmp_path))
-    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
-    with pytest.raises(ValueError) as info:
-        resolve_weights(name)
-    message = str(info.value)
-    assert str(tmp_path / filename) in message and where in message
-    assert not list(tmp_path.iterdir())  # no half-written file
+def test_offline_registered_name_says_where_to_put_the_file(cache, monkeypatch, info, where):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network)
+    with pytest.raises(ValueError, match="could not obtain weights") as raised:
+        resolve_weights(info.name)
+    message = str(raised.value)
+    assert str(cache / info.filename) in message and where in message
+    assert f"weights='/path/to/{info.filename}'" in message
+    assert not cache.exists() or not list(cache.iterdir())
 
 
-def test_registry_lists_both_embedders():
-    assert "byola-v1-d512" in registered_weights("byola")
-    assert "passt_s_swa_p16_128_ap476" in registered_weights("passt")
+def test_download_disabled_says_where_to_put_the_file(cache):
+    with pytest.raises(ValueError, match="downloading is disabled") as raised:
+        resolve_weights("byola-v1-d512", download=False)
+    assert str(cache / BYOLA_V1_D512.filename) in str(raised.value)
 
 
-def _serve(payload: bytes):
-    def urlopen(url, timeout=None):
-        return io.BytesIO(payload)
+def test_registered_bundles_are_documented():
+    assert registered_weights("byola") == ["byola-v1-d1024", "byola-v1-d2048", "byola-v1-d512"]
+    assert len(registered_weights("passt")) == 6
+    for name in registered_weights():
+        info = weights_info(name)
+        assert info.name == name and info.url.endswith(info.filename)
+        assert info.licence and info.source and info.citation
+    assert BYOLA_V1_D512.sha256 == (
+        "6cc64226318494f06ef41d7e5810be7d37abfd6490da45abdab48f188c5332e2"
+    )
+    assert (
+        "evaluation" in BYOLA_V1_D512.licence and "Apache-2.0" in PASST_S_SWA_P16_128_AP476.licence
+    )
 
-    return urlopen
+
+def test_download_goes_through_torch_hub_with_the_hash_prefix(cache, monkeypatch):
+    payload = b"weights"
+    info = _test_weights(payload)
+    calls = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix, progress))
+        with open(dst, "wb") as handle:
+            handle.write(payload)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    path = resolve_weights(info.name, progress=True)
+    assert path == cache / info.filename and path.read_bytes() == payload
+    assert calls == [(info.url, os.fspath(path), info.sha256, True)]
+    assert resolve_weights(info.name) == path and len(calls) == 1  # cached: no second download
 
 
-def test_download_checks_sha256_and_keeps_nothing_on_mismatch(tmp_path, monkeypatch):
-    payload = b"not really a checkpoint"
-    source = tmp_path / "payload"
-    source.write_bytes(payload)
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("SKAUDIOCLUSTER_CACHE", str(cache))
-    monkeypatch.setattr(urllib.request, "urlopen", _serve(payload))
-    monkeypatch.setattr(_weights, "_REGISTRY", dict(_weights._REGISTRY))
-    good = WeightsInfo("test-good", "https://example.org/good.pt", sha256_of(source), "good.pt")
-    bad = WeightsInfo("test-bad", "https://example.org/bad.pt", "0" * 64, "bad.pt")
-    register_weights(good)
-    register_weights(bad)
-    assert resolve_weights("test-good").read_bytes() == payload
-    with pytest.raises(ValueError, match="sha256 mismatch"):
-        resolve_weights("test-bad")
-    assert sorted(p.name for p in cache.iterdir()) == ["good.pt"]
+class _Response(io.BytesIO):
+    """What torch.hub's ``urlopen`` returns, for a payload served without network."""
+
+    def info(self):
+        return email.message.Message()
+
+
+def test_mismatching_download_leaves_no_file(cache, monkeypatch):
+    # torch.hub's own download (temporary file, hash check, rename) on a fake connection
+    info = _test_weights(b"the published file")
+    monkeypatch.setattr(torch.hub, "urlopen", lambda request: _Response(b"something else"))
+    with pytest.raises(ValueError, match="corrupt") as raised:
+        resolve_weights(info.name)
+    assert info.url in str(raised.value) and "nothing was kept" in str(raised.value)
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(torch.hub, "urlopen", lambda request: _Response(b"the published file"))
+    assert resolve_weights(info.name).read_bytes() == b"the published file"
+    assert [p.name for p in cache.iterdir()] == [info.filename]
+
+
+def test_corrupt_cached_file_is_reported_with_its_path(cache, monkeypatch):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network)
+    cache.mkdir()
+    broken = cache / BYOLA_V1_D512.filename
+    broken.write_bytes(b"half a download")
+    for resolve in (
+        lambda: resolve_weights("byola-v1-d512"),
+        lambda: BYOLAEmbedder().fit([np.zeros(4000, np.float32)]),
+    ):
+        with pytest.raises(ValueError, match="corrupt") as raised:
+            resolve()
+        message = str(raised.value)
+        assert str(broken) in message and "Delete it" in message
+        assert "could not obtain" not in message  # not reported as offline
+    assert broken.read_bytes() == b"half a download"  # the user decides what to do with it
+
+
+def test_cached_file_is_hashed_once_until_it_changes(cache, monkeypatch):
+    payload = b"weights"
+    info = _test_weights(payload)
+    cache.mkdir()
+    path = cache / info.filename
+    path.write_bytes(payload)
+    hashed = []
+    monkeypatch.setattr(_weights, "sha256_of", lambda p: hashed.append(p) or sha256_of(p))
+    assert resolve_weights(info.name) == path
+    assert resolve_weights(info.name) == path
+    assert len(hashed) == 1
+    path.write_bytes(b"Weights")  # same size, new content and modification time
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match="corrupt"):
+        resolve_weights(info.name)
+    assert len(hashed) == 2
 
 
 def test_paths_pass_through_and_unknown_names_are_refused(tmp_path):
