@@ -75,7 +75,10 @@ def check_hidden_dims(hidden_dims) -> tuple[int, ...]:
     >>> check_hidden_dims([128, 64])
     (128, 64)
     """
-    dims = tuple(hidden_dims)
+    try:
+        dims = tuple(hidden_dims)
+    except TypeError:  # a bare int: say what is expected, not "not iterable"
+        dims = ()
     if not dims or not all(isinstance(d, Integral) and not isinstance(d, bool) for d in dims):
         raise ValueError(f"hidden_dims must be a non-empty tuple of ints, got {hidden_dims!r}")
     if min(dims) < 1:
@@ -174,12 +177,11 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
 
     def _embeddings(self, X, *, reset: bool, seed: int | None = None) -> np.ndarray:
         """``X`` validated as a float64 2-D array (a clusterer owning an encoder embeds here)."""
-        return validate_data(
-            self, X, dtype=np.float64, reset=reset, ensure_min_samples=self._min_samples()
-        )
+        min_samples = self._min_samples() if reset else 1
+        return validate_data(self, X, dtype=np.float64, reset=reset, ensure_min_samples=min_samples)
 
     def _min_samples(self) -> int:
-        """Fewest training rows the algorithm accepts."""
+        """Fewest training rows the algorithm accepts (``predict`` takes any number)."""
         return 2
 
     def _preprocess(self, embeddings: np.ndarray) -> np.ndarray:
