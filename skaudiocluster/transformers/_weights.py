@@ -289,9 +289,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 def _check_cached(info: WeightsInfo, target: Path) -> None:
     if info.sha256 is None:
         return
-    stat = target.stat()
-    key = (os.fspath(target.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _VERIFIED:
+    if _file_key(target) in _VERIFIED:
         return
     digest = sha256_of(target)
     if digest != info.sha256:
@@ -300,7 +298,12 @@ def _check_cached(info: WeightsInfo, target: Path) -> None:
             f"{info.name!r} has {info.sha256}. Delete it ({target}) so that it is "
             f"downloaded again on next use, or replace it with a fresh copy of {info.url}."
         )
-    _VERIFIED.add(key)
+    _VERIFIED.add(_file_key(target))
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return os.fspath(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def _download(info: WeightsInfo, target: Path, *, progress: bool) -> None:
@@ -317,6 +320,8 @@ def _download(info: WeightsInfo, target: Path, *, progress: bool) -> None:
         ) from exc
     except OSError as exc:
         raise ValueError(_offline_message(info, target, str(exc))) from exc
+    if info.sha256 is not None:  # torch.hub checked the full digest as it wrote the file
+        _VERIFIED.add(_file_key(target))
 
 
 def _by_hand(info: WeightsInfo, target: Path) -> str:

@@ -104,7 +104,10 @@ def test_download_goes_through_torch_hub_with_the_hash_prefix(cache, monkeypatch
     path = resolve_weights(info.name, progress=True)
     assert path == cache / info.filename and path.read_bytes() == payload
     assert calls == [(info.url, os.fspath(path), info.sha256, True)]
+    hashed = []
+    monkeypatch.setattr(_weights, "sha256_of", lambda p: hashed.append(p) or sha256_of(p))
     assert resolve_weights(info.name) == path and len(calls) == 1  # cached: no second download
+    assert hashed == []  # torch.hub checked the digest while downloading
 
 
 class _Response(io.BytesIO):
