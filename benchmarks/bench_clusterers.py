@@ -12,12 +12,33 @@ belongs to that run alone. Data: ``N`` rows of 512-d Gaussian blobs (float32).
 
 To add a method, add a factory to ``METHODS`` (and, if a stage deserves its own
 timing, a function to ``STAGES``).
+
+``--threading`` measures instead what a fit's threading costs on a busy machine:
+per-step time of TEMI and SPICE on ``N`` 512-d rows, idle and while one busy-loop
+process per core keeps every core busy, for three settings of the fit's torch
+threads:
+
+* ``estimator``: the fit as shipped (it trains on one torch thread),
+* ``1 thread``: the one-thread reference, set by this script,
+* ``torch default``: torch's own default (one thread per core).
+
+It prints per-step times (``fit ms/step``: fit seconds / optimizer steps;
+``ms/step``: the training loop alone, first to last step, the figure compared),
+their ratios to the one-thread figure, and the thread counts seen at the
+optimizer steps. The target (issue 13): under load the
+estimator's per-step time within 1.2x of the one-thread figure. Small training
+budgets keep the whole run to a few minutes::
+
+    python benchmarks/bench_clusterers.py --threading
+    python benchmarks/bench_clusterers.py --threading --n 3000 --method temi
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import resource
 import subprocess
 import sys
@@ -36,10 +57,14 @@ def temi_knn_stage(estimator, X: np.ndarray) -> None:
     """TEMI's neighbour mining alone, on the features TEMI mines them from."""
     from sklearn.base import clone
 
+    from skaudiocluster.cluster._base import make_preprocessor
     from skaudiocluster.cluster._neighbors import cosine_knn
 
-    preprocessor = clone(estimator)._make_preprocessor(X.shape, seed=0)
-    features = preprocessor.fit_transform(X).astype(np.float32)
+    estimator = clone(estimator)
+    preprocessor = make_preprocessor(
+        estimator.preprocessing, estimator.n_components, X.shape, seed=0
+    )
+    features = preprocessor.fit_transform(X.astype(np.float64)).astype(np.float32)
     cosine_knn(features, 50)
 
 
@@ -106,16 +131,194 @@ def run_one(
     return result
 
 
+# Training budgets of the threading benchmark: a few hundred optimizer steps each.
+THREADING_PARAMS = {
+    "temi": {"min_steps": 300, "min_epochs": 1},
+    "spice": {"max_epochs": 4, "n_repeats": 2, "semi_max_epochs": 8},
+}
+MIN_TIMED_STEPS = 20
+THREAD_SETTINGS = ("1 thread", "estimator", "torch default")
+# Thread settings a user's shell may carry; cleared so that "torch default" is torch's.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def run_threading_one(
+    method: str,
+    setting: str,
+    n_samples: int,
+    dim: int,
+    n_clusters: int,
+    params: dict,
+    max_seconds: float,
+) -> dict:
+    """Fit ``method`` with the given thread ``setting``; times optimizer steps by a hook.
+
+    ``ms/step`` is the training loop's time per optimizer step (first to last
+    step), ``fit ms/step`` the whole fit's seconds over its steps (preprocessing
+    and neighbour mining included). A fit whose steps outlast ``max_seconds`` is
+    stopped there (``capped``): its per-step time is measured all the same.
+    """
+    import torch
+    from sklearn.datasets import make_blobs
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from skaudiocluster.cluster import _base
+
+    default_threads = torch.get_num_threads()
+    if setting != "estimator":
+        # The fit then leaves torch's thread count as this process set it.
+        _base.FIT_THREADS = None
+        torch.set_num_threads(1 if setting == "1 thread" else default_threads)
+    step_times: list[float] = []
+    step_threads: set[int] = set()
+
+    def count_step(optimizer, args, kwargs):
+        step_times.append(time.perf_counter())
+        step_threads.add(torch.get_num_threads())
+        if step_times[-1] - step_times[0] > max_seconds and len(step_times) > MIN_TIMED_STEPS:
+            raise _TimeCap
+
+    register_optimizer_step_post_hook(count_step)
+    X, _ = make_blobs(n_samples, n_features=dim, centers=n_clusters, random_state=0)
+    estimator = METHODS[method](n_clusters, 0, **params)
+    start = time.perf_counter()
+    try:
+        estimator.fit(X.astype(np.float32))
+        capped = False
+    except _TimeCap:
+        capped = True
+    seconds = time.perf_counter() - start
+    loop = (step_times[-1] - step_times[0]) / max(len(step_times) - 1, 1)
+    return {
+        "fit s": seconds,
+        "capped": capped,
+        "steps": len(step_times),
+        "fit ms/step": 1000 * seconds / len(step_times),
+        "ms/step": 1000 * loop,
+        "torch default threads": default_threads,
+        "threads at steps": sorted(step_threads),
+        "threads after fit": torch.get_num_threads(),
+    }
+
+
+class _TimeCap(Exception):
+    """Raised from the optimizer-step hook to end a fit that outlasts ``--max-seconds``."""
+
+
+def _busy_loop() -> None:
+    while True:
+        pass
+
+
+def threading_benchmark(args: argparse.Namespace, methods: list[str]) -> None:
+    """Run every (load, method, setting) in a fresh child; print the table and ratios."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
+    n_cores = os.cpu_count() or 1
+    print(f"{n_cores} cores; N={args.n[0]} rows of {args.dim}-d blobs, K={args.n_clusters}; ")
+    print(
+        f"busy = {n_cores} busy-loop processes; fits stopped after {args.max_seconds:g} s of steps"
+    )
+    columns = ("load", "method", "setting", "threads at steps", "steps", "fit s", "fit ms/step")
+    columns += ("ms/step", "x 1 thread")
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns), flush=True)
+    ratios, restored, default_threads = {}, {}, "?"
+    for load in ("idle", "busy"):
+        workers = []
+        if load == "busy":
+            workers = [
+                multiprocessing.Process(target=_busy_loop, daemon=True) for _ in range(n_cores)
+            ]
+            for worker in workers:
+                worker.start()
+        try:
+            for method in methods:
+                results = {}
+                params = {**THREADING_PARAMS.get(method, {}), **json.loads(args.params)}
+                for setting in THREAD_SETTINGS:
+                    command = [sys.executable, __file__, "--child", "--threading"]
+                    command += ["--method", method, "--setting", setting, "--n", str(args.n[0])]
+                    command += ["--dim", str(args.dim), "--n-clusters", str(args.n_clusters)]
+                    command += ["--params", json.dumps(params)]
+                    command += ["--max-seconds", str(args.max_seconds)]
+                    done = subprocess.run(command, capture_output=True, text=True, env=env)
+                    if done.returncode:
+                        print(f"{load} {method} {setting}: failed\n{done.stderr[-2000:]}")
+                        continue
+                    results[setting] = r = json.loads(done.stdout.strip().splitlines()[-1])
+                    reference = results.get("1 thread", {}).get("ms/step", float("nan"))
+                    ratios[load, method, setting] = ratio = r["ms/step"] / reference
+                    restored[load, method, setting] = (
+                        r["threads after fit"] == r["torch default threads"]
+                        or setting == "1 thread"
+                    )
+                    cells = (load, method, setting, ",".join(map(str, r["threads at steps"])))
+                    cells += (
+                        r["steps"],
+                        f"{r['fit s']:.1f}" + (" (capped)" if r["capped"] else ""),
+                    )
+                    cells += (f"{r['fit ms/step']:.1f}", f"{r['ms/step']:.1f}", f"{ratio:.2f}")
+                    print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+                if "torch default" in results:
+                    default_threads = results["torch default"]["torch default threads"]
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.join()
+    print(f"\ntorch default threads in a fresh process: {default_threads}")
+    print(f"the caller's torch threads restored after every fit: {all(restored.values())}")
+    for method in methods:
+        for load in ("idle", "busy"):
+            estimator = ratios.get((load, method, "estimator"), float("nan"))
+            default = ratios.get((load, method, "torch default"), float("nan"))
+            verdict = "ok" if estimator <= 1.2 else "MISSED"
+            print(
+                f"{method} {load}: estimator {estimator:.2f}x, torch default {default:.2f}x "
+                f"the 1-thread ms/step (target under load: estimator <= 1.2x: {verdict})"
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=[*METHODS, "all"], default="all")
-    parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument(
+        "--n", type=int, nargs="+", help="rows (default: 10000 100000; 3000 with --threading)"
+    )
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--n-clusters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--params", default="{}", help="JSON of estimator parameters")
+    parser.add_argument(
+        "--threading",
+        action="store_true",
+        help="per-step time of TEMI and SPICE per thread setting, idle and on busy cores",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=20.0,
+        help="with --threading: stop a fit after this many seconds of optimizer steps",
+    )
+    parser.add_argument("--setting", choices=THREAD_SETTINGS, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.n = args.n or ([3000] if args.threading else [10_000, 100_000])
+    if args.threading:
+        methods = list(THREADING_PARAMS) if args.method == "all" else [args.method]
+        if args.child:
+            params = json.loads(args.params)
+            result = run_threading_one(
+                methods[0],
+                args.setting,
+                args.n[0],
+                args.dim,
+                args.n_clusters,
+                params,
+                args.max_seconds,
+            )
+            print(json.dumps(result))
+        else:
+            threading_benchmark(args, methods)
+        return
     methods = list(METHODS) if args.method == "all" else [args.method]
     if args.child:
         params = json.loads(args.params)
