@@ -1,6 +1,9 @@
 """SPICE clustering: prototype pseudo-labels, reliable labels, then FixMatch-style training.
 
 Niu, Shan and Wang, "SPICE: Semantic Pseudo-labeling for Image Clustering", IEEE TIP 2022.
+The skorch nets live in ``_spice_net`` (stages on embeddings) and ``_spice_joint``
+(the joint encoder and classifier stage on raw audio); the labelling rules in
+``_spice_labels``.
 """
 
 from __future__ import annotations
@@ -9,363 +12,40 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin, _fit_context, clone
-from sklearn.decomposition import PCA
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
-from skorch import NeuralNet
-from skorch.callbacks import Callback
-from skorch.utils import to_tensor
-from torch import nn
-from torch.nn import functional as F
+from sklearn.base import clone
+from sklearn.utils._param_validation import Interval
 
-from skaudiocluster._torch import DEVICE_OPTIONS, make_generator, resolve_device, seed_torch
-from skaudiocluster.audio import check_audio
+from skaudiocluster._torch import batched_forward, draw_seed
+from skaudiocluster._training import StopOnNonFiniteLoss, epoch_history, progress_callbacks
 from skaudiocluster.augment import strong_augmentation, weak_augmentation
+from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims
 from skaudiocluster.cluster._heads import MultiHead, copy_head
-from skaudiocluster.cluster._spice_labels import (
-    double_softmax_cross_entropy,
-    fixmatch_loss,
-    flatten_selection,
-    reliable_labels,
-    select_prototype_samples,
-)
-from skaudiocluster.cluster._training import StopOnNonFiniteLoss, progress_callbacks
-from skaudiocluster.transformers._byola_net import (
-    MIN_SAMPLES,
-    SAMPLE_RATE,
-    LogMelFrontend,
-    padded_waveforms,
+from skaudiocluster.cluster._spice_joint import ClipDataset, ClipViews, JointNetwork
+from skaudiocluster.cluster._spice_labels import IGNORE, reliable_labels
+from skaudiocluster.cluster._spice_net import (
+    DoubleSoftmaxLoss,
+    EmbeddingViews,
+    FixMatchLoss,
+    FixMatchNet,
+    RecordHeadLosses,
+    SPICESelfNet,
+    fixmatch_batches_per_epoch,
+    prototype_batches_per_epoch,
 )
 from skaudiocluster.transformers.byola import BYOLAEmbedder
 
 __all__ = ["SPICEClusterer"]
 
-_INFERENCE_CHUNK = 4096
 
-
-def embedding_view(
-    x: torch.Tensor, *, noise: float, dropout: float, generator: torch.Generator
-) -> torch.Tensor:
-    """A randomly perturbed copy of L2-normalised embeddings (rows stay unit length).
-
-    Gaussian noise of expected norm ``noise`` (relative to the unit rows) is added, a
-    fraction ``dropout`` of the coordinates is zeroed (inverted scaling), and rows are
-    re-normalised.
-
-    Examples
-    --------
-    >>> import torch
-    >>> x = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
-    >>> view = embedding_view(x, noise=0.2, dropout=0.1, generator=torch.Generator())
-    >>> torch.allclose(view.norm(dim=1), torch.ones(4))
-    True
-    """
-    out = x
-    if noise:
-        scale = noise / x.shape[-1] ** 0.5
-        out = out + scale * torch.randn(x.shape, generator=generator).to(x.device)
-    if dropout:
-        keep = torch.rand(x.shape, generator=generator).to(x.device) >= dropout
-        out = out * keep / (1.0 - dropout)
-    return F.normalize(out, dim=-1)
-
-
-class _PrototypeBatches:
-    """SPICE-Self's training batches for one epoch, labelled by the heads on the fly.
-
-    Shuffled big batches of ``big_batch_size`` samples are scored by every head on weak
-    views; each head's prototype pseudo-labels are then replayed ``n_repeats`` times in
-    shuffled mini-batches of strong views. Yields ``(x, y)`` with ``x`` of shape
-    ``(batch, n_heads, D)`` (head ``h`` trains on ``x[:, h]``) and ``y`` ``(batch, n_heads)``.
-    """
-
-    def __init__(self, net: _SPICESelfNet, features: torch.Tensor):
-        self.net = net
-        self.features = features
-        self.generator = make_generator(net.seed)
-
-    def __iter__(self):
-        net, features, gen = self.net, self.features, self.generator
-        n_samples = len(features)
-        big = min(net.big_batch_size, n_samples)
-        order = torch.randperm(n_samples, generator=gen)
-        for start in range(0, n_samples - big + 1, big):
-            clean = features[order[start : start + big]]
-            weak = embedding_view(clean, **net.weak_view, generator=gen)
-            with torch.no_grad():
-                net.module_.eval()
-                proba = net.module_(weak.to(net.device)).softmax(dim=-1).cpu()
-            selected = select_prototype_samples(
-                proba, clean, center_ratio=net.center_ratio, select_ratio=1.0
-            )
-            indices, labels = flatten_selection(selected)  # (H, L)
-            n_heads, length = indices.shape
-            for _ in range(net.n_repeats):
-                shuffle = torch.argsort(torch.rand(n_heads, length, generator=gen), dim=1)
-                for low in range(0, length, net.batch_size):
-                    cols = shuffle[:, low : low + net.batch_size]
-                    x = embedding_view(
-                        clean[indices.gather(1, cols)], **net.strong_view, generator=gen
-                    )
-                    yield x.transpose(0, 1), labels.gather(1, cols).T
-
-
-class _SPICESelfNet(NeuralNet):
-    """skorch net training SPICE-Self's cluster heads on prototype pseudo-labels."""
-
-    def __init__(
-        self,
-        *args,
-        big_batch_size=5000,
-        n_repeats=8,
-        center_ratio=0.5,
-        double_softmax=True,
-        weak_view=None,
-        strong_view=None,
-        seed=0,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.big_batch_size = big_batch_size
-        self.n_repeats = n_repeats
-        self.center_ratio = center_ratio
-        self.double_softmax = double_softmax
-        self.weak_view = weak_view
-        self.strong_view = strong_view
-        self.seed = seed
-
-    def get_iterator(self, dataset, training=False):
-        if training:
-            return _PrototypeBatches(self, torch.as_tensor(dataset.X))
-        return super().get_iterator(dataset, training=training)
-
-    def infer(self, x, **fit_params):
-        # Batches arrive as (batch, n_heads, D): head h trains on its own samples.
-        return self.module_(x.to(self.device).transpose(0, 1))
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        target = y_true.to(self.device).T
-        losses = double_softmax_cross_entropy(y_pred, target, double_softmax=self.double_softmax)
-        return losses.mean()
-
-    def head_losses(self, features: torch.Tensor) -> np.ndarray:
-        """Each head's loss on its own prototype pseudo-labels of the whole set (clean views)."""
-        logits = _forward(self.module_, features, self.device)  # (H, N, K)
-        selected = select_prototype_samples(
-            logits.softmax(dim=-1), features, center_ratio=self.center_ratio
-        )
-        indices, labels = flatten_selection(selected)
-        own = logits.gather(1, indices.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-        losses = double_softmax_cross_entropy(own, labels, double_softmax=self.double_softmax)
-        return losses.numpy()
-
-
-class _RecordHeadLosses(Callback):
-    """Record every head's label-free selection loss in the history after each epoch."""
-
-    def on_epoch_end(self, net, dataset_train=None, **kwargs):
-        losses = net.head_losses(torch.as_tensor(dataset_train.X))
-        net.history.record("head_losses", losses.tolist())
-
-
-class _FixMatchBatches:
-    """FixMatch batches for one epoch: all samples unlabelled, reliable ones also labelled.
-
-    Each step takes ``unlabelled_ratio * batch_size`` unlabelled samples (a shuffled pass
-    over the whole set) and ``batch_size`` labelled ones (cycling through the reliable
-    set) and yields ``(inputs, (n_labelled, targets))``: ``inputs`` is one batch of weak
-    labelled views, weak unlabelled views and strong unlabelled views, in that order,
-    made by the net's ``make_batch``.
-    """
-
-    def __init__(self, net: _FixMatchNet, n_samples: int):
-        self.net = net
-        self.n_samples = n_samples
-        self.generator = make_generator(net.seed)
-
-    def __iter__(self):
-        net, gen = self.net, self.generator
-        labelled, labels = torch.as_tensor(net.labelled), torch.as_tensor(net.labels)
-        unlabelled_batch = net.batch_size * net.unlabelled_ratio
-        order = torch.randperm(self.n_samples, generator=gen)
-        labelled_batches = _cycling_batches(len(labelled), net.batch_size, gen)
-        for low in range(0, self.n_samples, unlabelled_batch):
-            picked = next(labelled_batches)
-            inputs = net.make_batch(labelled[picked], order[low : low + unlabelled_batch], gen)
-            yield inputs, (len(picked), labels[picked])
-
-
-def _cycling_batches(n_items: int, batch_size: int, generator: torch.Generator):
-    """Endless batches of indices below ``n_items``, each item once per shuffled round."""
-    buffer = torch.empty(0, dtype=torch.long)
-    while True:
-        while len(buffer) < batch_size:
-            buffer = torch.cat([buffer, torch.randperm(n_items, generator=generator)])
-        yield buffer[:batch_size]
-        buffer = buffer[batch_size:]
-
-
-class _FixMatchNet(NeuralNet):
-    """skorch net for SPICE-Semi on embeddings: reliable labels plus FixMatch consistency.
-
-    ``fit`` takes sample indices; ``data`` holds the preprocessed embeddings.
-    """
-
-    def __init__(
-        self,
-        *args,
-        data=None,
-        labelled=None,
-        labels=None,
-        unlabelled_ratio=7,
-        threshold=0.95,
-        unlabelled_weight=1.0,
-        weak_view=None,
-        strong_view=None,
-        seed=0,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.data = data
-        self.labelled = labelled
-        self.labels = labels
-        self.unlabelled_ratio = unlabelled_ratio
-        self.threshold = threshold
-        self.unlabelled_weight = unlabelled_weight
-        self.weak_view = weak_view
-        self.strong_view = strong_view
-        self.seed = seed
-
-    def get_iterator(self, dataset, training=False):
-        if training:
-            return _FixMatchBatches(self, len(dataset))
-        return super().get_iterator(dataset, training=training)
-
-    def make_batch(self, labelled, unlabelled, generator):
-        """Weak labelled, weak unlabelled and strong unlabelled embedding views, stacked."""
-        views = [
-            (labelled, self.weak_view),
-            (unlabelled, self.weak_view),
-            (unlabelled, self.strong_view),
-        ]
-        return torch.cat(
-            [embedding_view(self.data[index], **view, generator=generator) for index, view in views]
-        )
-
-    def infer(self, x, **fit_params):
-        x = to_tensor(x, device=self.device)
-        out = self.module_(*x) if isinstance(x, (tuple, list)) else self.module_(x)
-        return out[0]
-
-    def train_step_single(self, batch, **fit_params):
-        self._set_training(True)
-        inputs, (n_labelled, targets) = batch
-        # One forward pass over all views, as FixMatch does, so batch statistics see them all.
-        logits = self.infer(inputs)
-        weak, strong = logits[n_labelled:].chunk(2)
-        loss = fixmatch_loss(
-            logits[:n_labelled],
-            targets.to(self.device),
-            weak,
-            strong,
-            threshold=self.threshold,
-            unlabelled_weight=self.unlabelled_weight,
-        )
-        loss.backward()
-        return {"loss": loss, "y_pred": logits}
-
-
-class _JointFixMatchNet(_FixMatchNet):
-    """SPICE-Semi training an audio encoder and the classifier together.
-
-    ``data`` is the list of 16 kHz clips (1-D tensors); views are made with the
-    ``weak_view`` / ``strong_view`` :class:`~skaudiocluster.augment.AudioAugmentation`.
-    """
-
-    def make_batch(self, labelled, unlabelled, generator):
-        """Padded waveforms and valid frame counts of the three groups of views."""
-        views = [
-            (labelled, self.weak_view),
-            (unlabelled, self.weak_view),
-            (unlabelled, self.strong_view),
-        ]
-        clips = [
-            view(self.data[i], generator=generator).numpy()
-            for index, view in views
-            for i in index.tolist()
-        ]
-        return padded_waveforms(clips)
-
-
-class _JointNetwork(nn.Module):
-    """Waveforms -> BYOL-A log-mel -> encoder -> frozen standardise / PCA / L2 -> classifier.
-
-    The preprocessing is the fitted scikit-learn pipeline written as one affine map
-    (buffers, not trained), so the classifier sees exactly what it was trained on.
-    """
-
-    def __init__(self, embedder, preprocessor, classifier: MultiHead):
-        super().__init__()
-        self.frontend = LogMelFrontend()
-        self.encoder = embedder.module_
-        self.norm_stats = (embedder.mean_, embedder.std_)
-        weight, bias = _affine_preprocessing(preprocessor)
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
-        self.classifier = classifier
-
-    def train(self, mode: bool = True) -> _JointNetwork:
-        # The encoder's batch-norm statistics stay the pretrained ones: batches of strong
-        # views (noise, fades) would drag them away from the clean audio seen at predict.
-        super().train(mode)
-        for module in self.encoder.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-        return self
-
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mean, std = self.norm_stats
-        lms = (self.frontend(waves) - mean) / std
-        embeddings = self.encoder(lms.unsqueeze(1), lengths)
-        return self.classifier(F.normalize(embeddings @ self.weight + self.bias, dim=-1))
-
-
-def _affine_preprocessing(preprocessor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W, b)`` with ``x @ W + b`` equal to the pipeline's standardise-then-PCA step."""
-    scaler = preprocessor.named_steps["standardscaler"]
-    weight = np.diag(1.0 / scaler.scale_)
-    bias = -scaler.mean_ / scaler.scale_
-    pca = preprocessor.named_steps.get("pca")
-    if pca is not None:
-        weight = weight @ pca.components_.T
-        bias = (bias - pca.mean_) @ pca.components_.T
-    return (
-        torch.as_tensor(weight, dtype=torch.float32),
-        torch.as_tensor(bias, dtype=torch.float32),
-    )
-
-
-def _forward(module: nn.Module, features: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Logits of ``module`` on ``features`` in chunks, in eval mode, on the CPU."""
-    module.eval()
-    with torch.inference_mode():
-        chunks = [
-            module(features[low : low + _INFERENCE_CHUNK].to(device)).cpu()
-            for low in range(0, len(features), _INFERENCE_CHUNK)
-        ]
-    return torch.cat(chunks, dim=-2)
-
-
-class SPICEClusterer(ClusterMixin, BaseEstimator):
+class SPICEClusterer(BaseDeepClusterer):
     """SPICE deep clustering on embeddings: prototype pseudo-labels, then semi-supervision.
 
-    Fitting runs SPICE's stages on 2-D features (for example BYOL-A embeddings):
+    Fitting runs SPICE's stages on 2-D features (for example BYOL-A embeddings),
+    preprocessed as ``preprocessing`` and ``n_components`` say (by default inputs
+    wider than 64 features are standardised and reduced to their first 64 principal
+    components, then L2-normalised):
 
-    1. **SPICE-Self.** Inputs are standardised, reduced with PCA to ``n_components`` and
-       L2-normalised. ``n_heads`` MLP heads ``Linear-ReLU-Linear-softmax`` are trained
+    1. **SPICE-Self.** ``n_heads`` MLP heads ``Linear-ReLU-Linear-softmax`` are trained
        on prototype pseudo-labels: in each big batch of ``big_batch_size`` samples, the
        ``center_ratio * M / K`` most confident samples of a cluster are averaged into a
        prototype and the ``M / K`` samples nearest to it (cosine) get that cluster's label;
@@ -383,36 +63,44 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
        when that prediction is at least ``threshold`` confident.
 
     With an ``encoder`` (a :class:`~skaudiocluster.transformers.byola.BYOLAEmbedder`),
-    ``fit`` takes raw audio: the encoder (cloned to ``encoder_``) embeds the clips, stages
+    ``fit`` takes raw audio: the encoder (cloned to ``encoder_``; seeded from
+    ``random_state`` when its own ``random_state`` is None) embeds the clips, stages
     1-3 run on those embeddings as above, and then stage 3 continues for
     ``joint_max_epochs`` on the audio itself, training the encoder (learning rate
-    ``encoder_lr``) and the classifier together. Its weak views are random crops of
-    90-100 % of each clip with +/- 3 dB gain; the strong views crop 60-100 %, change the
-    gain by up to +/- 6 dB, fade in and out and mix in white noise at 10-30 dB SNR
-    (:mod:`skaudiocluster.augment`). The paper trains this stage from scratch for about a
-    million steps on a GPU; here it starts from the stage-3 classifier trained on the
-    embeddings, so a few epochs on a CPU suffice. Parameters of the encoder route as
-    ``encoder__<name>``. ``predict`` then embeds new clips with the fine-tuned encoder.
+    ``encoder_lr``; its batch-norm statistics stay frozen) and the classifier together.
+    Its weak views are random crops of 90-100 % of each clip with +/- 3 dB gain; the
+    strong views crop 60-100 %, change the gain by up to +/- 6 dB, fade in and out and
+    mix in white noise at 10-30 dB SNR (:mod:`skaudiocluster.augment`). The paper trains
+    this stage from scratch for about a million steps on a GPU; here it starts from the
+    stage-3 classifier trained on the embeddings, so a few epochs on a CPU suffice.
+    Parameters of the encoder route as ``encoder__<name>``. ``predict`` then embeds new
+    clips with the fine-tuned encoder.
 
     Departure from the paper: SPICE makes its weak and strong views by augmenting images
     and re-running the frozen encoder at every step. On fixed embeddings there is no
     signal left to augment and re-embedding every step would cost as much as the paper's
     encoder passes, so the views here are made in embedding space: Gaussian noise plus
-    feature dropout on the unit-length features, mild (``weak_*``) and heavy
-    (``strong_*``), then re-normalised. The prototype similarities still use the clean
-    features, as in the paper.
+    feature dropout on the features, mild (``weak_*``) and heavy (``strong_*``), then
+    scaled back to each row's norm (unit rows with the default ``"l2"``). The prototype
+    similarities still use the clean features, as in the paper (inner products: cosines
+    for L2-normalised features).
 
     Parameters
     ----------
     n_clusters : int, default=8
+        Number of clusters; the training set needs at least ``2 * n_clusters`` samples.
     encoder : BYOLAEmbedder or None, default=None
         Audio encoder; ``None`` means ``X`` holds embeddings already.
     n_heads : int, default=10
         SPICE-Self heads trained together; the lowest-loss one is kept.
-    hidden_dim : int, default=512
-        Hidden width of the heads and of the stage-3 classifier.
+    hidden_dims : tuple of int, default=(512,)
+        Hidden widths of the heads and of the stage-3 classifier.
+    preprocessing : {"l2", "standardize"} or None, default="l2"
+        Last step of the input transform: L2-normalise rows, standardise features, or
+        nothing (see :func:`~skaudiocluster.cluster._base.make_preprocessor`).
     n_components : int or None, default=64
-        PCA dimension of the standardised inputs (clipped to the data); ``None`` skips PCA.
+        Inputs with more features are standardised and projected on this many principal
+        components (at most ``n_samples``); ``None`` skips the projection.
     max_epochs : int, default=30
         SPICE-Self epochs (each replays every big batch ``n_repeats`` times).
     big_batch_size : int, default=5000
@@ -428,7 +116,7 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
     double_softmax : bool, default=True
         Use SPICE's cross-entropy on softmax outputs; ``False`` gives plain cross-entropy.
     weak_noise, weak_dropout : float, default=0.2, 0.1
-        Noise norm (relative to unit rows) and feature dropout of the weak views.
+        Noise norm (relative to the row's norm) and feature dropout of the weak views.
     strong_noise, strong_dropout : float, default=0.6, 0.4
         The same for the strong views.
     n_neighbors : int, default=100
@@ -462,10 +150,12 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         Labelled clips per joint step (with ``unlabelled_ratio`` times as many unlabelled).
     max_audio_seconds : float, default=2.0
         Longest crop of a clip in joint training.
-    device : str, default="auto"
+    device : str or torch.device, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     random_state : int, RandomState instance or None, default=None
-        Seeds initialisation, batching and views; an int makes CPU runs repeat exactly.
+        Seeds initialisation, batching and views (and an unseeded ``encoder``); an int
+        makes CPU runs repeat exactly. The caller's global torch random state is left
+        untouched.
     verbose : int, default=0
         Progress bars when positive.
 
@@ -487,32 +177,38 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         Network from preprocessed embeddings to logits ``(1, n_samples, n_clusters)``:
         the stage-3 classifier, or the selected SPICE-Self head without stage 3.
     preprocessor_ : sklearn Pipeline
-        Fitted standardisation, PCA and L2 normalisation.
-    history_ : dict
-        skorch ``History`` of each stage run, under ``"self"``, ``"semi"`` and ``"joint"``.
+        The fitted input transform.
+    history_ : skorch History
+        One row per epoch of every stage run (``stage`` is ``"self"``, ``"semi"`` or
+        ``"joint"``) with ``train_loss`` and ``dur``; SPICE-Self rows also hold
+        ``head_losses``.
     encoder_ : BYOLAEmbedder
         With ``encoder``: the fitted (and jointly trained) encoder.
     n_features_in_ : int
         Without ``encoder``: number of features seen in ``fit``.
     device_ : torch.device
+        Where the networks live.
 
     Examples
     --------
     >>> from sklearn.datasets import make_blobs
+    >>> from sklearn.metrics import adjusted_rand_score
     >>> from skaudiocluster.cluster import SPICEClusterer
-    >>> X, y = make_blobs(n_samples=120, centers=3, n_features=8, random_state=0)
-    >>> spice = SPICEClusterer(n_clusters=3, n_heads=2, hidden_dim=16, max_epochs=2,
-    ...                        semi_max_epochs=2, n_neighbors=10, random_state=0)
-    >>> spice.fit_predict(X).shape
-    (120,)
+    >>> X, y = make_blobs(n_samples=600, centers=3, n_features=16, random_state=0)
+    >>> spice = SPICEClusterer(n_clusters=3, n_heads=2, hidden_dims=(32,), max_epochs=10,
+    ...                        n_repeats=4, semi_max_epochs=5, semi_batch_size=32,
+    ...                        semi_lr=1e-2, unlabelled_ratio=2, random_state=0)
+    >>> adjusted_rand_score(y, spice.fit_predict(X))
+    1.0
+    >>> spice.history_[:, "stage"].count("semi")
+    5
     """
 
     _parameter_constraints: dict = {
+        **BaseDeepClusterer._parameter_constraints,
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "encoder": [BYOLAEmbedder, None],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
-        "hidden_dim": [Interval(Integral, 1, None, closed="left")],
-        "n_components": [Interval(Integral, 1, None, closed="left"), None],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "big_batch_size": [Interval(Integral, 2, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -538,9 +234,6 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         "encoder_lr": [Interval(Real, 0, None, closed="neither")],
         "joint_batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_audio_seconds": [Interval(Real, 0, None, closed="neither")],
-        "device": [StrOptions(set(DEVICE_OPTIONS)), str],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -549,7 +242,8 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         *,
         encoder: BYOLAEmbedder | None = None,
         n_heads: int = 10,
-        hidden_dim: int = 512,
+        hidden_dims: tuple[int, ...] = (512,),
+        preprocessing: str | None = "l2",
         n_components: int | None = 64,
         max_epochs: int = 30,
         big_batch_size: int = 5000,
@@ -576,14 +270,15 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         encoder_lr: float = 1e-5,
         joint_batch_size: int = 16,
         max_audio_seconds: float = 2.0,
-        device: str = "auto",
+        device: str | torch.device = "auto",
         random_state=None,
         verbose: int = 0,
     ):
         self.n_clusters = n_clusters
         self.encoder = encoder
         self.n_heads = n_heads
-        self.hidden_dim = hidden_dim
+        self.hidden_dims = hidden_dims
+        self.preprocessing = preprocessing
         self.n_components = n_components
         self.max_epochs = max_epochs
         self.big_batch_size = big_batch_size
@@ -614,116 +309,95 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Fit SPICE; ``y`` is ignored.
+    def _min_samples(self) -> int:
+        # Stage 2 and the prototypes need room for two samples per cluster.
+        return 2 * self.n_clusters
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features), or raw audio with ``encoder``
-            Embeddings; with an ``encoder``, the clips it accepts (arrays or paths).
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : SPICEClusterer
-        """
-        self.device_ = resolve_device(self.device)
-        seed = seed_torch(self.random_state)
-        rng = np.random.RandomState(seed)
+    def _embeddings(self, X, *, reset: bool, seed: int | None = None) -> np.ndarray:
         if self.encoder is None:
-            embeddings = validate_data(self, X, dtype=[np.float32, np.float64])
-        else:
-            self.encoder_ = clone(self.encoder).fit(X)
-            embeddings = self.encoder_.transform(X)
-        n_samples = embeddings.shape[0]
-        if n_samples < 2 * self.n_clusters:
+            return super()._embeddings(X, reset=reset, seed=seed)
+        if reset:
+            encoder = clone(self.encoder)
+            if encoder.random_state is None:
+                encoder.set_params(random_state=draw_seed(seed))
+            self.encoder_ = encoder.fit(X)
+        embeddings = np.asarray(self.encoder_.transform(X), dtype=np.float64)
+        if reset and len(embeddings) < self._min_samples():
             raise ValueError(
-                f"n_samples={n_samples} should be >= 2 * n_clusters={2 * self.n_clusters}"
+                f"{type(self).__name__} with n_clusters={self.n_clusters} needs at least "
+                f"{self._min_samples()} clips, got {len(embeddings)}"
             )
-        self.preprocessor_ = self._make_preprocessor(embeddings, seed).fit(embeddings)
-        features = torch.as_tensor(self.preprocessor_.transform(embeddings), dtype=torch.float32)
+        return embeddings
 
-        heads, self.head_losses_, history = self._fit_self(features, seed)
-        self.history_ = {"self": history}
+    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+        hidden_dims = check_hidden_dims(self.hidden_dims)
+        self_net = self._fit_self(features, hidden_dims, seed)
+        self.head_losses_ = np.asarray(self_net.history[-1, "head_losses"])
         self.best_head_ = int(np.argmin(self.head_losses_))
-        head = copy_head(heads, self.best_head_, **self._head_kwargs())
-        proba = _forward(head, features, self.device_)[0].softmax(dim=-1).numpy()
+        head = copy_head(self_net.module_, self.best_head_, **_head_kwargs(hidden_dims))
+        proba = _cluster_proba(head.eval(), features, self.device_)
         self.self_labels_ = proba.argmax(axis=1)
         # A neighbourhood larger than a typical cluster could never agree with itself.
+        n_samples = len(features)
         self.n_neighbors_ = min(self.n_neighbors, max(1, n_samples // (4 * self.n_clusters)))
         self.labels_reliable_ = reliable_labels(
-            features.numpy(),
+            features,
             proba,
             n_neighbors=self.n_neighbors_,
             min_agreement=self.min_agreement,
             min_confidence=self.min_confidence,
             min_per_cluster=self.min_reliable,
-            random_state=rng,
+            random_state=np.random.RandomState(seed),
             device=self.device_,
         )
+        targets = np.where(self.labels_reliable_, self.self_labels_, IGNORE).astype(np.int64)
         self.module_ = head
+        nets, stages = [self_net], ["self"]
         if self.semi_max_epochs:
-            self.module_, self.history_["semi"] = self._fit_semi(features, seed)
+            semi_net = self._fit_semi(features, targets, hidden_dims, seed)
+            self.module_ = semi_net.module_.eval()
+            nets.append(semi_net)
+            stages.append("semi")
         if self.encoder is not None and self.joint_max_epochs:
-            self.history_["joint"] = self._fit_joint(X, seed)
-            features = self._features(X)
-        self.labels_ = self._logits(features).argmax(axis=1)
-        return self
+            nets.append(self._fit_joint(X, targets, seed))
+            stages.append("joint")
+            features = self._preprocess(self._embeddings(X, reset=False))
+        self.history_ = epoch_history(nets, stage=stages)
+        return features
 
-    def predict(self, X) -> np.ndarray:
-        """Cluster index of each sample of ``X`` (embeddings, or clips with ``encoder``).
+    def _proba(self, features: np.ndarray) -> np.ndarray:
+        return _cluster_proba(self.module_, features, self.device_)
 
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-        """
-        return self.predict_proba(X).argmax(axis=1)
+    def _views(self) -> tuple[dict, dict]:
+        return (
+            {"noise": self.weak_noise, "dropout": self.weak_dropout},
+            {"noise": self.strong_noise, "dropout": self.strong_dropout},
+        )
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Cluster probabilities of each sample of ``X`` (embeddings, or clips with ``encoder``).
+    def _callbacks(self, stage: str, batches_per_epoch: int) -> list:
+        return [
+            ("non_finite_loss", StopOnNonFiniteLoss(f"{type(self).__name__} ({stage})")),
+            *progress_callbacks(self.verbose, batches_per_epoch=batches_per_epoch),
+        ]
 
-        Returns
-        -------
-        proba : ndarray of shape (n_samples, n_clusters), float32
-        """
-        check_is_fitted(self)
-        logits = torch.as_tensor(self._logits(self._features(X)))
-        return torch.softmax(logits, dim=1).numpy()
-
-    def _features(self, X) -> torch.Tensor:
-        """Preprocessed embeddings of new data."""
-        if self.encoder is None:
-            embeddings = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        else:
-            embeddings = self.encoder_.transform(X)
-        return torch.as_tensor(self.preprocessor_.transform(embeddings), dtype=torch.float32)
-
-    def _make_preprocessor(self, X, seed: int):
-        steps = [StandardScaler()]
-        if self.n_components is not None:
-            n_components = min(self.n_components, *X.shape)
-            steps.append(PCA(n_components, svd_solver="covariance_eigh", random_state=seed))
-        return make_pipeline(*steps, Normalizer())
-
-    def _head_kwargs(self) -> dict:
-        return {"hidden_dims": (self.hidden_dim,), "activation": "relu", "init_std": None}
-
-    def _views(self) -> dict:
-        return {
-            "weak_view": {"noise": self.weak_noise, "dropout": self.weak_dropout},
-            "strong_view": {"noise": self.strong_noise, "dropout": self.strong_dropout},
-        }
-
-    def _fit_self(self, features: torch.Tensor, seed: int):
-        net = _SPICESelfNet(
+    def _fit_self(self, features: np.ndarray, hidden_dims: tuple[int, ...], seed: int):
+        """SPICE-Self: ``n_heads`` heads trained on their prototype pseudo-labels."""
+        weak_view, strong_view = self._views()
+        steps = prototype_batches_per_epoch(
+            len(features),
+            self.n_clusters,
+            big_batch_size=self.big_batch_size,
+            batch_size=self.batch_size,
+            n_repeats=self.n_repeats,
+        )
+        net = SPICESelfNet(
             MultiHead,
             module__in_features=features.shape[1],
             module__n_clusters=self.n_clusters,
             module__n_heads=self.n_heads,
-            **{f"module__{key}": value for key, value in self._head_kwargs().items()},
-            criterion=nn.CrossEntropyLoss,  # unused: get_loss computes the per-head loss
+            **{f"module__{key}": value for key, value in _head_kwargs(hidden_dims).items()},
+            criterion=DoubleSoftmaxLoss,
+            criterion__double_softmax=self.double_softmax,
             optimizer=torch.optim.Adam,
             lr=self.lr,
             max_epochs=self.max_epochs,
@@ -731,101 +405,101 @@ class SPICEClusterer(ClusterMixin, BaseEstimator):
             big_batch_size=self.big_batch_size,
             n_repeats=self.n_repeats,
             center_ratio=self.center_ratio,
-            double_softmax=self.double_softmax,
+            weak_view=weak_view,
+            strong_view=strong_view,
             seed=seed,
             train_split=None,
             device=self.device_,
             callbacks=[
-                ("head_losses", _RecordHeadLosses()),
-                ("finite", StopOnNonFiniteLoss("SPICEClusterer (SPICE-Self)")),
-                *progress_callbacks(self.verbose),
+                (
+                    "head_losses",
+                    RecordHeadLosses(
+                        center_ratio=self.center_ratio, double_softmax=self.double_softmax
+                    ),
+                ),
+                *self._callbacks("SPICE-Self", steps),
             ],
             verbose=0,
-            **self._views(),
         )
-        net.fit(features.numpy())
-        return net.module_, np.asarray(net.history[-1, "head_losses"]), net.history
+        return net.fit(features)
 
-    def _fit_semi(self, features: torch.Tensor, seed: int):
-        labelled = np.flatnonzero(self.labels_reliable_)
-        net = _FixMatchNet(
+    def _fixmatch_params(self) -> dict:
+        return {
+            "criterion": FixMatchLoss,
+            "criterion__threshold": self.threshold,
+            "criterion__unlabelled_weight": self.unlabelled_weight,
+            "optimizer": torch.optim.Adam,
+            "lr": self.semi_lr,
+            "unlabelled_ratio": self.unlabelled_ratio,
+            "train_split": None,
+            "device": self.device_,
+            "verbose": 0,
+        }
+
+    def _fit_semi(
+        self, features: np.ndarray, targets: np.ndarray, hidden_dims: tuple[int, ...], seed: int
+    ):
+        """SPICE-Semi on embeddings: a fresh classifier, FixMatch on embedding views."""
+        steps = fixmatch_batches_per_epoch(
+            len(features), batch_size=self.semi_batch_size, unlabelled_ratio=self.unlabelled_ratio
+        )
+        net = FixMatchNet(
             MultiHead,
             module__in_features=features.shape[1],
             module__n_clusters=self.n_clusters,
             module__n_heads=1,
-            **{f"module__{key}": value for key, value in self._head_kwargs().items()},
-            criterion=nn.CrossEntropyLoss,  # unused: train_step_single computes FixMatch
-            optimizer=torch.optim.Adam,
-            lr=self.semi_lr,
+            **{f"module__{key}": value for key, value in _head_kwargs(hidden_dims).items()},
             max_epochs=self.semi_max_epochs,
             batch_size=self.semi_batch_size,
-            data=features,
-            labelled=labelled,
-            labels=self.self_labels_[labelled],
-            unlabelled_ratio=self.unlabelled_ratio,
-            threshold=self.threshold,
-            unlabelled_weight=self.unlabelled_weight,
+            views=EmbeddingViews(*self._views()),
             seed=seed,
-            train_split=None,
-            device=self.device_,
-            callbacks=[
-                ("finite", StopOnNonFiniteLoss("SPICEClusterer (SPICE-Semi)")),
-                *progress_callbacks(self.verbose),
-            ],
-            verbose=0,
-            **self._views(),
+            callbacks=self._callbacks("SPICE-Semi", steps),
+            **self._fixmatch_params(),
         )
-        net.fit(np.arange(len(features)))
-        return net.module_, net.history
+        return net.fit(features, targets)
 
-    def _fit_joint(self, X, seed: int):
+    def _fit_joint(self, X, targets: np.ndarray, seed: int):
         """Stage 3 again on raw audio, training ``encoder_.module_`` and ``module_`` in place."""
-        clips = [
-            torch.from_numpy(clip)
-            for clip in check_audio(
-                X, sample_rate=self.encoder_.sample_rate, target_rate=SAMPLE_RATE
-            )
-        ]
+        encoder = self.encoder_
+        clips = encoder.waveforms(X)
         crop = {
-            "max_samples": round(self.max_audio_seconds * SAMPLE_RATE),
-            "min_samples": MIN_SAMPLES,
+            "max_samples": round(self.max_audio_seconds * encoder.model_sample_rate),
+            "min_samples": encoder.min_samples,
         }
-        labelled = np.flatnonzero(self.labels_reliable_)
-        network = _JointNetwork(self.encoder_, self.preprocessor_, self.module_)
-        net = _JointFixMatchNet(
+        encoder_device = next(encoder.module_.parameters()).device
+        network = JointNetwork(encoder.module_, self.module_, self.preprocessor_)
+        steps = fixmatch_batches_per_epoch(
+            len(clips), batch_size=self.joint_batch_size, unlabelled_ratio=self.unlabelled_ratio
+        )
+        net = FixMatchNet(
             network,
-            criterion=nn.CrossEntropyLoss,  # unused: train_step_single computes FixMatch
-            optimizer=torch.optim.Adam,
             optimizer__param_groups=[("encoder.*", {"lr": self.encoder_lr})],
-            lr=self.semi_lr,
             max_epochs=self.joint_max_epochs,
             batch_size=self.joint_batch_size,
-            data=clips,
-            labelled=labelled,
-            labels=self.self_labels_[labelled],
-            unlabelled_ratio=self.unlabelled_ratio,
-            threshold=self.threshold,
-            unlabelled_weight=self.unlabelled_weight,
-            weak_view=weak_augmentation(**crop),
-            strong_view=strong_augmentation(**crop),
+            views=ClipViews(
+                weak_augmentation(**crop), strong_augmentation(**crop), encoder.log_mel
+            ),
             seed=seed,
-            train_split=None,
-            device=self.device_,
-            callbacks=[
-                ("finite", StopOnNonFiniteLoss("SPICEClusterer (joint SPICE-Semi)")),
-                *progress_callbacks(self.verbose),
-            ],
-            verbose=0,
+            callbacks=self._callbacks("joint SPICE-Semi", steps),
+            **self._fixmatch_params(),
         )
-        net.fit(np.arange(len(clips)))
+        net.fit(ClipDataset(clips, targets))
         network.eval()
-        self.encoder_.module_.cpu()  # where BYOLAEmbedder.transform expects it
-        return net.history
-
-    def _logits(self, features: torch.Tensor) -> np.ndarray:
-        return _forward(self.module_, features, self.device_)[0].numpy()
+        encoder.module_.to(encoder_device)  # where the encoder's own methods expect it
+        return net
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def _head_kwargs(hidden_dims: tuple[int, ...]) -> dict:
+    """Architecture of SPICE's heads and classifier (``MultiHead`` arguments)."""
+    return {"hidden_dims": hidden_dims, "activation": "relu", "init_std": None}
+
+
+def _cluster_proba(module: torch.nn.Module, features: np.ndarray, device: torch.device):
+    """Softmax of a one-head ``module``'s logits on ``features``: float32 (n_samples, K)."""
+    logits = batched_forward(module, features, device=device, dim=1)[0]
+    return logits.softmax(dim=-1).numpy()

@@ -1,36 +1,56 @@
-"""SPICEClusterer: pseudo-labelling rules on hand-built inputs, estimator contract, FSDD quality."""
+"""SPICEClusterer and its nets: views, criteria, iterators, joint stage, estimator, FSDD quality."""
 
 from __future__ import annotations
 
-import math
 import pickle
+import re
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import make_blobs
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 
+from skaudiocluster.augment import strong_augmentation, weak_augmentation
 from skaudiocluster.cluster import SPICEClusterer
+from skaudiocluster.cluster._base import make_preprocessor
+from skaudiocluster.cluster._heads import MultiHead
+from skaudiocluster.cluster._spice_joint import (
+    ClipDataset,
+    ClipViews,
+    JointNetwork,
+    affine_preprocessing,
+)
 from skaudiocluster.cluster._spice_labels import (
     IGNORE,
     double_softmax_cross_entropy,
     fixmatch_loss,
-    flatten_selection,
-    neighbour_agreement,
-    reliable_labels,
-    select_prototype_samples,
 )
-from skaudiocluster.cluster.spice import _affine_preprocessing, embedding_view
+from skaudiocluster.cluster._spice_net import (
+    DoubleSoftmaxLoss,
+    EmbeddingViews,
+    FixMatchBatches,
+    FixMatchLoss,
+    PrototypeBatches,
+    embedding_view,
+    fixmatch_batches_per_epoch,
+    prototype_batches_per_epoch,
+)
 from skaudiocluster.transformers.byola import BYOLAEmbedder
+
+# The guard of reliable_labels warns with this message when a cluster is topped up.
+TOP_UP = "reliable pseudo-labels"
 
 
 def _tiny(**params) -> SPICEClusterer:
     defaults = dict(
         n_clusters=3,
         n_heads=2,
-        hidden_dim=16,
+        hidden_dims=(16,),
         n_components=8,
         max_epochs=2,
         n_repeats=2,
@@ -42,175 +62,231 @@ def _tiny(**params) -> SPICEClusterer:
     return SPICEClusterer(**{**defaults, **params})
 
 
-# --- prototype pseudo-labels -------------------------------------------------------------
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
-def test_prototype_is_mean_of_top_confident_and_selects_its_nearest():
-    # Cluster 0's two most confident samples are 0 and 1: prototype (1, 1)/sqrt(2)
-    # direction, whose nearest samples are 4 and 5 (on the diagonal), not 0 and 1.
-    features = torch.nn.functional.normalize(
-        torch.tensor(
-            [
-                [1.0, 0.0],
-                [0.0, 1.0],
-                [-1.0, 0.1],
-                [-1.0, -0.1],
-                [1.0, 1.0],
-                [1.0, 0.9],
-                [-0.9, 0.0],
-                [-1.0, 0.0],
-            ]
-        ),
-        dim=1,
-    )
-    p0 = torch.tensor([0.99, 0.98, 0.1, 0.1, 0.5, 0.5, 0.2, 0.2])
-    proba = torch.stack([p0, 1 - p0], dim=1)
-    selected = select_prototype_samples(proba, features, center_ratio=0.5)
-    # m = floor(0.5 * 8 / 2) = 2 confident samples per prototype, n = 8 / 2 = 4 selected.
-    assert selected.shape == (2, 4)
-    assert set(selected[0, :2].tolist()) == {4, 5}
-    # Cluster 1's prototype averages samples 2 and 3 and points to (-1, 0).
-    assert set(selected[1].tolist()) == {2, 3, 6, 7}
-    assert set(selected[0].tolist()) == {0, 1, 4, 5}
-
-
-def test_selection_per_head_and_balanced():
-    gen = torch.Generator().manual_seed(0)
-    features = torch.nn.functional.normalize(torch.randn(60, 5, generator=gen), dim=1)
-    proba = torch.randn(3, 60, 4, generator=gen).softmax(dim=-1)
-    selected = select_prototype_samples(proba, features)
-    assert selected.shape == (3, 4, 15)
-    assert int(selected.max()) < 60
-    for head in range(3):
-        alone = select_prototype_samples(proba[head], features)
-        assert torch.equal(alone, selected[head])
-        for cluster in range(4):
-            top = proba[head, :, cluster].topk(7).indices
-            similarity = features @ features[top].mean(dim=0)
-            chosen = selected[head, cluster]
-            rest = torch.ones(60, dtype=torch.bool)
-            rest[chosen] = False
-            assert similarity[chosen].min() >= similarity[rest].max()
-    indices, labels = flatten_selection(selected)
-    assert indices.shape == labels.shape == (3, 60)
-    assert torch.equal(torch.bincount(labels[1]), torch.full((4,), 15))
-
-
-def test_selection_never_empty_when_clusters_outnumber_samples():
-    features = torch.nn.functional.normalize(torch.randn(5, 3), dim=1)
-    selected = select_prototype_samples(torch.rand(5, 4).softmax(dim=1), features)
-    assert selected.shape == (4, 1)
-
-
-# --- losses --------------------------------------------------------------------------------
-
-
-def test_double_softmax_bounds_and_uniform_value():
-    k = 10
-    logits = torch.randn(3, 50, k) * 20
-    target = torch.randint(0, k, (3, 50))
-    loss = double_softmax_cross_entropy(logits, target)
-    assert loss.shape == (3,)
-    assert torch.all(loss >= math.log(1 + (k - 1) / math.e) - 1e-5)
-    assert torch.all(loss <= math.log(k - 1 + math.e) + 1e-5)
-    uniform = double_softmax_cross_entropy(torch.zeros(2, 4, k), torch.zeros(4, dtype=torch.long))
-    assert torch.allclose(uniform, torch.full((2,), math.log(k)))
-
-
-def test_cross_entropy_ignores_unlabelled_and_plain_option():
-    logits = torch.randn(2, 6, 3)
-    target = torch.tensor([[0, 1, IGNORE, 2, IGNORE, 0], [IGNORE] * 6])
-    loss = double_softmax_cross_entropy(logits, target, double_softmax=False)
-    keep = target[0] != IGNORE
-    expected = torch.nn.functional.cross_entropy(logits[0][keep], target[0][keep])
-    assert torch.isclose(loss[0], expected)
-    assert loss[1] == 0
-
-
-def test_fixmatch_mask():
-    labelled, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
-    weak, strong = torch.randn(8, 3), torch.randn(8, 3)
-    supervised = torch.nn.functional.cross_entropy(labelled, labels)
-    assert torch.isclose(fixmatch_loss(labelled, labels, weak, strong, threshold=1.0), supervised)
-    everything = supervised + torch.nn.functional.cross_entropy(strong, weak.argmax(dim=1))
-    assert torch.isclose(fixmatch_loss(labelled, labels, weak, strong, threshold=0.0), everything)
-
-
-# --- reliable labels ---------------------------------------------------------------------
-
-
-def _two_groups(n=20, seed=0):
+def _clips(n_per_tone: int = 12, seed: int = 0) -> list[np.ndarray]:
+    """Short synthetic clips: two tones, random lengths (125-200 ms at 16 kHz)."""
     rng = np.random.RandomState(seed)
-    features = np.vstack([rng.normal([8, 0], 1, (n, 2)), rng.normal([0, 8], 1, (n, 2))])
-    proba = np.repeat([[0.999, 0.001], [0.001, 0.999]], n, axis=0)
-    return features, proba
+    t = np.arange(3200) / 16000
+    return [
+        np.sin(2 * np.pi * f * t[: rng.randint(2000, 3200)]) * 0.3 + 0.01 * rng.randn(1)
+        for f in [220.0] * n_per_tone + [1800.0] * n_per_tone
+    ]
 
 
-def test_reliability_rule_drops_inconsistent_and_unconfident_samples():
-    features, proba = _two_groups()
-    proba[0] = [0.001, 0.999]  # labelled 1 among cluster-0 neighbours
-    proba[1] = [0.98, 0.02]  # consistent but not confident enough
-    agreement = neighbour_agreement(features, proba.argmax(axis=1), 10)
-    assert agreement[0] <= 0.1 and np.median(agreement) == 1.0
-    mask = reliable_labels(
-        features, proba, n_neighbors=10, min_per_cluster=1, random_state=np.random.RandomState(0)
-    )
-    assert not mask[0] and not mask[1]
-    # Balanced: cluster 0 has 18 reliable samples, so cluster 1 keeps 18 of its 19.
-    assert mask[:20].sum() == mask[20:].sum() == 18
+# --- views and criteria --------------------------------------------------------------------
 
 
-def test_reliable_guard_tops_up_a_cluster_without_reliable_samples():
-    features, proba = _two_groups()
-    proba[20:] = [0.3, 0.7]  # cluster 1 is never confident
-    with pytest.warns(UserWarning, match=r"cluster\(s\) \[1\]"):
-        mask = reliable_labels(
-            features,
-            proba,
-            n_neighbors=10,
-            min_per_cluster=5,
-            random_state=np.random.RandomState(0),
-        )
-    assert mask[20:].sum() == 5
-    assert mask[:20].sum() == 5  # balanced to the guaranteed size
-
-
-def test_reliable_guard_with_an_unpredicted_cluster_and_tiny_clusters():
-    features, proba = _two_groups(n=3)
-    proba = np.hstack([proba, np.zeros((6, 1))])  # cluster 2 predicted for no sample
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        mask = reliable_labels(
-            features,
-            proba,
-            n_neighbors=100,
-            min_per_cluster=10,
-            random_state=np.random.RandomState(0),
-        )
-    assert mask.sum() == 6  # everything available, no crash, no empty set
-
-
-# --- views -------------------------------------------------------------------------------
-
-
-def test_embedding_view_unit_rows_and_seeded():
-    x = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
-    first = embedding_view(x, noise=0.5, dropout=0.3, generator=torch.Generator().manual_seed(1))
-    again = embedding_view(x, noise=0.5, dropout=0.3, generator=torch.Generator().manual_seed(1))
+def test_embedding_view_keeps_row_norms_and_is_seeded():
+    x = torch.nn.functional.normalize(torch.randn(16, 8, generator=_gen()), dim=1)
+    first = embedding_view(x, noise=0.5, dropout=0.3, generator=_gen(1))
+    again = embedding_view(x, noise=0.5, dropout=0.3, generator=_gen(1))
     assert torch.equal(first, again)
     assert torch.allclose(first.norm(dim=1), torch.ones(16))
     assert not torch.allclose(first, x)
     assert torch.allclose(embedding_view(x, noise=0, dropout=0, generator=None), x)
+    # Rows that are not unit length (preprocessing="standardize") keep their norm.
+    scaled = x * torch.arange(1.0, 17.0)[:, None]
+    view = embedding_view(scaled, noise=0.5, dropout=0.3, generator=_gen(1))
+    assert torch.allclose(view.norm(dim=1), torch.arange(1.0, 17.0))
+    assert torch.allclose(view / view.norm(dim=1, keepdim=True), first, atol=1e-6)
+
+
+def test_double_softmax_criterion_is_the_mean_of_the_heads_losses():
+    logits = torch.randn(3, 10, 4, generator=_gen())
+    target = torch.randint(0, 4, (10, 3), generator=_gen(1))
+    target[:4, 1] = IGNORE
+    expected = double_softmax_cross_entropy(logits, target.T).mean()
+    assert torch.isclose(DoubleSoftmaxLoss()(logits, target), expected)
+    plain = double_softmax_cross_entropy(logits, target.T, double_softmax=False).mean()
+    assert torch.isclose(DoubleSoftmaxLoss(double_softmax=False)(logits, target), plain)
+    assert not torch.isclose(plain, expected)
+
+
+def test_fixmatch_criterion_splits_labelled_weak_and_strong_views():
+    logits = torch.randn(2 + 2 * 5, 3, generator=_gen()) * 4
+    labels = torch.tensor([2, 0])
+    criterion = FixMatchLoss(threshold=0.5, unlabelled_weight=0.7)
+    expected = fixmatch_loss(
+        logits[:2], labels, logits[2:7], logits[7:], threshold=0.5, unlabelled_weight=0.7
+    )
+    assert torch.isclose(criterion(logits, labels), expected)
+    swapped = fixmatch_loss(
+        logits[:2], labels, logits[7:], logits[2:7], threshold=0.5, unlabelled_weight=0.7
+    )
+    assert not torch.isclose(criterion(logits, labels), swapped)
+
+
+# --- iterators -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_samples, big_batch_size", [(100, 5000), (250, 60)])
+def test_prototype_batches_shapes_labels_and_count(n_samples, big_batch_size):
+    # 16 features: a strong view (dropout 0.4) practically never drops every coordinate.
+    features = torch.nn.functional.normalize(torch.randn(n_samples, 16, generator=_gen()), dim=1)
+    heads = MultiHead(16, n_clusters=4, n_heads=3, hidden_dims=(8,))
+    batches = PrototypeBatches(
+        features,
+        module=heads,
+        device=torch.device("cpu"),
+        big_batch_size=big_batch_size,
+        batch_size=16,
+        n_repeats=2,
+        center_ratio=0.5,
+        weak_view={"noise": 0.2, "dropout": 0.1},
+        strong_view={"noise": 0.6, "dropout": 0.4},
+        generator=_gen(),
+    )
+    seen = list(batches)
+    expected = prototype_batches_per_epoch(
+        n_samples, 4, big_batch_size=big_batch_size, batch_size=16, n_repeats=2
+    )
+    assert len(seen) == expected
+    for x, y in seen:
+        assert x.shape[1:] == (3, 16) and y.shape == (len(x), 3)
+        assert int(y.min()) >= 0 and int(y.max()) < 4
+        assert torch.allclose(x.norm(dim=-1), torch.ones(x.shape[:2]))
+    # Every head's labels are balanced over a big batch: n_repeats passes of M / K per cluster.
+    labels = torch.cat([y for _, y in seen])
+    per_cluster = torch.stack([torch.bincount(labels[:, h], minlength=4) for h in range(3)])
+    assert bool((per_cluster == per_cluster[0, 0]).all())
+
+
+def test_fixmatch_batches_label_only_targets_and_cover_every_sample():
+    n_samples = 50
+    targets = np.full(n_samples, IGNORE)
+    labelled = np.array([3, 7, 11, 20, 41])
+    targets[labelled] = [0, 1, 2, 1, 0]
+    calls = []
+
+    def views(data, picked, unlabelled, generator):
+        calls.append((picked, unlabelled))
+        return torch.as_tensor(data)[torch.cat([picked, unlabelled, unlabelled])]
+
+    data = np.arange(n_samples, dtype=np.float32)[:, None]
+    batches = FixMatchBatches(
+        data, targets, views=views, batch_size=4, unlabelled_ratio=3, generator=_gen()
+    )
+    seen = list(batches)
+    assert len(seen) == fixmatch_batches_per_epoch(n_samples, batch_size=4, unlabelled_ratio=3)
+    for (inputs, labels), (picked, unlabelled) in zip(seen, calls):
+        assert len(picked) == 4 and set(picked.tolist()) <= set(labelled.tolist())
+        np.testing.assert_array_equal(labels.numpy(), targets[picked.numpy()])
+        assert len(inputs) == 4 + 2 * len(unlabelled)
+    every = torch.cat([unlabelled for _, unlabelled in calls])
+    assert sorted(every.tolist()) == list(range(n_samples))
+    with pytest.raises(ValueError, match="at least one labelled"):
+        next(
+            iter(
+                FixMatchBatches(
+                    data,
+                    np.full(n_samples, IGNORE),
+                    views=views,
+                    batch_size=4,
+                    unlabelled_ratio=3,
+                    generator=_gen(),
+                )
+            )
+        )
+
+
+def test_embedding_views_stack_weak_labelled_weak_and_strong_unlabelled():
+    data = torch.nn.functional.normalize(torch.randn(10, 4, generator=_gen()), dim=1)
+    views = EmbeddingViews({"noise": 0.0, "dropout": 0.0}, {"noise": 1.0, "dropout": 0.5})
+    out = views(data, torch.tensor([1, 2]), torch.tensor([5, 6, 7]), _gen())
+    assert out.shape == (8, 4)
+    assert torch.allclose(out[:5], data[[1, 2, 5, 6, 7]])  # weak views without noise
+    assert not torch.allclose(out[5:], data[[5, 6, 7]])
+
+
+# --- joint stage ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preprocessing", ["l2", "standardize", None])
+@pytest.mark.parametrize("n_components", [5, None])
+def test_affine_preprocessing_matches_every_fitted_pipeline(preprocessing, n_components):
+    X = np.random.RandomState(0).normal(size=(60, 12)) * np.arange(1, 13) + 3
+    pipeline = make_preprocessor(preprocessing, n_components, X.shape, seed=0).fit(X)
+    weight, bias, normalize = affine_preprocessing(pipeline)
+    mapped = torch.as_tensor(X, dtype=torch.float32) @ weight + bias
+    if normalize:
+        mapped = torch.nn.functional.normalize(mapped, dim=1)
+    assert normalize == (preprocessing == "l2")
+    np.testing.assert_allclose(mapped.numpy(), pipeline.transform(X), atol=2e-4)
+
+
+def test_affine_preprocessing_whitened_pca_and_unsupported_steps():
+    X = np.random.RandomState(1).normal(size=(40, 6)) @ np.random.RandomState(2).normal(size=(6, 6))
+    pipeline = make_pipeline(StandardScaler(), PCA(3, whiten=True)).fit(X)
+    weight, bias, normalize = affine_preprocessing(pipeline)
+    assert not normalize
+    np.testing.assert_allclose(
+        (torch.as_tensor(X, dtype=torch.float32) @ weight + bias).numpy(),
+        pipeline.transform(X),
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match="final L2 Normalizer"):
+        affine_preprocessing(make_pipeline(Normalizer(), StandardScaler()).fit(X))
+    with pytest.raises(ValueError, match="final L2 Normalizer"):
+        affine_preprocessing(make_pipeline(PCA(2), Normalizer(norm="l1")).fit(X))
+    with pytest.raises(TypeError, match="no affine form"):
+        affine_preprocessing(make_pipeline(FunctionTransformer(np.tanh), PCA(2)).fit(X))
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return _clips()
+
+
+@pytest.fixture(scope="module")
+def random_encoder(clips):
+    return BYOLAEmbedder(weights=None, random_state=0, device="cpu").fit(clips)
+
+
+def test_clip_views_make_log_mel_batches_in_order(random_encoder, clips):
+    crop = {"max_samples": 2400, "min_samples": random_encoder.min_samples}
+    views = ClipViews(
+        weak_augmentation(**crop), strong_augmentation(**crop), random_encoder.log_mel
+    )
+    waves = random_encoder.waveforms(clips)
+    labelled, unlabelled = torch.tensor([0, 13]), torch.tensor([2, 3, 20])
+    lms, frames = views(waves, labelled, unlabelled, _gen())
+    assert lms.shape[:3] == (8, 1, 64) and frames.shape == (8,)
+    assert int(frames.max()) == lms.shape[-1] and int(frames.max()) <= 1 + 2400 // 160
+    again, _ = views(waves, labelled, unlabelled, _gen())
+    assert torch.equal(lms, again)
+    # Weak and strong views of the same clip differ (strong ones add noise and fades).
+    assert not torch.equal(lms[2:5], lms[5:8])
+    dataset = ClipDataset(waves, np.zeros(len(waves), dtype=np.int64))
+    assert len(dataset) == len(clips) and dataset.X is waves
+    with pytest.raises(ValueError, match="targets"):
+        ClipDataset(waves, np.zeros(3))
+
+
+def test_joint_network_keeps_encoder_batch_norm_frozen(random_encoder, clips):
+    encoder = random_encoder.module_
+    embeddings = random_encoder.transform(clips)
+    pipeline = make_preprocessor("l2", 8, embeddings.shape, seed=0).fit(embeddings)
+    classifier = MultiHead(8, n_clusters=2, hidden_dims=(16,))
+    try:
+        network = JointNetwork(encoder, classifier, pipeline).train()
+        norms = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert norms and not any(m.training for m in norms)
+        assert classifier.training and encoder.fc.training
+        network.eval()
+        lms, frames = random_encoder.log_mel(random_encoder.waveforms(clips[:4]))
+        logits = network(lms, frames)
+        expected = classifier(
+            torch.as_tensor(pipeline.transform(embeddings[:4]), dtype=torch.float32)
+        )
+        np.testing.assert_allclose(logits.detach().numpy(), expected.detach().numpy(), atol=1e-4)
+    finally:
+        encoder.eval()
 
 
 # --- estimator -----------------------------------------------------------------------------
-
-
-@parametrize_with_checks([_tiny(max_epochs=1, n_repeats=1, semi_max_epochs=1)])
-def test_sklearn_compatible(estimator, check):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        check(estimator)
 
 
 @pytest.fixture(scope="module")
@@ -221,85 +297,177 @@ def blobs():
 
 def test_fit_attributes_and_shapes(blobs):
     X, y = blobs
-    spice = _tiny().fit(X)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+        spice = _tiny().fit(X)
     assert spice.labels_.shape == (240,)
     assert spice.labels_reliable_.dtype == bool and spice.labels_reliable_.any()
     proba = spice.predict_proba(X[:7])
-    assert proba.shape == (7, 3)
+    assert proba.shape == (7, 3) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
     np.testing.assert_array_equal(spice.predict(X), spice.labels_)
     assert spice.head_losses_.shape == (2,)
     assert spice.best_head_ == int(np.argmin(spice.head_losses_))
-    assert len(spice.history_["self"]) == 2 and len(spice.history_["semi"]) == 2
-    assert isinstance(spice.module_, torch.nn.Module)
+    assert spice.history_[:, "stage"] == ["self", "self", "semi", "semi"]
+    assert spice.history_[:, "epoch"] == [1, 2, 3, 4]
+    assert spice.history_[-3, "head_losses"] == list(spice.head_losses_)
+    assert isinstance(spice.module_, torch.nn.Module) and not spice.module_.training
 
 
 def test_without_stage_three_keeps_self_labels(blobs):
     X, _ = blobs
-    spice = _tiny(semi_max_epochs=0).fit(X)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+        spice = _tiny(semi_max_epochs=0).fit(X)
     np.testing.assert_array_equal(spice.labels_, spice.self_labels_)
-    assert "semi" not in spice.history_
+    assert spice.history_[:, "stage"] == ["self", "self"]
 
 
 def test_exact_repeat_and_pickle(blobs):
     X, _ = blobs
-    first = _tiny().fit(X)
-    second = _tiny().fit(X)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+        first, second, other = _tiny().fit(X), _tiny().fit(X), _tiny(random_state=1).fit(X)
     np.testing.assert_array_equal(first.labels_, second.labels_)
     np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
     np.testing.assert_array_equal(first.labels_reliable_, second.labels_reliable_)
+    assert not np.array_equal(first.predict_proba(X), other.predict_proba(X))
     restored = pickle.loads(pickle.dumps(first))
     np.testing.assert_array_equal(restored.predict_proba(X), first.predict_proba(X))
 
 
 def test_rejects_too_few_samples():
-    with pytest.raises(ValueError, match="n_samples=5"):
+    with pytest.raises(ValueError, match="minimum of 6 is required"):
         _tiny().fit(np.random.RandomState(0).normal(size=(5, 4)))
+
+
+@pytest.mark.parametrize("preprocessing", ["standardize", None])
+def test_other_preprocessing_reaches_the_blobs(preprocessing):
+    X, y = make_blobs(n_samples=600, centers=3, n_features=16, random_state=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+        spice = _tiny(
+            preprocessing=preprocessing, max_epochs=10, n_repeats=4, semi_max_epochs=0
+        ).fit(X)
+    assert type(spice.preprocessor_.steps[-1][1]) is not Normalizer
+    assert adjusted_rand_score(y, spice.labels_) > 0.9
+
+
+def test_stage_three_trains_on_reliable_samples_and_finds_the_blobs():
+    # Well separated, 200 samples per blob: SPICE-Self becomes confident enough that
+    # every cluster has reliable samples without the guard's top-up (an error here).
+    X, y = make_blobs(n_samples=600, centers=3, n_features=16, cluster_std=1.0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=TOP_UP, category=UserWarning)
+        spice = _tiny(
+            hidden_dims=(32,),
+            n_components=64,
+            max_epochs=10,
+            n_repeats=4,
+            semi_max_epochs=5,
+            semi_batch_size=32,
+            semi_lr=1e-2,
+            unlabelled_ratio=2,
+        ).fit(X)
+    reliable = spice.labels_reliable_
+    per_cluster = np.bincount(spice.self_labels_[reliable], minlength=3)
+    assert per_cluster.min() >= spice.min_reliable and per_cluster.min() == per_cluster.max()
+    assert adjusted_rand_score(y[reliable], spice.self_labels_[reliable]) == 1.0
+    # The fresh stage-3 classifier learns the reliable labels: its loss falls and it
+    # reproduces them, confidently, on the whole set.
+    semi = [row["train_loss"] for row in spice.history_ if row["stage"] == "semi"]
+    assert len(semi) == 5 and semi[-1] < semi[0] / 4
+    np.testing.assert_array_equal(spice.labels_[reliable], spice.self_labels_[reliable])
+    assert adjusted_rand_score(y, spice.labels_) == 1.0
+    assert spice.predict_proba(X).max(axis=1).min() > 0.9
+
+
+def test_verbose_progress_bars_know_each_stage_length(blobs, capsys):
+    X, _ = blobs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+        spice = _tiny(max_epochs=1, semi_max_epochs=1, verbose=1).fit(X)
+    totals = {int(total) for total in re.findall(r"\d+/(\d+) \[", capsys.readouterr().err)}
+    self_steps = prototype_batches_per_epoch(
+        240, 3, big_batch_size=5000, batch_size=128, n_repeats=2
+    )
+    semi_steps = fixmatch_batches_per_epoch(240, batch_size=64, unlabelled_ratio=7)
+    assert totals == {self_steps, semi_steps} and self_steps != semi_steps
+    # ... and they are the steps the stages ran.
+    assert spice.history_[:, "train_batch_count"] == [self_steps, semi_steps]
 
 
 # --- joint encoder mode --------------------------------------------------------------------
 
 
-def test_affine_preprocessing_matches_the_pipeline(blobs):
-    X, _ = blobs
-    for n_components in (5, None):
-        spice = _tiny(n_components=n_components)
-        pipeline = spice._make_preprocessor(X, 0).fit(X)
-        weight, bias = _affine_preprocessing(pipeline)
-        mapped = torch.nn.functional.normalize(torch.as_tensor(X) @ weight + bias, dim=1)
-        np.testing.assert_allclose(mapped.numpy(), pipeline.transform(X), atol=1e-5)
-
-
-def test_joint_encoder_mode_end_to_end():
-    rng = np.random.RandomState(0)
-    t = np.arange(3200) / 16000
-    clips = [
-        np.sin(2 * np.pi * f * t[: rng.randint(2000, 3200)]) * 0.3 + 0.01 * rng.randn(1)
-        for f in [220.0] * 12 + [1800.0] * 12
-    ]
-    encoder = BYOLAEmbedder(weights=None, random_state=0, device="cpu")
-    spice = _tiny(
-        encoder=encoder,
+def _joint(**params) -> SPICEClusterer:
+    return _tiny(
         n_clusters=2,
         n_components=4,
         joint_max_epochs=1,
         joint_batch_size=4,
         unlabelled_ratio=2,
         encoder_lr=1e-3,
+        **params,
     )
+
+
+def test_joint_encoder_mode_end_to_end(clips):
+    encoder = BYOLAEmbedder(weights=None, random_state=0, device="cpu")
+    spice = _joint(encoder=encoder)
     spice.set_params(encoder__batch_size=8)
     assert spice.get_params()["encoder__batch_size"] == 8
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
         spice.fit(clips)
     assert spice.encoder_.batch_size == 8 and spice.encoder.batch_size == 8
     assert not hasattr(spice.encoder, "module_")  # the given encoder is cloned, not fitted
-    assert len(spice.history_["joint"]) == 1
+    assert spice.history_[:, "stage"] == ["self", "self", "semi", "semi", "joint"]
     before = BYOLAEmbedder(weights=None, random_state=0, device="cpu").fit(clips).module_
     after = spice.encoder_.module_
     assert not torch.equal(before.fc[0].weight, after.fc[0].weight)
+    # Batch-norm statistics are frozen during the joint stage.
+    assert torch.equal(before.features[1].running_mean, after.features[1].running_mean)
+    assert not after.training and not spice.module_.training
     np.testing.assert_array_equal(spice.predict(clips), spice.labels_)
     assert spice.predict_proba(clips[:3]).shape == (3, 2)
+
+
+def test_joint_encoder_mode_repeats_exactly_without_touching_the_global_rng(clips):
+    def fit(random_state):
+        spice = SPICEClusterer(
+            2,
+            encoder=BYOLAEmbedder(weights=None),
+            n_heads=2,
+            hidden_dims=(16,),
+            n_components=4,
+            max_epochs=1,
+            n_repeats=1,
+            semi_max_epochs=1,
+            n_neighbors=5,
+            joint_max_epochs=1,
+            joint_batch_size=4,
+            unlabelled_ratio=2,
+            device="cpu",
+            random_state=random_state,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+            return spice.fit(clips)
+
+    state = torch.random.get_rng_state()
+    first, second = fit(0), fit(0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert first.encoder.random_state is None  # the parameter is left as given
+    assert first.encoder_.random_state == second.encoder_.random_state is not None
+    np.testing.assert_array_equal(first.labels_, second.labels_)
+    np.testing.assert_array_equal(first.predict_proba(clips), second.predict_proba(clips))
+    assert not np.array_equal(fit(1).predict_proba(clips), first.predict_proba(clips))
+
+
+def test_joint_encoder_mode_rejects_too_few_clips(clips):
+    with pytest.raises(ValueError, match="needs at least 4 clips, got 3"):
+        _joint(encoder=BYOLAEmbedder(weights=None, random_state=0)).fit(clips[:3])
 
 
 # --- real data (slow) ----------------------------------------------------------------------
@@ -363,7 +531,7 @@ def test_joint_encoder_on_fsdd_subset(fsdd_dir, byola_d512_weights, fsdd_byola_d
         device="cpu",
         **_FSDD_BUDGET,
     ).fit(clips)
-    joint_losses = [epoch["train_loss"] for epoch in spice.history_["joint"]]
+    joint_losses = [row["train_loss"] for row in spice.history_ if row["stage"] == "joint"]
     kmeans = KMeans(6, n_init=10, random_state=0).fit_predict(fsdd_byola_d512["X"][subset])
     final, self_only = _scores(speaker, spice.labels_), _scores(speaker, spice.self_labels_)
     print(

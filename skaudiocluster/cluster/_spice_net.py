@@ -1,0 +1,473 @@
+"""skorch plumbing of SPICE on embeddings: SPICE-Self's heads and SPICE-Semi's FixMatch net.
+
+:class:`SPICESelfNet` fits on the preprocessed features; its iterator labels each
+big batch with the current heads (:func:`~skaudiocluster.cluster._spice_labels.
+select_prototype_samples`) and its criterion is :class:`DoubleSoftmaxLoss`.
+:class:`FixMatchNet` fits on data with pseudo-labels as ``y`` (``IGNORE`` for the
+unreliable samples); its criterion is :class:`FixMatchLoss` and a ``views`` callable
+turns data rows into the stacked weak / strong views of a step (embedding views here,
+clip views in :mod:`skaudiocluster.cluster._spice_joint`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+from skorch.utils import to_tensor
+from torch import nn
+from torch.nn import functional as F
+
+from skaudiocluster._torch import batched_forward, make_generator
+from skaudiocluster._training import TrainingNet
+from skaudiocluster.cluster._spice_labels import (
+    IGNORE,
+    double_softmax_cross_entropy,
+    fixmatch_loss,
+    flatten_selection,
+    select_prototype_samples,
+)
+
+
+def embedding_view(
+    x: torch.Tensor, *, noise: float, dropout: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A randomly perturbed copy of embeddings; every row keeps its norm (unit rows stay unit).
+
+    Gaussian noise of expected norm ``noise`` times the row's norm is added, a fraction
+    ``dropout`` of the coordinates is zeroed (inverted scaling), and each row is scaled
+    back to its original norm.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    >>> view = embedding_view(x, noise=0.2, dropout=0.1, generator=torch.Generator())
+    >>> torch.allclose(view.norm(dim=1), torch.ones(4))
+    True
+    """
+    norm = x.norm(dim=-1, keepdim=True)
+    out = x
+    if noise:
+        scale = norm * (noise / x.shape[-1] ** 0.5)
+        out = out + scale * torch.randn(x.shape, generator=generator).to(x.device)
+    if dropout:
+        keep = torch.rand(x.shape, generator=generator).to(x.device) >= dropout
+        out = out * keep / (1.0 - dropout)
+    return F.normalize(out, dim=-1) * norm
+
+
+class DoubleSoftmaxLoss(nn.Module):
+    """SPICE-Self's criterion: mean over heads of each head's double-softmax cross-entropy.
+
+    Takes the heads' logits ``(n_heads, batch, K)`` and the labels ``(batch, n_heads)``
+    (head ``h``'s labels in column ``h``; ``IGNORE`` entries do not count).
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> loss = DoubleSoftmaxLoss()(torch.zeros(2, 4, 10), torch.zeros(4, 2).long())
+    >>> round(loss.item(), 4) == round(math.log(10), 4)
+    True
+    """
+
+    def __init__(self, double_softmax: bool = True):
+        super().__init__()
+        self.double_softmax = double_softmax
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        losses = double_softmax_cross_entropy(logits, target.T, double_softmax=self.double_softmax)
+        return losses.mean()
+
+
+class FixMatchLoss(nn.Module):
+    """SPICE-Semi's criterion: FixMatch on one batch of labelled, weak and strong views.
+
+    The logits ``(n_labelled + 2 * n_unlabelled, K)`` hold the labelled samples' weak
+    views, then the unlabelled samples' weak views, then their strong views; ``target``
+    holds the ``n_labelled`` labels (see
+    :func:`~skaudiocluster.cluster._spice_labels.fixmatch_loss`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = FixMatchLoss(threshold=0.95)(torch.zeros(6, 3), torch.tensor([0, 1]))
+    >>> round(loss.item(), 4)  # log(3): the unlabelled views are below the threshold
+    1.0986
+    """
+
+    def __init__(self, threshold: float = 0.95, unlabelled_weight: float = 1.0):
+        super().__init__()
+        self.threshold = threshold
+        self.unlabelled_weight = unlabelled_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n_labelled = len(target)
+        weak, strong = logits[n_labelled:].chunk(2)
+        return fixmatch_loss(
+            logits[:n_labelled],
+            target,
+            weak,
+            strong,
+            threshold=self.threshold,
+            unlabelled_weight=self.unlabelled_weight,
+        )
+
+
+# --- SPICE-Self ----------------------------------------------------------------------------
+
+
+def prototype_batches_per_epoch(
+    n_samples: int, n_clusters: int, *, big_batch_size: int, batch_size: int, n_repeats: int
+) -> int:
+    """Training steps of one SPICE-Self epoch (what :class:`PrototypeBatches` yields).
+
+    Examples
+    --------
+    >>> prototype_batches_per_epoch(1000, 4, big_batch_size=500, batch_size=128, n_repeats=2)
+    16
+    """
+    big = min(big_batch_size, n_samples)
+    n_select = max(1, min(big, big // n_clusters))
+    return n_samples // big * n_repeats * math.ceil(n_clusters * n_select / batch_size)
+
+
+class PrototypeBatches:
+    """SPICE-Self's training batches for one epoch, labelled by the current heads.
+
+    Shuffled big batches of ``big_batch_size`` samples are scored by every head of
+    ``module`` on weak views; each head's prototype pseudo-labels are then replayed
+    ``n_repeats`` times in shuffled mini-batches of strong views. Yields ``(x, y)``
+    with ``x`` of shape ``(batch, n_heads, D)`` (head ``h`` trains on ``x[:, h]``) and
+    ``y`` of shape ``(batch, n_heads)``; the batch axis comes first so that skorch
+    counts samples, not heads.
+
+    Parameters
+    ----------
+    features : tensor of shape (n_samples, D)
+        Clean preprocessed embeddings (CPU).
+    module : nn.Module
+        The heads being trained, ``(batch, D) -> (n_heads, batch, K)`` logits.
+    device : torch.device
+        Where ``module`` lives.
+    big_batch_size, batch_size, n_repeats : int
+    center_ratio : float
+    weak_view, strong_view : dict
+        ``noise`` and ``dropout`` of :func:`embedding_view`.
+    generator : torch.Generator
+        Draws the shuffles and the views.
+    """
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        *,
+        module: nn.Module,
+        device: torch.device,
+        big_batch_size: int,
+        batch_size: int,
+        n_repeats: int,
+        center_ratio: float,
+        weak_view: dict,
+        strong_view: dict,
+        generator: torch.Generator,
+    ):
+        self.features = features
+        self.module = module
+        self.device = device
+        self.big_batch_size = big_batch_size
+        self.batch_size = batch_size
+        self.n_repeats = n_repeats
+        self.center_ratio = center_ratio
+        self.weak_view = weak_view
+        self.strong_view = strong_view
+        self.generator = generator
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        features, gen = self.features, self.generator
+        n_samples = len(features)
+        big = min(self.big_batch_size, n_samples)
+        order = torch.randperm(n_samples, generator=gen)
+        for start in range(0, n_samples - big + 1, big):
+            clean = features[order[start : start + big]]
+            weak = embedding_view(clean, **self.weak_view, generator=gen)
+            with torch.no_grad():
+                self.module.eval()
+                proba = self.module(weak.to(self.device)).softmax(dim=-1).cpu()
+            selected = select_prototype_samples(
+                proba, clean, center_ratio=self.center_ratio, select_ratio=1.0
+            )
+            indices, labels = flatten_selection(selected)  # (H, L)
+            n_heads, length = indices.shape
+            for _ in range(self.n_repeats):
+                shuffle = torch.argsort(torch.rand(n_heads, length, generator=gen), dim=1)
+                for low in range(0, length, self.batch_size):
+                    cols = shuffle[:, low : low + self.batch_size]
+                    x = embedding_view(
+                        clean[indices.gather(1, cols)], **self.strong_view, generator=gen
+                    )
+                    yield x.transpose(0, 1), labels.gather(1, cols).T
+
+
+class SPICESelfNet(TrainingNet):
+    """skorch net training SPICE-Self's cluster heads on prototype pseudo-labels.
+
+    ``fit(features)`` takes the preprocessed embeddings (no ``y``: the labels are made
+    by the heads during training); the criterion is :class:`DoubleSoftmaxLoss`.
+
+    Parameters
+    ----------
+    big_batch_size, n_repeats : int
+    center_ratio : float
+    weak_view, strong_view : dict
+        ``noise`` and ``dropout`` of :func:`embedding_view`.
+    seed : int
+        Seeds the batches and views; the generator restarts from it every epoch.
+    """
+
+    def __init__(
+        self,
+        *args,
+        big_batch_size: int = 5000,
+        n_repeats: int = 8,
+        center_ratio: float = 0.5,
+        weak_view: dict | None = None,
+        strong_view: dict | None = None,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.big_batch_size = big_batch_size
+        self.n_repeats = n_repeats
+        self.center_ratio = center_ratio
+        self.weak_view = weak_view
+        self.strong_view = strong_view
+        self.seed = seed
+
+    def get_iterator(self, dataset, training=False):
+        if not training:
+            return super().get_iterator(dataset, training=training)
+        return PrototypeBatches(
+            torch.as_tensor(dataset.X),
+            module=self.module_,
+            device=self.device,
+            big_batch_size=self.big_batch_size,
+            batch_size=self.batch_size,
+            n_repeats=self.n_repeats,
+            center_ratio=self.center_ratio,
+            weak_view=self.weak_view,
+            strong_view=self.strong_view,
+            # A new generator per epoch, as in the measured implementation: each epoch
+            # replays the same shuffles and view noise (on heads that have moved on).
+            generator=make_generator(self.seed),
+        )
+
+    def infer(self, x, **fit_params):
+        # Batches arrive as (batch, n_heads, D): head h trains on its own samples.
+        return self.module_(x.to(self.device).transpose(0, 1))
+
+
+def head_losses(
+    module: nn.Module,
+    features: torch.Tensor,
+    *,
+    center_ratio: float,
+    double_softmax: bool,
+    device: torch.device,
+) -> np.ndarray:
+    """Each head's loss on its own prototype pseudo-labels of the whole set (clean views).
+
+    SPICE-Self keeps the head with the lowest value: a label-free selection rule.
+    """
+    module.eval()
+    logits = batched_forward(module, features, device=device, dim=1)  # (H, N, K)
+    selected = select_prototype_samples(logits.softmax(dim=-1), features, center_ratio=center_ratio)
+    indices, labels = flatten_selection(selected)
+    own = logits.gather(1, indices.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    losses = double_softmax_cross_entropy(own, labels, double_softmax=double_softmax)
+    return losses.numpy()
+
+
+class RecordHeadLosses(Callback):
+    """Record every head's label-free selection loss (:func:`head_losses`) after each epoch.
+
+    The values go to the history as ``head_losses`` (one list per epoch).
+    """
+
+    def __init__(self, *, center_ratio: float = 0.5, double_softmax: bool = True):
+        self.center_ratio = center_ratio
+        self.double_softmax = double_softmax
+
+    def on_epoch_end(self, net, dataset_train=None, **kwargs):
+        losses = head_losses(
+            net.module_,
+            torch.as_tensor(dataset_train.X),
+            center_ratio=self.center_ratio,
+            double_softmax=self.double_softmax,
+            device=net.device,
+        )
+        net.history.record("head_losses", losses.tolist())
+
+
+# --- SPICE-Semi ----------------------------------------------------------------------------
+
+
+def fixmatch_batches_per_epoch(n_samples: int, *, batch_size: int, unlabelled_ratio: int) -> int:
+    """Training steps of one FixMatch epoch (a pass over all samples as unlabelled data).
+
+    Examples
+    --------
+    >>> fixmatch_batches_per_epoch(1000, batch_size=64, unlabelled_ratio=7)
+    3
+    """
+    return math.ceil(n_samples / (batch_size * unlabelled_ratio))
+
+
+class EmbeddingViews:
+    """FixMatch inputs from embedding rows: weak labelled, weak and strong unlabelled views.
+
+    ``views(data, labelled, unlabelled, generator)`` stacks, in that order, the weak
+    views of ``data[labelled]`` and the weak and strong views of ``data[unlabelled]``
+    (:func:`embedding_view`) into one ``(n_labelled + 2 * n_unlabelled, D)`` tensor.
+
+    Parameters
+    ----------
+    weak, strong : dict
+        ``noise`` and ``dropout`` of :func:`embedding_view`.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> views = EmbeddingViews({"noise": 0.2, "dropout": 0.1}, {"noise": 0.6, "dropout": 0.4})
+    >>> data = np.eye(5, dtype=np.float32)
+    >>> views(data, torch.tensor([0, 1]), torch.tensor([2, 3, 4]), torch.Generator()).shape
+    torch.Size([8, 5])
+    """
+
+    def __init__(self, weak: dict, strong: dict):
+        self.weak = weak
+        self.strong = strong
+
+    def __call__(self, data, labelled, unlabelled, generator) -> torch.Tensor:
+        data = torch.as_tensor(data)
+        groups = [(labelled, self.weak), (unlabelled, self.weak), (unlabelled, self.strong)]
+        return torch.cat(
+            [embedding_view(data[index], **view, generator=generator) for index, view in groups]
+        )
+
+
+class FixMatchBatches:
+    """FixMatch batches for one epoch: all samples unlabelled, the labelled ones also labelled.
+
+    Each step takes ``unlabelled_ratio * batch_size`` unlabelled samples (a shuffled
+    pass over the whole set) and ``batch_size`` labelled ones (cycling through the
+    samples whose target is not ``IGNORE``) and yields ``(views(data, labelled,
+    unlabelled, generator), labels)``.
+
+    Parameters
+    ----------
+    data : array, tensor or sequence
+        What ``views`` indexes (embeddings, clips).
+    targets : array of shape (n_samples,), int
+        Pseudo-labels, ``IGNORE`` for samples used as unlabelled data only.
+    views : callable
+        See :class:`EmbeddingViews`.
+    batch_size, unlabelled_ratio : int
+    generator : torch.Generator
+    """
+
+    def __init__(
+        self,
+        data,
+        targets,
+        *,
+        views: Callable,
+        batch_size: int,
+        unlabelled_ratio: int,
+        generator: torch.Generator,
+    ):
+        self.data = data
+        self.targets = targets
+        self.views = views
+        self.batch_size = batch_size
+        self.unlabelled_ratio = unlabelled_ratio
+        self.generator = generator
+
+    def __iter__(self):
+        gen = self.generator
+        targets = torch.as_tensor(np.asarray(self.targets), dtype=torch.long)
+        labelled = torch.nonzero(targets != IGNORE).flatten()
+        if not len(labelled):
+            raise ValueError("FixMatch needs at least one labelled sample (target != IGNORE)")
+        n_samples = len(targets)
+        unlabelled_batch = self.batch_size * self.unlabelled_ratio
+        order = torch.randperm(n_samples, generator=gen)
+        labelled_batches = _cycling_batches(len(labelled), self.batch_size, gen)
+        for low in range(0, n_samples, unlabelled_batch):
+            picked = labelled[next(labelled_batches)]
+            inputs = self.views(self.data, picked, order[low : low + unlabelled_batch], gen)
+            yield inputs, targets[picked]
+
+
+def _cycling_batches(n_items: int, batch_size: int, generator: torch.Generator):
+    """Endless batches of indices below ``n_items``, each item once per shuffled round."""
+    buffer = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(buffer) < batch_size:
+            buffer = torch.cat([buffer, torch.randperm(n_items, generator=generator)])
+        yield buffer[:batch_size]
+        buffer = buffer[batch_size:]
+
+
+class FixMatchNet(TrainingNet):
+    """skorch net for SPICE-Semi: reliable pseudo-labels plus FixMatch consistency.
+
+    ``fit(X, y)`` takes the data and the pseudo-labels (``IGNORE`` where unreliable),
+    or a Dataset with ``X`` and ``y`` attributes; the criterion is
+    :class:`FixMatchLoss`. One forward pass covers all views of a step, as in
+    FixMatch, so batch statistics see them all. The module maps a batch (a tensor, or
+    a tuple of tensors passed as positional arguments) to ``(1, batch, K)`` logits.
+
+    Parameters
+    ----------
+    views : callable
+        Makes a step's input from ``(data, labelled, unlabelled, generator)``
+        (:class:`EmbeddingViews`, :class:`~skaudiocluster.cluster._spice_joint.ClipViews`).
+    unlabelled_ratio : int
+        Unlabelled samples per labelled one in each step.
+    seed : int
+        Seeds the batches and views; the generator restarts from it every epoch.
+    """
+
+    def __init__(
+        self,
+        *args,
+        views: Callable | None = None,
+        unlabelled_ratio: int = 7,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.views = views
+        self.unlabelled_ratio = unlabelled_ratio
+        self.seed = seed
+
+    def get_iterator(self, dataset, training=False):
+        if not training:
+            return super().get_iterator(dataset, training=training)
+        return FixMatchBatches(
+            dataset.X,
+            dataset.y,
+            views=self.views,
+            batch_size=self.batch_size,
+            unlabelled_ratio=self.unlabelled_ratio,
+            generator=make_generator(self.seed),  # per epoch, as in SPICESelfNet
+        )
+
+    def infer(self, x, **fit_params):
+        x = to_tensor(x, device=self.device)
+        out = self.module_(*x) if isinstance(x, (tuple, list)) else self.module_(x)
+        return out[0]
