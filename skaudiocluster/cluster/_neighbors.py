@@ -34,6 +34,14 @@ def cosine_knn(
     indices : ndarray of shape (n_samples, k), int64
         Neighbours ordered by decreasing similarity.
     similarities : ndarray of shape (n_samples, k), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])
+    >>> indices, similarities = cosine_knn(X, 1)
+    >>> indices.ravel()
+    array([1, 0, 3, 2])
     """
     n = X.shape[0]
     k = min(n_neighbors, n if include_self else n - 1)

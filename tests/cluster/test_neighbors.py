@@ -1,0 +1,102 @@
+"""Cosine k-nearest neighbours (skaudiocluster.cluster._neighbors) against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skaudiocluster.cluster._neighbors import cosine_knn
+
+
+def brute_force_similarities(X: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every pair of rows, in float64."""
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+def test_neighbours_are_the_brute_force_ones_in_order():
+    X = np.random.default_rng(14).normal(size=(200, 7))
+    similarities = brute_force_similarities(X)
+    np.fill_diagonal(similarities, -np.inf)
+    ranked = np.argsort(-similarities, axis=1)[:, :7]
+    expected = ranked[:, :6]
+    # float32 could only swap neighbours whose similarities (nearly) tie: this draw has none
+    gaps = np.diff(-np.take_along_axis(similarities, ranked, axis=1), axis=1)
+    assert gaps.min() > 5e-5
+
+    indices, sims = cosine_knn(X, 6, chunk_size=64)
+
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_allclose(sims, np.take_along_axis(similarities, expected, axis=1), atol=1e-6)
+    assert indices.dtype == np.int64 and sims.dtype == np.float32
+
+
+@given(
+    n_samples=st.integers(2, 40),
+    n_features=st.integers(1, 6),
+    n_neighbors=st.integers(1, 50),
+    chunk_size=st.integers(1, 50),
+    include_self=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_any_shape_gives_optimal_distinct_neighbours(
+    n_samples, n_features, n_neighbors, chunk_size, include_self, seed
+):
+    X = np.random.default_rng(seed).normal(size=(n_samples, n_features))
+    similarities = brute_force_similarities(X)
+    k = min(n_neighbors, n_samples if include_self else n_samples - 1)
+
+    indices, sims = cosine_knn(X, n_neighbors, include_self=include_self, chunk_size=chunk_size)
+
+    assert indices.shape == sims.shape == (n_samples, k)
+    assert all(len(set(row)) == k for row in indices)
+    rows = np.arange(n_samples)[:, None]
+    if include_self:
+        np.testing.assert_array_equal(indices[:, 0], np.arange(n_samples))
+        np.testing.assert_allclose(sims[:, 0], 1.0)
+        indices, sims = indices[:, 1:], sims[:, 1:]
+    others = similarities.copy()
+    np.fill_diagonal(others, -np.inf)  # a row met again after the first place fails below
+    # the similarities are those of the rows returned, and the best there are, in order
+    np.testing.assert_allclose(sims, others[rows, indices], atol=1e-5)
+    np.testing.assert_allclose(sims, -np.sort(-others, axis=1)[:, : sims.shape[1]], atol=1e-5)
+
+
+def test_duplicates_never_make_a_row_its_own_neighbour():
+    X = np.random.default_rng(1).normal(size=(20, 4))
+    X = np.vstack([X, X])  # every row ties with its copy and with itself
+    indices, sims = cosine_knn(X, 3)
+    assert not np.any(indices == np.arange(40)[:, None])
+    copies = (np.arange(40) + 20) % 40
+    np.testing.assert_array_equal(indices[:, 0], copies)
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-6)
+
+
+def test_self_comes_first_when_included_even_against_a_duplicate():
+    X = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    indices, _ = cosine_knn(X, 2, include_self=True)
+    np.testing.assert_array_equal(indices[:, 0], [0, 1, 2])
+    np.testing.assert_array_equal(indices[:2, 1], [1, 0])
+
+
+def test_chunking_does_not_change_the_result():
+    X = np.random.default_rng(2).normal(size=(101, 5)).astype(np.float32)
+    whole = cosine_knn(X, 8, chunk_size=1000)
+    for chunk_size in (1, 7, 100):
+        chunked = cosine_knn(X, 8, chunk_size=chunk_size)
+        np.testing.assert_array_equal(chunked[0], whole[0])
+        np.testing.assert_allclose(chunked[1], whole[1], atol=1e-6)
+
+
+def test_scale_of_the_rows_does_not_matter():
+    X = np.random.default_rng(3).normal(size=(50, 4))
+    scaled = X * np.random.default_rng(4).uniform(0.01, 100, size=(50, 1))
+    np.testing.assert_array_equal(cosine_knn(scaled, 5)[0], cosine_knn(X, 5)[0])
+
+
+def test_one_sample_has_no_neighbours():
+    with pytest.raises(ValueError, match="among 1 sample"):
+        cosine_knn(np.ones((1, 3)), 2)
