@@ -1,7 +1,7 @@
 """SPICE's numerical core: prototype pseudo-labels, double-softmax loss, reliable labels.
 
-Plain functions on arrays and tensors so each rule can be tested on its own; the
-estimator in :mod:`skaudiocluster.cluster.spice` wires them into skorch training.
+Plain functions on arrays and tensors so each rule can be tested on its own; the skorch
+nets of :mod:`skaudiocluster.cluster._spice_net` wire them into training.
 """
 
 from __future__ import annotations
