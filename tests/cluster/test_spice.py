@@ -306,6 +306,7 @@ def test_fit_attributes_and_shapes(blobs):
     assert proba.shape == (7, 3) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
     np.testing.assert_array_equal(spice.predict(X), spice.labels_)
+    np.testing.assert_array_equal(spice.predict(X[:1]), spice.labels_[:1])  # fewer than 2 * K
     assert spice.head_losses_.shape == (2,)
     assert spice.best_head_ == int(np.argmin(spice.head_losses_))
     assert spice.history_[:, "stage"] == ["self", "self", "semi", "semi"]
