@@ -328,7 +328,8 @@ def test_exact_repeat_and_pickle(blobs):
     X, _ = blobs
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
-        first, second, other = _tiny().fit(X), _tiny().fit(X), _tiny(random_state=1).fit(X)
+        first, other = _tiny().fit(X), _tiny(random_state=1).fit(X)
+        second = _tiny(device=torch.device("cpu")).fit(X)  # a torch.device is accepted too
     np.testing.assert_array_equal(first.labels_, second.labels_)
     np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
     np.testing.assert_array_equal(first.labels_reliable_, second.labels_reliable_)
