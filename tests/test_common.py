@@ -3,7 +3,8 @@ leaves torch's global random state and thread setting alone, Ctrl-C that propaga
 leaves the estimator unfitted, and pickles that predict the same in a CPU-only process.
 
 Each estimator appears once, in ``ESTIMATORS``, with budgets small enough that the whole
-file runs in well under a minute.
+file runs in about a minute on two busy cores (a third of it imports: torch, and the
+CPU-only child process).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_array_equal
-from sklearn.base import clone
+from sklearn.base import ClusterMixin, clone
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -44,6 +45,13 @@ from skaudiocluster import (
     _torch,
 )
 from skaudiocluster.transformers._passt_net import PaSSTConfig, PaSSTNet
+
+# Budgets this small leave TEMI with fewer clusters than asked and SPICE without reliable
+# pseudo-labels; both say so, as they should, and that is not what this file tests.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:TEMIClusterer put the training data in only:UserWarning"),
+    pytest.mark.filterwarnings("ignore:reliable pseudo-labels:UserWarning"),
+]
 
 # --- the table -----------------------------------------------------------------------------
 
@@ -103,8 +111,7 @@ ESTIMATORS = [
         random_state=0,
     ),
 ]
-EMBEDDERS = ESTIMATORS[:3]
-CLUSTERERS = ESTIMATORS[3:]
+CLUSTERERS = [est for est in ESTIMATORS if isinstance(est, ClusterMixin)]
 
 
 def _id(estimator) -> str:
@@ -178,7 +185,11 @@ def _blobs(n: int = 60) -> np.ndarray:
 
 
 def _data(estimator):
-    return _clips() if estimator in EMBEDDERS else _blobs()
+    return _blobs() if isinstance(estimator, ClusterMixin) else _clips()
+
+
+def _device(estimator) -> torch.device:
+    return getattr(estimator, "device_", torch.device("cpu"))  # the spectrogram has none
 
 
 def _output(estimator, X) -> np.ndarray:
@@ -341,7 +352,9 @@ def _trains_on_audio(estimator) -> bool:
 
 
 @pytest.mark.parametrize("estimator, nth_net", LONG_FITS)
-def test_sigint_during_training_propagates_and_leaves_it_unfitted(estimator, nth_net, monkeypatch):
+def test_sigint_during_training_propagates_and_leaves_it_unfitted(
+    estimator, nth_net, monkeypatch, two_threads
+):
     estimator = clone(estimator)
     X = _clips(8) if _trains_on_audio(estimator) else _blobs(120)
     rng_before = torch.random.get_rng_state()
@@ -355,6 +368,7 @@ def test_sigint_during_training_propagates_and_leaves_it_unfitted(estimator, nth
     with pytest.raises(NotFittedError):
         check_is_fitted(estimator)
     assert torch.equal(torch.random.get_rng_state(), rng_before)
+    assert torch.get_num_threads() == 2
 
 
 # --- pickles -------------------------------------------------------------------------------
@@ -416,9 +430,7 @@ def test_pickle_loads_in_a_cpu_only_process_and_predicts_the_same(
     X = _data(estimator)
     expected = _output(reloaded, X)
     assert_array_equal(cpu_only_outputs[name], expected)
-    if (
-        getattr(est, "device_", torch.device("cpu")).type == "cpu"
-    ):  # a GPU fit predicts the same on the CPU up to rounding
+    if _device(est).type == "cpu":  # a GPU fit predicts the same on the CPU up to rounding
         assert_array_equal(_output(est, X), expected)
     if hasattr(est, "predict"):
         assert_array_equal(cpu_only_outputs[name + ".predict"], reloaded.predict(X))
@@ -482,8 +494,8 @@ def test_getstate_holds_cpu_tensors_where_cpu_state_moves_them(estimator, fitted
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=_id)
 def test_getstate_moves_the_learned_tensors_of_a_gpu_fit(estimator, fitted, monkeypatch):
     # No GPU here: meta tensors stand in for CUDA ones, and _cpu_copy records what it moves.
-    monkeypatch.setattr(_torch, "_cpu_copy", lambda value: ("moved", value))
     est = copy.copy(fitted[_id(estimator)])
+    monkeypatch.setattr(_torch, "_cpu_copy", lambda value: ("moved", value))
     off_cpu = {}
     for key, value in vars(est).items():
         if isinstance(value, torch.Tensor):
