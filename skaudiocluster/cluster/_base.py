@@ -42,10 +42,12 @@ def make_preprocessor(
 ) -> Pipeline:
     """The input transform of the deep clusterers (unfitted).
 
-    Inputs with more than ``n_components`` features are standardised and
-    projected on their first ``n_components`` principal components (at most
-    ``n_samples``); then rows are L2-normalised (``"l2"``), features
-    standardised (``"standardize"``), or left as they are (``None``).
+    With ``n_components`` set, features are standardised, and inputs with more
+    than ``n_components`` features are then projected on their first
+    ``n_components`` principal components (at most ``n_samples``). Then rows are
+    L2-normalised (``"l2"``), features standardised (``"standardize"``; after a
+    PCA this whitens), or left as they are (``None``). ``preprocessing=None,
+    n_components=None`` keeps the input unchanged.
 
     Examples
     --------
@@ -53,16 +55,20 @@ def make_preprocessor(
     Pipeline(steps=[('standardscaler', StandardScaler()),
                     ('pca', PCA(n_components=64, random_state=0)),
                     ('normalizer', Normalizer())])
-    >>> make_preprocessor(None, 64, (1000, 8), seed=0)
+    >>> make_preprocessor("standardize", 64, (1000, 8), seed=0)
+    Pipeline(steps=[('standardscaler', StandardScaler())])
+    >>> make_preprocessor(None, None, (1000, 8), seed=0)
     Pipeline(steps=[('functiontransformer', FunctionTransformer())])
     """
     n_samples, n_features = shape
-    steps = []
-    if n_components is not None and n_features > n_components:
-        steps += [StandardScaler(), PCA(min(n_components, n_samples), random_state=seed)]
+    steps: list = []
+    if n_components is not None:
+        steps.append(StandardScaler())
+        if n_features > n_components:
+            steps.append(PCA(min(n_components, n_samples), random_state=seed))
     if preprocessing == "l2":
         steps.append(Normalizer())
-    elif preprocessing == "standardize":
+    elif preprocessing == "standardize" and not (steps and isinstance(steps[-1], StandardScaler)):
         steps.append(StandardScaler())
     return make_pipeline(*(steps or [FunctionTransformer()]))
 

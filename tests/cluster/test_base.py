@@ -119,8 +119,15 @@ def test_make_preprocessor_projects_wide_inputs_then_applies_the_option(preproce
 
 
 @pytest.mark.parametrize("n_features", [3, 4])
-def test_make_preprocessor_skips_pca_unless_wider_than_n_components(n_features):
-    assert _steps(make_preprocessor("l2", 4, (50, n_features), seed=0)) == [Normalizer]
+def test_make_preprocessor_standardises_but_skips_pca_unless_wider(n_features):
+    assert _steps(make_preprocessor("l2", 4, (50, n_features), seed=0)) == [
+        StandardScaler,
+        Normalizer,
+    ]
+    # "standardize" after the scaler would scale twice: one scaler only
+    assert _steps(make_preprocessor("standardize", 4, (50, n_features), seed=0)) == [
+        StandardScaler
+    ]
 
 
 def test_make_preprocessor_without_n_components_never_projects():
