@@ -178,15 +178,17 @@ def run_threading_one(
         if step_times[-1] - step_times[0] > max_seconds and len(step_times) > MIN_TIMED_STEPS:
             raise _TimeCap
 
-    register_optimizer_step_post_hook(count_step)
     X, _ = make_blobs(n_samples, n_features=dim, centers=n_clusters, random_state=0)
     estimator = METHODS[method](n_clusters, 0, **params)
+    hook = register_optimizer_step_post_hook(count_step)
     start = time.perf_counter()
     try:
         estimator.fit(X.astype(np.float32))
         capped = False
     except _TimeCap:
         capped = True
+    finally:
+        hook.remove()
     seconds = time.perf_counter() - start
     loop = (step_times[-1] - step_times[0]) / max(len(step_times) - 1, 1)
     return {
