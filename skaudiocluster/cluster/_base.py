@@ -118,7 +118,8 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    # Not skipped: a clusterer may own an encoder (SPICE), whose parameters the user set.
+    @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None):
         """Fit the clusterer on ``X``.
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
 from sklearn.datasets import make_blobs
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
-from sklearn.utils._param_validation import Interval, InvalidParameterError
+from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import check_is_fitted
 
@@ -125,9 +126,7 @@ def test_make_preprocessor_standardises_but_skips_pca_unless_wider(n_features):
         Normalizer,
     ]
     # "standardize" after the scaler would scale twice: one scaler only
-    assert _steps(make_preprocessor("standardize", 4, (50, n_features), seed=0)) == [
-        StandardScaler
-    ]
+    assert _steps(make_preprocessor("standardize", 4, (50, n_features), seed=0)) == [StandardScaler]
 
 
 def test_make_preprocessor_without_n_components_never_projects():
@@ -253,6 +252,49 @@ def test_hidden_dims_are_checked_in_fit(blobs):
         SoftKMeans(hidden_dims=(0,)).fit(blobs[0])
     with pytest.raises(InvalidParameterError, match="hidden_dims"):
         SoftKMeans(hidden_dims=8).fit(blobs[0])
+
+
+class Encoded(SoftKMeans):
+    """A clusterer that owns an encoder, as SPICE does."""
+
+    _parameter_constraints = {
+        **SoftKMeans._parameter_constraints,
+        "encoder": [HasMethods(["fit", "transform"])],
+    }
+
+    def __init__(
+        self,
+        encoder=None,
+        n_clusters=3,
+        *,
+        hidden_dims=(4,),
+        preprocessing="standardize",
+        n_components=None,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
+        super().__init__(
+            n_clusters,
+            hidden_dims=hidden_dims,
+            preprocessing=preprocessing,
+            n_components=n_components,
+            device=device,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.encoder = encoder
+
+    def _embeddings(self, X, *, reset, seed=None):
+        if reset:
+            self.encoder_ = clone(self.encoder).fit(X)
+        return super()._embeddings(self.encoder_.transform(X), reset=reset, seed=seed)
+
+
+def test_the_parameters_of_an_owned_encoder_are_validated(blobs):
+    Encoded(StandardScaler(), random_state=0).fit(blobs[0])
+    with pytest.raises(InvalidParameterError, match="'with_mean' parameter of StandardScaler"):
+        Encoded(StandardScaler(with_mean="yes")).fit(blobs[0])
 
 
 def test_fit_repeats_for_an_int_seed_and_leaves_the_global_rng_alone(blobs):
