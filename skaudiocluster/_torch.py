@@ -164,9 +164,7 @@ def batched_forward(
     """
     features = torch.as_tensor(features)
     with torch.inference_mode():
-        chunks = [
-            function(chunk.to(device)).cpu() for chunk in torch.split(features, batch_size)
-        ]
+        chunks = [function(chunk.to(device)).cpu() for chunk in torch.split(features, batch_size)]
     return torch.cat(chunks, dim=dim)
 
 

@@ -1,4 +1,4 @@
-"""skorch plumbing shared by the embedders and the clusterers: the net, loss guard, EMA, progress."""
+"""skorch plumbing shared by the embedders and the clusterers: net, loss guard, EMA, progress."""
 
 from __future__ import annotations
 
