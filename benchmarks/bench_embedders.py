@@ -82,17 +82,29 @@ class Hear21PaSST(TransformerMixin, BaseEstimator):
         torch.manual_seed(0)
         with contextlib.redirect_stdout(io.StringIO()):
             net = get_model(arch="passt_s_swa_p16_128_ap476", pretrained=False)
-        mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024,
-                             freqm=48, timem=192, fmin=0.0, fmax=None, fmin_aug_range=10,
-                             fmax_aug_range=2000)
+        mel = AugmentMelSTFT(
+            n_mels=128,
+            sr=32000,
+            win_length=800,
+            hopsize=320,
+            n_fft=1024,
+            freqm=48,
+            timem=192,
+            fmin=0.0,
+            fmax=None,
+            fmin_aug_range=10,
+            fmax_aug_range=2000,
+        )
         self.model_ = PasstBasicWrapper(mel=mel, net=net).eval()
         return self
 
     def transform(self, X):
         waves = torchaudio.functional.resample(torch.from_numpy(X), RATE, 32000)
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            out = [self.model_.get_scene_embeddings(waves[start : start + self.batch_size])
-                   for start in range(0, len(waves), self.batch_size)]
+            out = [
+                self.model_.get_scene_embeddings(waves[start : start + self.batch_size])
+                for start in range(0, len(waves), self.batch_size)
+            ]
         return torch.cat(out).numpy()
 
 
@@ -110,8 +122,13 @@ class OfficialRecipeBYOLA(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         self.embedder_ = make_byola(argparse.Namespace(weights=self.weights)).fit(X)
         self.mel_ = torchaudio.transforms.MelSpectrogram(
-            sample_rate=RATE, n_fft=1024, win_length=1024, hop_length=160, n_mels=64,
-            f_min=60, f_max=7800,
+            sample_rate=RATE,
+            n_fft=1024,
+            win_length=1024,
+            hop_length=160,
+            n_mels=64,
+            f_min=60,
+            f_max=7800,
         )
         return self
 
@@ -170,8 +187,12 @@ def _peak_rss_mb() -> float:
 
 
 def measure(
-    embedder: TransformerMixin, clip_seconds: float, batch_size: int, *,
-    n_clips: int | None = None, min_seconds: float = 3.0,
+    embedder: TransformerMixin,
+    clip_seconds: float,
+    batch_size: int,
+    *,
+    n_clips: int | None = None,
+    min_seconds: float = 3.0,
 ) -> dict[str, float]:
     """Embed clips of ``clip_seconds`` at ``batch_size``; return clips/s and peak RSS (MB).
 
@@ -189,8 +210,11 @@ def measure(
         embedder.transform(clips)
         done += n_clips
     elapsed = time.perf_counter() - start
-    return {"clips_per_s": done / elapsed, "peak_rss_mb": _peak_rss_mb(),
-            "peak_is_per_run": float(exact_peak)}
+    return {
+        "clips_per_s": done / elapsed,
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_is_per_run": float(exact_peak),
+    }
 
 
 def profile(embedder: TransformerMixin, clip_seconds: float, batch_size: int, top: int = 12):
@@ -207,7 +231,9 @@ def profile(embedder: TransformerMixin, clip_seconds: float, batch_size: int, to
 
 
 def compare(
-    embedders: dict[str, TransformerMixin], clip_seconds: float, batch_size: int,
+    embedders: dict[str, TransformerMixin],
+    clip_seconds: float,
+    batch_size: int,
     rounds: int = 8,
 ) -> dict[str, list[float]]:
     """Clips/s of fitted embedders timed in turn on the same clips, ``rounds`` times each.
@@ -230,25 +256,37 @@ def compare(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedder", choices=[*EMBEDDERS, "all"], default="all")
-    parser.add_argument("--weights", default=None,
-                        help="checkpoint path or registered name (default: random init)")
+    parser.add_argument(
+        "--weights", default=None, help="checkpoint path or registered name (default: random init)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--min-seconds", type=float, default=3.0,
-                        help="time each case for at least this long")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print where the time goes for 1 s clips at the largest batch")
-    parser.add_argument("--compare", nargs="+", choices=list(EMBEDDERS), default=None,
-                        help="time these embedders alternately (1 s clips, largest batch) "
-                             "and print their best and median clips/s")
+    parser.add_argument(
+        "--min-seconds", type=float, default=3.0, help="time each case for at least this long"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print where the time goes for 1 s clips at the largest batch",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        choices=list(EMBEDDERS),
+        default=None,
+        help="time these embedders alternately (1 s clips, largest batch) "
+        "and print their best and median clips/s",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.compare:
         fitted = {name: EMBEDDERS[name](args).fit(clips_of(1.0, 4)) for name in args.compare}
         for name, rates in compare(fitted, 1.0, max(args.batch_sizes)).items():
-            print(f"{name}: best {max(rates):.1f} clips/s, median {np.median(rates):.1f} "
-                  f"(1 s clips, batch {max(args.batch_sizes)}, alternating)")
+            print(
+                f"{name}: best {max(rates):.1f} clips/s, median {np.median(rates):.1f} "
+                f"(1 s clips, batch {max(args.batch_sizes)}, alternating)"
+            )
         return
     names = list(EMBEDDERS) if args.embedder == "all" else [args.embedder]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -258,8 +296,10 @@ def main(argv: list[str] | None = None) -> None:
         for seconds in args.seconds:
             for batch_size in args.batch_sizes:
                 result = measure(embedder, seconds, batch_size, min_seconds=args.min_seconds)
-                print(f"{name:10} {seconds:7.1f} {batch_size:6d} "
-                      f"{result['clips_per_s']:9.3f} {result['peak_rss_mb']:12.0f}")
+                print(
+                    f"{name:10} {seconds:7.1f} {batch_size:6d} "
+                    f"{result['clips_per_s']:9.3f} {result['peak_rss_mb']:12.0f}"
+                )
         if args.profile:
             profile(embedder, 1.0, max(args.batch_sizes))
 
