@@ -9,6 +9,17 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture
+def two_threads():
+    """The caller runs torch on 2 threads (the test's setting is undone after)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """``$SKAUDIOCLUSTER_SHARED``; tests that need it skip only when it is unset."""

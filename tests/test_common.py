@@ -218,14 +218,6 @@ def test_fit_leaves_global_random_states_alone(estimator):
 
 
 @pytest.fixture
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
 def training_threads(monkeypatch):
     """Torch's thread count at every skorch batch of the test (all nets are skorch nets)."""
     seen = []

@@ -29,15 +29,6 @@ torch_settings = settings(deadline=None, max_examples=40)
 
 
 @pytest.fixture
-def two_threads():
-    """The caller runs torch on 2 threads; the test's setting is undone after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
 def no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 

@@ -308,17 +308,12 @@ def test_fit_repeats_for_an_int_seed_and_leaves_the_global_rng_alone(blobs):
     assert len(seeds) == 4
 
 
-def test_fit_and_predict_use_one_thread_and_restore_the_callers(blobs):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        est = SoftKMeans(random_state=0).fit(blobs[0])
-        assert est.seen_["threads"] == 1 and est.proba_threads_ == 1
-        assert torch.get_num_threads() == 2
-        est.predict(blobs[0])
-        assert est.proba_threads_ == 1 and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(previous)
+def test_fit_and_predict_use_one_thread_and_restore_the_callers(blobs, two_threads):
+    est = SoftKMeans(random_state=0).fit(blobs[0])
+    assert est.seen_["threads"] == 1 and est.proba_threads_ == 1
+    assert torch.get_num_threads() == 2
+    est.predict(blobs[0])
+    assert est.proba_threads_ == 1 and torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
