@@ -21,9 +21,7 @@ __all__ = ["check_audio", "length_batches", "resample"]
 _PCM_SCALE = {1: 2.0**7, 2: 2.0**15, 4: 2.0**31, 8: 2.0**63}
 
 
-def check_audio(
-    X, *, sample_rate: int, target_rate: int | None = None
-) -> list[np.ndarray]:
+def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[np.ndarray]:
     """Validate raw audio and return it as mono float32 clips at ``target_rate``.
 
     Parameters

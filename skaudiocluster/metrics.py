@@ -37,9 +37,7 @@ __all__ = [
 def _encode(labels) -> tuple[np.ndarray, list]:
     """Integer codes for labels of any hashable type, and the distinct labels in order."""
     values: dict[Hashable, int] = {}
-    codes = np.fromiter(
-        (values.setdefault(label, len(values)) for label in labels), dtype=np.int64
-    )
+    codes = np.fromiter((values.setdefault(label, len(values)) for label in labels), dtype=np.int64)
     return codes, list(values)
 
 

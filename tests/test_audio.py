@@ -25,8 +25,11 @@ def test_valid_lists_round_trip(clips, rate, target):
 
 
 @settings(max_examples=20, deadline=None)
-@given(batch=hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 50)),
-                        elements=st.floats(-1, 1)))
+@given(
+    batch=hnp.arrays(
+        np.float64, st.tuples(st.integers(1, 4), st.integers(1, 50)), elements=st.floats(-1, 1)
+    )
+)
 def test_2d_array_is_a_batch_of_equal_length_clips(batch):
     out = check_audio(batch, sample_rate=16000)
     assert [len(c) for c in out] == [batch.shape[1]] * batch.shape[0]

@@ -112,16 +112,25 @@ def test_grid_search_held_out_and_transductive():
     X, y = make_blobs(120, centers=4, cluster_std=0.8, random_state=1)
     pipe = make_pipeline(StandardScaler(), KMeans(n_init=3, random_state=0))
     grid = {"kmeans__n_clusters": [2, 4, 6]}
-    held_out = GridSearchCV(pipe, grid, scoring=CLUSTERING_SCORERS, refit="nmi",
-                            cv=KFold(3, shuffle=True, random_state=0)).fit(X, y)
+    held_out = GridSearchCV(
+        pipe,
+        grid,
+        scoring=CLUSTERING_SCORERS,
+        refit="nmi",
+        cv=KFold(3, shuffle=True, random_state=0),
+    ).fit(X, y)
     assert held_out.best_params_ == {"kmeans__n_clusters": 4}
-    assert set(CLUSTERING_SCORERS) <= {k[len("mean_test_"):] for k in held_out.cv_results_
-                                      if k.startswith("mean_test_")}
+    assert set(CLUSTERING_SCORERS) <= {
+        k[len("mean_test_") :] for k in held_out.cv_results_ if k.startswith("mean_test_")
+    }
     # Agglomerative clustering has no predict: only the transductive form can score it.
     agglo = make_pipeline(StandardScaler(), AgglomerativeClustering())
-    transductive = GridSearchCV(agglo, {"agglomerativeclustering__n_clusters": [2, 4, 6]},
-                                scoring=CLUSTERING_SCORERS["nmi"],
-                                cv=TransductiveSplit()).fit(X, y)
+    transductive = GridSearchCV(
+        agglo,
+        {"agglomerativeclustering__n_clusters": [2, 4, 6]},
+        scoring=CLUSTERING_SCORERS["nmi"],
+        cv=TransductiveSplit(),
+    ).fit(X, y)
     assert transductive.best_params_ == {"agglomerativeclustering__n_clusters": 4}
     assert transductive.best_score_ > 0.8
     with pytest.raises(TypeError, match="transductively"):
@@ -138,16 +147,21 @@ def test_grid_search_over_an_audio_pipeline_on_fsdd(fsdd_dir, tmp_path):
     paths, speaker = load_fsdd(fsdd_dir, target="speaker")
     paths, speaker = paths[::10], speaker[::10]  # 300 clips, every speaker and digit
     pipe = Pipeline(
-        [("logmel", SpectrogramTransformer()), ("scale", StandardScaler()),
-         ("kmeans", KMeans(n_init=5, random_state=0))],
+        [
+            ("logmel", SpectrogramTransformer()),
+            ("scale", StandardScaler()),
+            ("kmeans", KMeans(n_init=5, random_state=0)),
+        ],
         memory=str(tmp_path),  # embeddings are computed once per training set
     )
     grid = {"kmeans__n_clusters": [2, 6, 12]}
     scores = ClusteringScores()  # predicts (embeds) once for all the scores
-    held_out = GridSearchCV(pipe, grid, scoring=scores, refit="nmi",
-                            cv=KFold(3, shuffle=True, random_state=0)).fit(paths, speaker)
-    transductive = GridSearchCV(pipe, grid, scoring=scores, refit="nmi",
-                                cv=TransductiveSplit()).fit(paths, speaker)
+    held_out = GridSearchCV(
+        pipe, grid, scoring=scores, refit="nmi", cv=KFold(3, shuffle=True, random_state=0)
+    ).fit(paths, speaker)
+    transductive = GridSearchCV(
+        pipe, grid, scoring=scores, refit="nmi", cv=TransductiveSplit()
+    ).fit(paths, speaker)
     for search in (held_out, transductive):
         nmi = search.cv_results_["mean_test_nmi"]
         print(type(search.cv).__name__, dict(zip(grid["kmeans__n_clusters"], nmi.round(3))))
