@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-seconds",
         type=float,
-        default=20.0,
+        default=10.0,
         help="with --threading: stop a fit after this many seconds of optimizer steps",
     )
     parser.add_argument("--setting", choices=THREAD_SETTINGS, help=argparse.SUPPRESS)
