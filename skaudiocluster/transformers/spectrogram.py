@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skaudiocluster._torch import progress, resolve_device
+from skaudiocluster._torch import cpu_state, progress, resolve_device
 from skaudiocluster.audio import check_audio, length_batches
 
 __all__ = ["SpectrogramTransformer"]
@@ -64,6 +64,9 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         Per-band standard deviation of the training log-mels (1 where zero).
     n_frames_seen_ : int
         Number of frames the statistics were computed from.
+    device_ : torch.device
+        Where the log-mels are computed (``device`` resolved in ``fit``; the CPU
+        after unpickling).
 
     Examples
     --------
@@ -136,6 +139,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
                 f"f_max={f_max}, sample_rate={self.sample_rate}"
             )
         clips = check_audio(X, sample_rate=self.sample_rate)
+        self.device_ = resolve_device(self.device)
         total = np.zeros(self.n_mels)
         total_sq = np.zeros(self.n_mels)
         count = 0
@@ -185,9 +189,13 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
                 out[indices, :, :kept] = standard[..., :kept].cpu().numpy()
         return out
 
+    def __getstate__(self) -> dict:
+        # fitted on a GPU, transforms on the CPU after unpickling on a machine without one
+        return cpu_state(super().__getstate__())
+
     def _log_mel_batches(self, clips: list[np.ndarray], desc: str):
         """Yield (indices, log-mel (batch, n_mels, frames), valid frame counts) per batch."""
-        device = resolve_device(self.device)
+        device = self.device_
         mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=self.sample_rate,
             n_fft=self.n_fft,
