@@ -6,7 +6,7 @@ load torch.
 
 from __future__ import annotations
 
-import importlib
+from skaudiocluster._lazy import lazy_exports
 
 __version__ = "0.1.0.dev0"
 
@@ -37,14 +37,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'skaudiocluster' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"skaudiocluster.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -1,6 +1,6 @@
 """Deep clustering estimators on 2-D features."""
 
-import importlib
+from skaudiocluster._lazy import lazy_exports
 
 _WHERE = {
     "DeepDPMClusterer": "deepdpm",
@@ -10,10 +10,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'skaudiocluster.cluster' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"skaudiocluster.cluster.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

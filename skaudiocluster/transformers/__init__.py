@@ -1,6 +1,6 @@
 """Raw audio in, 2-D embeddings out."""
 
-import importlib
+from skaudiocluster._lazy import lazy_exports
 
 _WHERE = {
     "BYOLAEmbedder": "byola",
@@ -10,10 +10,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'skaudiocluster.transformers' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"skaudiocluster.transformers.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
