@@ -123,9 +123,9 @@ def cluster(method: str, X: np.ndarray, n_classes: int, seed: int) -> np.ndarray
         "kmeans": lambda: kmeans(X),
         "ward": lambda: AgglomerativeClustering(n_classes, linkage="ward").fit_predict(X),
         "umap+kmeans": lambda: kmeans(_umap(X, seed)),
-        "umap+hdbscan": lambda: HDBSCAN(min_cluster_size=max(5, len(X) // 100)).fit_predict(
-            _umap(X, seed)
-        ),
+        "umap+hdbscan": lambda: HDBSCAN(
+            min_cluster_size=max(5, len(X) // 100), copy=True
+        ).fit_predict(_umap(X, seed)),
         "dpgmm": lambda: BayesianGaussianMixture(
             n_components=min(40, len(X)),
             weight_concentration_prior_type="dirichlet_process",
