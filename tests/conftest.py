@@ -73,3 +73,26 @@ def fsdd_byola_d512(fsdd_dir: Path, byola_d512_weights: Path) -> dict[str, np.nd
     """
     embed = _test_cache().cache(_embed_fsdd_byola)
     return embed(str(fsdd_dir), str(byola_d512_weights))
+
+
+def _embed_folder_byola(folder: str, weights: str) -> dict[str, np.ndarray]:
+    import csv
+
+    from skaudiocluster.transformers.byola import BYOLAEmbedder
+
+    with open(Path(folder) / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    paths = [str(Path(folder) / row["path"]) for row in rows]
+    embeddings = BYOLAEmbedder(weights=weights, verbose=0).fit_transform(paths)
+    return {"X": embeddings, "y": np.asarray([row["label"] for row in rows])}
+
+
+@pytest.fixture(scope="session")
+def bengalese_byola_d512(shared_dir: Path, byola_d512_weights: Path) -> dict[str, np.ndarray]:
+    """Official BYOL-A d512 embeddings of the 2,170 Bengalese finch syllables (11 classes).
+
+    Keys: ``X`` (2170, 512) float32 and ``y`` the syllable labels.
+    """
+    folder = shared_file(shared_dir, "data/bengalese_finch_gy6or6/labels.csv").parent
+    embed = _test_cache().cache(_embed_folder_byola)
+    return embed(str(folder), str(byola_d512_weights))
