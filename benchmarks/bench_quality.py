@@ -21,6 +21,9 @@ fit runs in its own worker process on one thread (``--jobs`` workers at once)::
 ``--subset N`` draws, for each seed, a stratified subset of N clips (seeded by
 the seed), so the figures are means over subsets as well as over seeds.
 The tables are printed as markdown and written with a CSV of the runs to ``--out``.
+``--merge`` prints one table from the ``runs.csv`` of several earlier runs, fitting nothing::
+
+    python benchmarks/bench_quality.py --merge classical/runs.csv deep/runs.csv
 """
 
 from __future__ import annotations
@@ -165,12 +168,13 @@ def run_one(method: str, X: np.ndarray, y: np.ndarray, seed: int) -> dict:
 
 
 def summary_rows(runs: list[dict]) -> list[dict]:
-    """Mean and sd over seeds of every (set, feature, method)."""
-    keys = sorted({(r["set"], r["feature"], r["method"]) for r in runs}, key=_order)
+    """Mean and sd over seeds of every (set, N, feature, method)."""
+    fields = ("set", "n", "feature", "method")
+    keys = sorted({tuple(r[f] for f in fields) for r in runs}, key=_order)
     rows = []
     for key in keys:
-        group = [r for r in runs if (r["set"], r["feature"], r["method"]) == key]
-        row = dict(zip(("set", "feature", "method"), key), n_seeds=len(group))
+        group = [r for r in runs if tuple(r[f] for f in fields) == key]
+        row = dict(zip(fields, key), n_seeds=len(group))
         for metric in ("nmi", "ari", "acc", "k", "fit_s"):
             values = np.asarray([r[metric] for r in group], dtype=float)
             row[f"{metric}_mean"], row[f"{metric}_sd"] = values.mean(), values.std()
@@ -179,9 +183,10 @@ def summary_rows(runs: list[dict]) -> list[dict]:
 
 
 def _order(key: tuple) -> tuple:
-    set_name, feature, method = key
+    set_name, n, feature, method = key
     return (
         SETS.index(set_name) if set_name in SETS else len(SETS),
+        -n,
         FEATURES.index(feature),
         METHODS.index(method),
     )
@@ -189,8 +194,8 @@ def _order(key: tuple) -> tuple:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| set | features | method | NMI | ARI | ACC | K | fit s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| set | N | features | method | NMI | ARI | ACC | K | fit s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [
@@ -198,10 +203,20 @@ def markdown(rows: list[dict]) -> str:
             for metric, digits in (("nmi", 3), ("ari", 3), ("acc", 3), ("k", 1))
         ]
         lines.append(
-            f"| {r['set']} | {r['feature']} | {r['method']} | {' | '.join(cells)} "
+            f"| {r['set']} | {r['n']:.0f} | {r['feature']} | {r['method']} | {' | '.join(cells)} "
             f"| {r['fit_s_mean']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def read_runs(path: Path) -> list[dict]:
+    """The runs of an earlier ``runs.csv``, with numeric fields as numbers."""
+    with open(path, newline="") as handle:
+        runs = list(csv.DictReader(handle))
+    for run in runs:
+        for key in ("seed", "n", "nmi", "ari", "acc", "k", "fit_s"):
+            run[key] = float(run[key])
+    return runs
 
 
 # --------------------------------------------------------------------------- main
@@ -219,7 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--out", type=Path, default=Path("bench_quality_results"))
     parser.add_argument("--cache", type=Path, default=None, help="default: OUT/cache")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, default=None, help="runs.csv files to tabulate together"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        print(markdown(summary_rows([run for path in args.merge for run in read_runs(path)])))
+        return
 
     from joblib import Memory, Parallel, delayed
 
