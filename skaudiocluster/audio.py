@@ -6,7 +6,9 @@ same inputs and fail on bad ones with the same messages.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -14,11 +16,27 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio
-from scipy import sparse
+from scipy import signal, sparse
 
-__all__ = ["check_audio", "length_batches", "resample"]
+__all__ = [
+    "MAX_AMPLITUDE",
+    "MIN_SAMPLE_RATE",
+    "check_audio",
+    "check_finite_output",
+    "length_batches",
+    "resample",
+]
 
-_PCM_SCALE = {1: 2.0**7, 2: 2.0**15, 4: 2.0**31, 8: 2.0**63}
+_PCM_SCALE = {1: 2.0**7, 2: 2.0**15, 4: 2.0**31}
+#: Lowest sample rate accepted, in Hz, for files and in-memory arrays alike: below it a
+#: header is corrupt (a 4 KB WAV declaring 1 Hz would be upsampled 16,000 times).
+MIN_SAMPLE_RATE = 1000
+#: Largest absolute sample value accepted: the int32 PCM scale. Larger values come from
+#: no audio format, and their power spectra overflow float32 into inf and NaN features.
+MAX_AMPLITUDE = 2.0**31
+# torchaudio's resampler builds a (new / gcd, orig / gcd)-sized kernel, which takes
+# minutes and gigabytes for coprime rates such as 44101 -> 16000: polyphase instead.
+_MAX_RESAMPLE_FACTOR = 1000
 
 
 def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[np.ndarray]:
@@ -35,10 +53,17 @@ def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[
           :mod:`soundfile` can decode; the file's own rate is used.
 
         A 2-D numeric array ``(n_clips, n_samples)`` is a batch of
-        equal-length mono clips. Integer samples are PCM and are scaled to
-        ``[-1, 1]`` by ``2 ** (bits - 1)`` (unsigned 8-bit is centred first).
+        equal-length mono clips. Float samples are used as they are (audio is
+        expected in ``[-1, 1]``). Integer samples are PCM, scaled to ``[-1, 1]``:
+        ``int8``, ``int16`` and ``int32`` by ``2 ** (bits - 1)``, unsigned 8-, 16-
+        and 32-bit ones centred first. ``int64`` / ``uint64`` (what a list of
+        Python ints or ``astype(int)`` gives) is no PCM format: such a clip is
+        read as 16-bit PCM when every value fits the int16 range, and refused
+        otherwise (cast it to ``np.int32`` if it is 32-bit PCM); one holding only
+        -1, 0 and 1 (float audio truncated by ``astype(int)``?) warns.
     sample_rate : int
-        Rate of the in-memory arrays in ``X``, in Hz.
+        Rate of the in-memory arrays in ``X``, in Hz; at least
+        :data:`MIN_SAMPLE_RATE` (1 kHz), as is the rate a file declares.
     target_rate : int, default=None
         Rate of the returned clips; ``None`` keeps ``sample_rate``.
         Resampling uses :class:`torchaudio.transforms.Resample`.
@@ -51,8 +76,10 @@ def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[
     Raises
     ------
     ValueError
-        If ``X`` is empty or 3-D, or a clip is empty, contains NaN or inf,
-        has a non-numeric dtype, or is a file that is missing or unreadable.
+        If ``X`` is empty or 3-D, or a clip is empty, contains NaN or inf or a
+        sample beyond :data:`MAX_AMPLITUDE` (``2 ** 31``) in absolute value,
+        has a non-numeric dtype or int64 values beyond the int16 range, or is a
+        file that is missing, unreadable or declares a rate below 1 kHz.
         The message names the clip index or the file.
     TypeError
         If ``X`` is a single path or a scalar rather than a collection of clips.
@@ -81,6 +108,17 @@ def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[
             raise ValueError(f"{where} has zero length")
         if not np.all(np.isfinite(samples)):
             raise ValueError(f"{where} contains NaN or infinite samples")
+        peak = float(np.max(np.abs(samples)))
+        if peak > MAX_AMPLITUDE:
+            raise ValueError(
+                f"{where} has a sample of absolute value {peak:.3g}, beyond any audio scale "
+                f"(at most 2**31); audio samples are expected in [-1, 1]"
+            )
+        if rate < MIN_SAMPLE_RATE:
+            raise ValueError(
+                f"{where} declares a sample rate of {rate} Hz, below the {MIN_SAMPLE_RATE} Hz "
+                "minimum (a corrupt header?)"
+            )
         if rate != target_rate:
             samples = resample(samples, rate, target_rate)
         clips.append(np.ascontiguousarray(samples, dtype=np.float32))
@@ -88,9 +126,17 @@ def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[
 
 
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Resample a 1-D float array with torchaudio's windowed-sinc resampler."""
+    """Resample a 1-D float array with torchaudio's windowed-sinc resampler.
+
+    Rates whose reduced ratio has a term above 1000 (e.g. 44101 -> 16000), for
+    which that resampler's kernel is huge, use :func:`scipy.signal.resample_poly`.
+    """
     if orig_rate == new_rate:
         return samples
+    divisor = math.gcd(int(orig_rate), int(new_rate))
+    up, down = int(new_rate) // divisor, int(orig_rate) // divisor
+    if max(up, down) > _MAX_RESAMPLE_FACTOR:
+        return signal.resample_poly(samples, up, down).astype(samples.dtype, copy=False)
     with torch.inference_mode():
         out = _resampler(int(orig_rate), int(new_rate))(torch.from_numpy(samples))
     return out.numpy()
@@ -116,6 +162,10 @@ def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
 def _check_rate(rate, name: str) -> int:
     if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)) or rate <= 0:
         raise ValueError(f"{name} must be a positive integer (Hz), got {rate!r}")
+    if rate < MIN_SAMPLE_RATE:
+        raise ValueError(
+            f"{name}={rate} Hz is below the {MIN_SAMPLE_RATE} Hz minimum (rates are in Hz, not kHz)"
+        )
     return int(rate)
 
 
@@ -193,10 +243,34 @@ def _scale_pcm(array: np.ndarray, index: int) -> np.ndarray:
         return array
     if array.dtype.kind == "b":
         raise ValueError(f"clip {index} has non-numeric dtype bool")
+    if array.dtype.itemsize == 8:
+        return _scale_int64(array, index)
     scale = _PCM_SCALE[array.dtype.itemsize]
     if array.dtype.kind == "u":
         return (array.astype(np.float64) - scale) / scale
     return array.astype(np.float64) / scale
+
+
+def _scale_int64(array: np.ndarray, index: int) -> np.ndarray:
+    """int64 / uint64 samples as 16-bit PCM when they fit its range; an error otherwise."""
+    if array.size == 0:
+        return array.astype(np.float64)
+    low, high = int(array.min()), int(array.max())
+    if low < -(2**15) or high >= 2**15:
+        raise ValueError(
+            f"clip {index} has {array.dtype} samples in [{low}, {high}], beyond the int16 range; "
+            f"{array.dtype} is read as 16-bit PCM, so pass float samples in [-1, 1] or cast "
+            "to the PCM dtype they are (e.g. np.int32)"
+        )
+    if -1 <= low and high <= 1:
+        warnings.warn(
+            f"clip {index} has {array.dtype} samples all in {{-1, 0, 1}}, which is "
+            "silence as 16-bit PCM: float audio truncated by astype(int)? Pass the float "
+            "samples",
+            UserWarning,
+            stacklevel=5,
+        )
+    return array.astype(np.float64) / 2.0**15
 
 
 def _read_file(path) -> tuple[np.ndarray, int]:
@@ -209,3 +283,36 @@ def _read_file(path) -> tuple[np.ndarray, int]:
             raise ValueError(f"audio file {os.fspath(path)!r} does not exist") from exc
         raise ValueError(f"audio file {os.fspath(path)!r} could not be decoded: {exc}") from exc
     return samples.mean(axis=1, dtype=np.float32), int(rate)
+
+
+def check_finite_output(out: np.ndarray, X, owner: str) -> np.ndarray:
+    """Return ``out`` if every row is finite; else a ``ValueError`` naming the clips.
+
+    Parameters
+    ----------
+    out : ndarray of shape (n_clips, ...)
+        One output row per clip of ``X``.
+    X : the clips given to the embedder
+        Used only to name files in the message.
+    owner : str
+        Who computed ``out``, for the message (e.g. ``"BYOLAEmbedder"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_finite_output(np.ones((2, 3)), [None, None], "demo").shape
+    (2, 3)
+    """
+    bad = np.flatnonzero(~np.isfinite(out.reshape(len(out), -1)).all(axis=1))
+    if bad.size:
+        index = int(bad[0])
+        item = X[index] if isinstance(X, (list, tuple)) and index < len(X) else None
+        where = f"clip {index}"
+        if isinstance(item, (str, os.PathLike)):
+            where += f" (file {os.fspath(item)!r})"
+        others = f" and {bad.size - 1} other clip(s)" if bad.size > 1 else ""
+        raise ValueError(
+            f"{owner} computed a NaN or infinite output for {where}{others}; its weights "
+            "or normalisation statistics are not finite (a diverged training?)"
+        )
+    return out

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import soundfile
@@ -5,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from skaudiocluster.audio import check_audio, length_batches
+from skaudiocluster.audio import check_audio, check_finite_output, length_batches
 
 finite = st.floats(-1, 1, width=32, allow_nan=False, allow_infinity=False)
 clip = hnp.arrays(np.float32, st.integers(1, 400), elements=finite)
@@ -95,3 +97,93 @@ def test_length_batches_cover_every_clip_once_in_length_order(lengths, size):
     assert sorted(flat.tolist()) == list(range(len(lengths)))
     assert all(len(b) <= size for b in batches)
     assert np.all(np.diff(np.asarray(lengths)[flat]) >= 0)
+
+
+# --- inputs that used to give silent garbage ---------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.integers(-(2**15), 2**15 - 1), min_size=1, max_size=200))
+def test_python_int_lists_are_read_as_16_bit_pcm(values):
+    if all(-1 <= v <= 1 for v in values):
+        values = [*values, 2]  # keep clear of the astype(int) warning
+    (from_list,) = check_audio([values], sample_rate=8000)
+    (from_int16,) = check_audio([np.asarray(values, dtype=np.int16)], sample_rate=8000)
+    np.testing.assert_array_equal(from_list, from_int16)
+    (cast,) = check_audio([np.asarray(values).astype(int)], sample_rate=8000)
+    np.testing.assert_array_equal(cast, from_int16)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_int64_beyond_the_int16_range_is_refused_naming_the_dtype(dtype):
+    clip = np.array([0, 40000, 7], dtype=dtype)
+    with pytest.raises(ValueError, match=rf"clip 1 has {np.dtype(dtype)} samples in \[0, 40000\]"):
+        check_audio([np.zeros(3), clip], sample_rate=8000)
+
+
+def test_float_audio_truncated_by_astype_int_warns():
+    audio = np.sin(np.linspace(0, 100, 800)) * 0.9
+    with pytest.warns(UserWarning, match=r"clip 0 has int64 samples all in \{-1, 0, 1\}"):
+        check_audio([audio.astype(int)], sample_rate=8000)
+
+
+@pytest.mark.parametrize("peak", [2.0**31 * 1.01, 1e30, -3e38])
+def test_samples_beyond_any_audio_scale_are_refused(peak):
+    clip = np.zeros(100)
+    clip[10] = peak
+    with pytest.raises(ValueError, match="clip 1 has a sample of absolute value .* beyond any"):
+        check_audio([np.zeros(100), clip], sample_rate=8000)
+
+
+def test_int32_scale_float_samples_are_accepted():
+    clip = np.array([0.0, 2.0**31, -(2.0**31)])
+    (out,) = check_audio([clip], sample_rate=8000)
+    np.testing.assert_array_equal(out, clip.astype(np.float32))
+
+
+def test_file_with_absurd_samples_is_named(tmp_path):
+    path = tmp_path / "loud.wav"
+    soundfile.write(path, np.full(100, 1e30), 8000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"file '.*loud\.wav' \(clip 0\) has a sample"):
+        check_audio([path], sample_rate=16000)
+
+
+@pytest.mark.parametrize("rate", [1, 8, 999])
+def test_file_declaring_a_tiny_sample_rate_is_refused(tmp_path, rate):
+    path = tmp_path / "odd.wav"
+    soundfile.write(path, np.zeros(2000, dtype=np.int16), rate, subtype="PCM_16")
+    with pytest.raises(ValueError, match=rf"odd\.wav.*declares a sample rate of {rate} Hz"):
+        check_audio([path], sample_rate=16000, target_rate=32000)
+
+
+def test_in_memory_rate_below_1_khz_is_refused():
+    with pytest.raises(ValueError, match="sample_rate=16 Hz is below the 1000 Hz minimum"):
+        check_audio([np.zeros(16)], sample_rate=16)
+    (ok,) = check_audio([np.zeros(1000)], sample_rate=1000, target_rate=2000)
+    assert ok.shape == (2000,)
+
+
+def test_coprime_rates_resample_quickly_to_the_right_length(tmp_path):
+    # torchaudio would build a 16000 x 44101-tap kernel here (minutes, gigabytes)
+    path = tmp_path / "odd_rate.wav"
+    tone = np.sin(2 * np.pi * 440 * np.arange(44101) / 44101)
+    soundfile.write(path, tone, 44101)
+    start = time.perf_counter()
+    (clip,) = check_audio([path], sample_rate=16000)
+    assert time.perf_counter() - start < 10
+    assert clip.shape == (16000,) and clip.dtype == np.float32
+    expected = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    np.testing.assert_allclose(clip[100:-100], expected[100:-100], atol=1e-2)
+
+
+def test_check_finite_output_names_the_clip_and_its_file():
+    out = np.zeros((3, 2), dtype=np.float32)
+    assert check_finite_output(out, [None] * 3, "Demo") is out
+    out[1, 0] = np.nan
+    out[2, 1] = np.inf
+    with pytest.raises(
+        ValueError,
+        match=r"Demo computed a NaN or infinite output for clip 1 \(file 'b\.wav'\)"
+        r" and 1 other clip",
+    ):
+        check_finite_output(out, ["a.wav", "b.wav", "c.wav"], "Demo")

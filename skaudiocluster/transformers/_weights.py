@@ -209,7 +209,12 @@ def cache_dir() -> Path:
 
 
 def resolve_weights(
-    weights: str | os.PathLike, *, download: bool = True, progress: bool = False
+    weights: str | os.PathLike,
+    *,
+    download: bool = True,
+    progress: bool = False,
+    family: str = "",
+    owner: str = "",
 ) -> Path:
     """Return a local file for ``weights``: a registered name or a path.
 
@@ -232,6 +237,12 @@ def resolve_weights(
         Whether a registered file missing from the cache may be downloaded.
     progress : bool, default=False
         Show a progress bar while downloading.
+    family : str, default=""
+        Prefix of the registered names valid here (``"byola"``, ``"passt"``): a
+        registered name outside it raises a ``ValueError`` (it is another
+        network's checkpoint), and error messages list only the family's names.
+    owner : str, default=""
+        Who asks (e.g. ``"BYOLAEmbedder"``), for the messages.
 
     Returns
     -------
@@ -239,6 +250,13 @@ def resolve_weights(
         An existing checkpoint file.
     """
     name = os.fspath(weights)
+    known = ", ".join(registered_weights(family)) or "none"
+    for_owner = f" for {owner}" if owner else ""
+    if name in _REGISTRY and not name.startswith(family):
+        raise ValueError(
+            f"weights={name!r} is registered for another network, not{for_owner}; "
+            f"registered{for_owner}: {known}"
+        )
     if name in _REGISTRY:
         info = _REGISTRY[name]
         target = cache_dir() / info.filename
@@ -252,9 +270,9 @@ def resolve_weights(
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    known = ", ".join(registered_weights()) or "none"
     raise ValueError(
-        f"weights={name!r} is neither an existing file nor a registered name (registered: {known})"
+        f"weights={name!r} is neither an existing file nor a registered name "
+        f"(registered{for_owner}: {known})"
     )
 
 
@@ -262,8 +280,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint's state dict safely (``weights_only=True``) onto the CPU.
 
     Checkpoints that wrap the state dict (``{"state_dict": ...}`` or
-    ``{"model": ...}``) are unwrapped. Anything else raises a ``ValueError``
-    naming the file.
+    ``{"model": ...}``) are unwrapped. Anything else, or a tensor holding NaN
+    or inf (a diverged training, a corrupt file), raises a ``ValueError``
+    naming the file and, for the latter, the tensor.
     """
     try:
         state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
@@ -274,6 +293,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {os.fspath(path)!r} does not hold a state dict of tensors")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            n_bad = int((~torch.isfinite(tensor)).sum())
+            if n_bad:
+                raise ValueError(
+                    f"checkpoint {os.fspath(path)!r} is unusable: tensor {key!r} holds "
+                    f"{n_bad} NaN or infinite value(s) of {tensor.numel()}"
+                )
     return state
 
 

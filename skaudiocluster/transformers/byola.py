@@ -19,7 +19,7 @@ from skorch.history import History
 from torch.nn import functional as F
 
 from skaudiocluster._torch import cpu_state, draw_seed, fit_context, progress, resolve_device
-from skaudiocluster.audio import check_audio, length_batches
+from skaudiocluster.audio import check_audio, check_finite_output, length_batches
 from skaudiocluster.transformers._byola_net import (
     LOG_EPS,
     MIN_SAMPLES,
@@ -36,6 +36,10 @@ from skaudiocluster.transformers._byola_pretrain import pretrain
 from skaudiocluster.transformers._weights import load_state_dict, resolve_weights
 
 __all__ = ["BYOLAEmbedder"]
+
+# Smallest log-mel standard deviation fit accepts. Silent clips give a constant
+# log(eps) (std 0, then NaN embeddings); real audio has a std of a few nepers.
+MIN_STD = 1e-3
 
 
 class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -79,7 +83,8 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     norm_stats : tuple of (float, float), default=None
         Fixed ``(mean, std)`` of the log-mel values. ``None`` learns them in ``fit``:
         the mean and population standard deviation over every log-mel value of the
-        training clips (framed as above), as the official evaluation does.
+        training clips (framed as above), as the official evaluation does; silent
+        training clips, whose standard deviation is 0, raise a ``ValueError``.
     batch_size : int, default=64
         Clips per forward pass when embedding.
     pretrain_epochs : int, default=0
@@ -275,7 +280,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     out[index] = net(lms, lengths, fold=True).cpu().numpy()
         finally:
             net.train(was_training)
-        return out
+        return check_finite_output(out, X, type(self).__name__)
 
     def waveforms(self, X) -> list[np.ndarray]:
         """The clips of ``X`` as the encoder takes them: mono float32 at 16 kHz, framed.
@@ -365,7 +370,9 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def _load_module(self) -> AudioNTT2020:
         if self.weights is None:
             return AudioNTT2020(512 if self.d is None else self.d)
-        path = resolve_weights(self.weights, progress=self.verbose > 0)
+        path = resolve_weights(
+            self.weights, progress=self.verbose > 0, family="byola", owner="BYOLAEmbedder"
+        )
         state = encoder_state(load_state_dict(path))
         d = checkpoint_d(state) if state else None
         if d is None:
@@ -416,7 +423,15 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             m2 += batch_m2 + delta**2 * count * n / (count + n)
             mean += delta * n / (count + n)
             count += n
-        return float(np.float32(mean)), float(np.float32(np.sqrt(m2 / count)))
+        std = float(np.float32(np.sqrt(m2 / count)))
+        if not std > MIN_STD:
+            raise ValueError(
+                f"{type(self).__name__}.fit: the log-mel values of the {len(clips)} training "
+                f"clips have standard deviation {std:.3g}, so they cannot be normalised: the "
+                "clips are silent (or constant). Fit on clips with sound, or pass "
+                "norm_stats=(mean, std)"
+            )
+        return float(np.float32(mean)), std
 
 
 def _centre(clip: np.ndarray, size: int, *, crop: bool) -> np.ndarray:

@@ -25,7 +25,7 @@ from skaudiocluster._torch import (
     to_numpy,
     unfitted_on_error,
 )
-from skaudiocluster.audio import check_audio
+from skaudiocluster.audio import check_audio, check_finite_output
 from skaudiocluster.transformers._passt_frontend import (
     SAMPLE_RATE,
     PaSSTFrontend,
@@ -172,14 +172,15 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.random_state = random_state
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None) -> PaSSTEmbedder:
-        """Build the network and load the weights; X is not used.
+        """Build the network and load the weights; X is validated, not learned from.
 
         Parameters
         ----------
-        X : ignored
-            Present for API consistency (the embedder learns nothing from data).
+        X : raw audio
+            Anything :func:`skaudiocluster.audio.check_audio` accepts; checked (and
+            decoded, for files) like the input of :meth:`transform`, so bad clips
+            fail here. :meth:`fit_transform` decodes them once.
         y : ignored
             Present for API consistency.
 
@@ -187,6 +188,32 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         -------
         self : PaSSTEmbedder
         """
+        self._fit_clips(X)
+        return self
+
+    def fit_transform(self, X, y=None) -> np.ndarray:
+        """Fit, then embed ``X``, decoding each clip once.
+
+        Parameters
+        ----------
+        X : raw audio
+            As for :meth:`transform`.
+        y : ignored
+            Present for API consistency.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_clips, n_features), dtype float32
+        """
+        return self._scene_embeddings(self._fit_clips(X), X)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def _fit_clips(self, X) -> list[np.ndarray]:
+        clips = check_audio(X, sample_rate=self.sample_rate, target_rate=SAMPLE_RATE)
+        self._build_network()
+        return clips
+
+    def _build_network(self) -> None:
         device = resolve_device(self.device)
         with unfitted_on_error(self):
             self.device_ = device
@@ -198,7 +225,6 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 )
             self.module_ = module.eval().to(device)
             self.frontend_ = PaSSTFrontend().to(device)
-        return self
 
     def transform(self, X) -> np.ndarray:
         """Scene embeddings: one vector per clip.
@@ -216,6 +242,9 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         """
         check_is_fitted(self)
         clips = check_audio(X, sample_rate=self.sample_rate, target_rate=SAMPLE_RATE)
+        return self._scene_embeddings(clips, X)
+
+    def _scene_embeddings(self, clips: list[np.ndarray], X) -> np.ndarray:
         segments, owners = [], []
         for index, clip in enumerate(clips):
             pieces = _scene_windows(clip)
@@ -226,7 +255,9 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         counts = np.bincount(owners, minlength=len(clips))
         sums = np.zeros((len(clips), out.shape[1]))
         np.add.at(sums, owners, out)
-        return (sums / counts[:, None]).astype(np.float32)
+        return check_finite_output(
+            (sums / counts[:, None]).astype(np.float32), X, type(self).__name__
+        )
 
     def timestamp_embeddings(self, X) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Embeddings every 50 ms, each of a 160 ms window centred there (HEAR 2021).
@@ -255,6 +286,9 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             [w for clip_windows in windows for w in clip_windows], "PaSST timestamp embeddings"
         )
         embeddings = np.split(out, np.cumsum([len(w) for w in windows])[:-1])
+        # one row per clip, NaN where any of its frames is not finite, to name the clip
+        finite = np.array([np.isfinite(e).all() for e in embeddings])
+        check_finite_output(np.where(finite, 0.0, np.nan)[:, None], X, type(self).__name__)
         times = [np.arange(len(w)) * (TIMESTAMP_HOP * 1000 / SAMPLE_RATE) for w in windows]
         return embeddings, times
 
@@ -289,7 +323,9 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         return module
 
     def _load_module(self) -> PaSSTNet:
-        path = resolve_weights(self.weights, progress=self.verbose > 0)
+        path = resolve_weights(
+            self.weights, progress=self.verbose > 0, family="passt", owner="PaSSTEmbedder"
+        )
         state = load_state_dict(path)
         self.config_ = config_from_state_dict(state)
         module = self._build(self.config_)

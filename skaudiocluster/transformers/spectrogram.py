@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from skaudiocluster._torch import cpu_state, progress, resolve_device
-from skaudiocluster.audio import check_audio, length_batches
+from skaudiocluster.audio import check_audio, check_finite_output, length_batches
 
 __all__ = ["SpectrogramTransformer"]
 
@@ -187,7 +187,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
                 standard = standard * _frame_mask(n_valid, standard.shape[-1]).unsqueeze(1)
                 kept = min(self.n_frames, standard.shape[-1])
                 out[indices, :, :kept] = standard[..., :kept].cpu().numpy()
-        return out
+        return check_finite_output(out, X, type(self).__name__)
 
     def __getstate__(self) -> dict:
         # fitted on a GPU, transforms on the CPU after unpickling on a machine without one

@@ -52,6 +52,6 @@ def write_checkpoint(path: str | os.PathLike, config: PaSSTConfig = FULL) -> Pat
 def write_one_block_checkpoint(path: str | os.PathLike) -> Path:
     """Save a one-block stride-16 PaSST (about 9 M parameters) at ``path``; return the path.
 
-    ``PaSSTEmbedder(weights=path).fit(None)`` then reads that shape off the file.
+    ``PaSSTEmbedder(weights=path).fit(clips)`` then reads that shape off the file.
     """
     return write_checkpoint(path, ONE_BLOCK)

@@ -6,6 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
@@ -407,3 +408,44 @@ def test_fsdd_pretraining_from_random_init_lowers_loss_and_lifts_speaker_nmi(
     print(f"BYOL loss per epoch {losses}; {scores}")
     assert losses[-1] < losses[0]
     assert scores["speaker_nmi_trained"] > scores["speaker_nmi_untrained"]
+
+
+# --- inputs that used to give silent garbage ---------------------------------------------
+
+
+def test_fit_on_silent_clips_names_the_cause():
+    silent = [np.zeros(8000, dtype=np.float32), np.zeros(16000, dtype=np.float32)]
+    with pytest.raises(ValueError, match="2 training clips have standard deviation 0.*silent"):
+        BYOLAEmbedder(weights=None, random_state=0).fit(silent)
+    fixed = BYOLAEmbedder(weights=None, norm_stats=(-5.0, 2.0), random_state=0).fit(silent)
+    assert np.isfinite(fixed.transform(silent)).all()
+
+
+def test_silent_clips_among_sounding_ones_embed_finitely(random_embedder):
+    clips = [np.zeros(8000, dtype=np.float32), *_clips()]
+    assert np.isfinite(BYOLAEmbedder(weights=None, random_state=0).fit_transform(clips)).all()
+
+
+def test_checkpoint_with_nan_is_refused_naming_file_and_tensor(tmp_path):
+    state = AudioNTT2020(512).state_dict()
+    state["fc.0.weight"] = torch.full_like(state["fc.0.weight"], float("nan"))
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(ValueError, match=r"nan\.pth' is unusable: tensor 'fc\.0\.weight'"):
+        BYOLAEmbedder(weights=tmp_path / "nan.pth").fit(_clips())
+
+
+def test_absurd_amplitude_is_refused_naming_the_clip(random_embedder):
+    clips = _clips()
+    clips[3] = clips[3] * 1e31
+    with pytest.raises(ValueError, match="clip 3 has a sample of absolute value"):
+        random_embedder.transform(clips)
+
+
+def test_non_finite_embeddings_name_the_clip(tmp_path):
+    embedder = BYOLAEmbedder(weights=None, random_state=0).fit(_clips())
+    with torch.no_grad():
+        embedder.module_.fc[3].bias[0] = float("nan")
+    path = tmp_path / "first.wav"
+    soundfile.write(path, _clips()[0], 16000)
+    with pytest.raises(ValueError, match=r"NaN or infinite output for clip 0 \(file '.*first"):
+        embedder.transform([path, *_clips()[1:]])

@@ -21,6 +21,9 @@ from skaudiocluster import PaSSTEmbedder
 from skaudiocluster.transformers._passt_frontend import PaSSTFrontend
 from skaudiocluster.transformers._passt_net import PaSSTConfig, PaSSTNet, config_from_state_dict
 
+# fit only checks X (PaSST learns nothing from data): one short clip will do
+FIT_CLIPS = [np.zeros(3200, dtype=np.float32)]
+
 
 def reference_signal(n_samples: int) -> np.ndarray:
     """440 Hz tone plus a chirp from 100 Hz rising 390 Hz/s, at 32 kHz (the fixture's input)."""
@@ -43,7 +46,7 @@ def frozen_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frozen_embedder(frozen_checkpoint):
-    return PaSSTEmbedder(weights=frozen_checkpoint, embedding="all").fit(None)
+    return PaSSTEmbedder(weights=frozen_checkpoint, embedding="all").fit(FIT_CLIPS)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +100,8 @@ def test_scene_embedding_10s_and_12s_match_reference(frozen_embedder, reference,
 
 def test_embedding_option_selects_logits_features_or_both(small_checkpoint):
     clip = [reference_signal(16000)]
-    both = PaSSTEmbedder(weights=small_checkpoint, embedding="all").fit(None).transform(clip)
-    features = PaSSTEmbedder(weights=small_checkpoint).fit(None)
+    both = PaSSTEmbedder(weights=small_checkpoint, embedding="all").fit(FIT_CLIPS).transform(clip)
+    features = PaSSTEmbedder(weights=small_checkpoint).fit(FIT_CLIPS)
     assert features.get_feature_names_out()[0] == "passtembedder0"
     np.testing.assert_allclose(features.transform(clip), both[:, 527:], atol=1e-6)
     logits = features.set_params(embedding="logits").transform(clip)
@@ -109,7 +112,7 @@ def test_batches_of_mixed_lengths_equal_one_clip_at_a_time(small_checkpoint):
     rng = np.random.default_rng(0)
     # 3000 samples is shorter than one patch and gets zero-padded.
     clips = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (40000, 3000, 17000, 9000)]
-    embedder = PaSSTEmbedder(weights=small_checkpoint, batch_size=2).fit(None)
+    embedder = PaSSTEmbedder(weights=small_checkpoint, batch_size=2).fit(FIT_CLIPS)
     assert embedder.config_.stride == 16 and embedder.config_.depth == 1
     together = embedder.transform(clips)
     alone = np.vstack([embedder.set_params(batch_size=1).transform([c]) for c in clips])
@@ -119,7 +122,7 @@ def test_batches_of_mixed_lengths_equal_one_clip_at_a_time(small_checkpoint):
 
 def test_resamples_in_memory_audio(small_checkpoint):
     clip = reference_signal(32000)
-    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(None)
+    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(FIT_CLIPS)
     at_16k = embedder.set_params(sample_rate=16000).transform([clip[::2]])
     at_32k = embedder.set_params(sample_rate=32000).transform([clip])
     assert np.corrcoef(at_16k[0], at_32k[0])[0, 1] > 0.9
@@ -153,28 +156,28 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     missing = tmp_path / "missing.pt"
     torch.save({"cls_token": torch.zeros(1, 1, 768)}, missing)
     with pytest.raises(ValueError, match="not a PaSST checkpoint"):
-        PaSSTEmbedder(weights=missing).fit(None)
+        PaSSTEmbedder(weights=missing).fit(FIT_CLIPS)
     shapes = net_shapes(PaSSTConfig(stride=16, depth=1, n_time_positions=62))
     broken = {key: torch.zeros(shape) for key, shape in shapes.items()}
     broken["blocks.0.mlp.fc1.weight"] = torch.zeros(10, 768)
     path = tmp_path / "broken.pt"
     torch.save(broken, path)
     with pytest.raises(ValueError, match="does not fit PaSST"):
-        PaSSTEmbedder(weights=path).fit(None)
+        PaSSTEmbedder(weights=path).fit(FIT_CLIPS)
 
 
 def test_invalid_parameters_are_rejected_in_fit():
     with pytest.raises(ValueError, match="embedding"):
-        PaSSTEmbedder(weights=None, embedding="tokens").fit(None)
+        PaSSTEmbedder(weights=None, embedding="tokens").fit(FIT_CLIPS)
     with pytest.raises(ValueError, match="batch_size"):
-        PaSSTEmbedder(weights=None, batch_size=0).fit(None)
+        PaSSTEmbedder(weights=None, batch_size=0).fit(FIT_CLIPS)
 
 
 def test_random_init_is_seeded_and_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
-    first = PaSSTEmbedder(weights=None, random_state=0).fit(None)
+    first = PaSSTEmbedder(weights=None, random_state=0).fit(FIT_CLIPS)
     assert torch.equal(state, torch.random.get_rng_state()), "global torch RNG was touched"
-    second = clone(first).fit(None)
+    second = clone(first).fit(FIT_CLIPS)
     for (key, value), other in zip(
         first.module_.state_dict().items(), second.module_.state_dict().values(), strict=True
     ):
@@ -183,7 +186,7 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_failed_refit_keeps_the_previous_fit(small_checkpoint, tmp_path):
-    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(None)
+    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(FIT_CLIPS)
     clip = [reference_signal(8000)]
     expected = embedder.transform(clip)
     broken = {
@@ -193,13 +196,13 @@ def test_failed_refit_keeps_the_previous_fit(small_checkpoint, tmp_path):
     del broken["blocks.1.mlp.fc2.bias"]
     torch.save(broken, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match="does not fit PaSST"):
-        embedder.set_params(weights=tmp_path / "broken.pt").fit(None)
+        embedder.set_params(weights=tmp_path / "broken.pt").fit(FIT_CLIPS)
     assert embedder.config_.depth == 1
     np.testing.assert_array_equal(embedder.transform(clip), expected)
 
 
 def test_transform_stays_on_the_fitted_device_and_pickles_to_cpu(small_checkpoint):
-    embedder = PaSSTEmbedder(weights=small_checkpoint, device="cpu").fit(None)
+    embedder = PaSSTEmbedder(weights=small_checkpoint, device="cpu").fit(FIT_CLIPS)
     clip = [reference_signal(8000)]
     expected = embedder.transform(clip)
     # the device parameter is read by fit only: changing it afterwards moves nothing
@@ -214,7 +217,7 @@ def test_transform_stays_on_the_fitted_device_and_pickles_to_cpu(small_checkpoin
 
 def test_pickle_round_trip_and_clone(small_checkpoint):
     clips = [reference_signal(8000), reference_signal(20000)]
-    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(None)
+    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(FIT_CLIPS)
     expected = embedder.transform(clips)
     again = pickle.loads(pickle.dumps(embedder))
     np.testing.assert_array_equal(expected, again.transform(clips))
@@ -272,10 +275,50 @@ def test_live_cross_check_against_hear21passt(tmp_path):
     )
     model = base.PasstBasicWrapper(mel=mel, net=net).eval()
     torch.save(net.state_dict(), tmp_path / "seed0.pt")
-    ours = PaSSTEmbedder(weights=tmp_path / "seed0.pt", embedding="all").fit(None)
+    ours = PaSSTEmbedder(weights=tmp_path / "seed0.pt", embedding="all").fit(FIT_CLIPS)
     rng = np.random.default_rng(1)
     for shape in ((2, 40000), (1, 352000)):  # 1.25 s twice; 11 s, cut into 5 windows
         audio = (0.1 * rng.standard_normal(shape)).astype(np.float32)
         with torch.no_grad():
             expected = model.get_scene_embeddings(torch.from_numpy(audio)).numpy()
         np.testing.assert_allclose(ours.transform(audio), expected, rtol=0, atol=1e-4)
+
+
+# --- inputs that used to give silent garbage ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "X, error, match",
+    [
+        ([], ValueError, "X is empty"),
+        ([np.zeros(100), np.array([0.0, np.nan])], ValueError, "clip 1 contains NaN"),
+        ([np.zeros(0)], ValueError, "clip 0 has zero length"),
+        ("clip.wav", TypeError, "single path"),
+        (None, TypeError, "collection of clips"),
+        ([np.full(100, 1e30)], ValueError, "clip 0 has a sample of absolute value"),
+    ],
+)
+def test_fit_validates_X(small_checkpoint, X, error, match):
+    embedder = PaSSTEmbedder(weights=small_checkpoint)
+    with pytest.raises(error, match=match):
+        embedder.fit(X)
+    assert not hasattr(embedder, "module_")
+
+
+def test_fit_transform_equals_fit_then_transform(small_checkpoint):
+    clips = [reference_signal(8000), reference_signal(12000)]
+    embedder = PaSSTEmbedder(weights=small_checkpoint)
+    np.testing.assert_array_equal(
+        embedder.fit_transform(clips), clone(embedder).fit(clips).transform(clips)
+    )
+
+
+def test_non_finite_embeddings_name_the_clip(small_checkpoint):
+    embedder = PaSSTEmbedder(weights=small_checkpoint).fit(FIT_CLIPS)
+    with torch.no_grad():
+        embedder.module_.norm.weight[0] = float("inf")
+    clips = [reference_signal(8000)]
+    with pytest.raises(ValueError, match="PaSSTEmbedder computed a NaN or infinite output for"):
+        embedder.transform(clips)
+    with pytest.raises(ValueError, match="NaN or infinite output for clip 0"):
+        embedder.timestamp_embeddings(clips)

@@ -71,3 +71,20 @@ def test_fsdd_speaker_clustering_floor(fsdd_dir):
     pipe = make_pipeline(SpectrogramTransformer(), KMeans(6, n_init=10, random_state=0))
     labels = pipe.fit_predict(paths[::10])
     assert len(labels) == 300
+
+
+def test_absurd_amplitude_is_refused_naming_the_clip(clips):
+    fitted = SpectrogramTransformer().fit(clips)
+    loud = [clip.copy() for clip in clips]
+    loud[1] *= 1e30
+    with pytest.raises(ValueError, match="clip 1 has a sample of absolute value"):
+        fitted.transform(loud)
+
+
+def test_non_finite_features_name_the_clip(clips):
+    fitted = SpectrogramTransformer().fit(clips)
+    fitted.mean_[0] = np.inf
+    with pytest.raises(
+        ValueError, match="SpectrogramTransformer computed a NaN or infinite output"
+    ):
+        fitted.transform(clips)

@@ -180,3 +180,46 @@ def test_load_state_dict_unwraps_and_rejects(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         load_state_dict(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_checkpoint_with_non_finite_tensors_is_refused_naming_file_and_tensor(tmp_path, bad):
+    weight = torch.ones(4, 3)
+    weight[2, 1] = bad
+    state = {"steps": torch.tensor(5), "fc.bias": torch.zeros(4), "fc.weight": weight}
+    torch.save(state, tmp_path / "diverged.pt")
+    with pytest.raises(
+        ValueError, match=r"diverged\.pt' is unusable: tensor 'fc\.weight' holds 1 NaN or infinite"
+    ):
+        load_state_dict(tmp_path / "diverged.pt")
+
+
+@pytest.mark.parametrize(
+    "family, owner, foreign, listed, unlisted",
+    [
+        ("byola", "BYOLAEmbedder", "passt_s_swa_p16_128_ap476", "byola-v1-d512", "passt"),
+        ("passt", "PaSSTEmbedder", "byola-v1-d512", "passt_s_swa_p16_128_ap476", "byola"),
+    ],
+)
+def test_registered_names_are_per_network(cache, family, owner, foreign, listed, unlisted):
+    with pytest.raises(ValueError, match=f"registered for another network, not for {owner}") as err:
+        resolve_weights(foreign, family=family, owner=owner, download=False)
+    valid = str(err.value).split(f"registered for {owner}: ")[1]
+    assert listed in valid and unlisted not in valid
+    with pytest.raises(ValueError, match="neither an existing file") as err:
+        resolve_weights("no-such-weights", family=family, owner=owner)
+    valid = str(err.value).split(f"registered for {owner}: ")[1]
+    assert listed in valid and unlisted not in valid
+    with pytest.raises(ValueError, match="downloading is disabled"):
+        resolve_weights(listed, family=family, owner=owner, download=False)
+
+
+def test_embedders_refuse_each_others_registered_weights(cache, monkeypatch):
+    from skaudiocluster.transformers.passt import PaSSTEmbedder
+
+    monkeypatch.setattr(_weights, "_download", _no_network)  # nothing may be fetched
+    clips = [np.zeros(16000, dtype=np.float32)]
+    with pytest.raises(ValueError, match="not for BYOLAEmbedder; registered for BYOLAEmbedder: b"):
+        BYOLAEmbedder(weights="passt_s_swa_p16_128_ap476").fit(clips)
+    with pytest.raises(ValueError, match="not for PaSSTEmbedder; registered for PaSSTEmbedder: p"):
+        PaSSTEmbedder(weights="byola-v1-d512").fit(clips)
