@@ -1,37 +1,59 @@
-"""Command line: ``skaudiocluster demo`` and ``skaudiocluster cluster PATH``."""
+"""Command line: ``skaudiocluster demo`` and ``skaudiocluster cluster PATH``.
+
+Exit status of ``skaudiocluster cluster``:
+
+* 0: the CSV was written;
+* 3: the CSV was written, but some files could not be decoded and were skipped
+  (``--skip-bad-files``); they are listed on stderr and in the sidecar file
+  ``<out stem>.skipped.csv`` beside the CSV;
+* 2: bad input, a failed write or any other error (one line on stderr);
+  nothing was written;
+* 130 on Ctrl-C, 143 on ``SIGTERM`` (128 + the signal, as shells report it):
+  nothing was written and no temporary file is left.
+
+Only the standard library is imported at module level, so ``--help`` and
+``--version`` answer at once; scikit-learn and torch load when a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
+import re
+import signal
 import sys
-import tempfile
-import time
+import threading
 from collections.abc import Callable, Sequence
 
-import numpy as np
-from sklearn.cluster import AgglomerativeClustering, KMeans
-from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from skaudiocluster import __version__
 
-from skaudiocluster.metrics import hungarian_accuracy
+EXIT_ERROR = 2
+# Written, but some input files were skipped (--skip-bad-files).
+EXIT_SKIPPED = 3
+# Exit status of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
+
+# Clusterers that standardise and reduce their input themselves (``preprocessing``,
+# ``n_components``): they get the embeddings as they are. K-means and Ward get
+# StandardScaler + PCA(32) in front (see ``_head``).
+_SELF_PREPROCESSING = frozenset({"temi", "spice", "deepdpm"})
 
 
-def _embedders(weights: str | None) -> dict[str, Callable]:
-    """Embedder factories by CLI name (imported lazily: each pulls in its network)."""
+def _embedders() -> dict[str, Callable]:
+    """Embedder factories by CLI name, each at its Python defaults (pretrained weights).
+
+    Imported lazily: each pulls in torch and its network.
+    """
 
     def byola():
         from skaudiocluster.transformers.byola import BYOLAEmbedder
 
-        return BYOLAEmbedder(weights=weights)
+        return BYOLAEmbedder()
 
     def passt():
         from skaudiocluster.transformers.passt import PaSSTEmbedder
 
-        return PaSSTEmbedder(weights=weights)
+        return PaSSTEmbedder()
 
     def spectrogram():
         from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
@@ -42,10 +64,20 @@ def _embedders(weights: str | None) -> dict[str, Callable]:
 
 
 def _clusterers(n_clusters: int, random_state: int, *, quick: bool = False) -> dict[str, Callable]:
-    """Clusterer factories by CLI name; each expects standardised 2-D features.
+    """Clusterer factories by CLI name; each takes 2-D features.
 
     ``quick`` shrinks the deep clusterers' training budgets (for the demo).
     """
+
+    def kmeans():
+        from sklearn.cluster import KMeans
+
+        return KMeans(n_clusters, n_init=10, random_state=random_state)
+
+    def agglomerative():
+        from sklearn.cluster import AgglomerativeClustering
+
+        return AgglomerativeClustering(n_clusters)
 
     def temi():
         from skaudiocluster.cluster.temi import TEMIClusterer
@@ -66,17 +98,32 @@ def _clusterers(n_clusters: int, random_state: int, *, quick: bool = False) -> d
         return DeepDPMClusterer(random_state=random_state, **budget)
 
     return {
-        "kmeans": lambda: KMeans(n_clusters, n_init=10, random_state=random_state),
-        "agglomerative": lambda: AgglomerativeClustering(n_clusters),
+        "kmeans": kmeans,
+        "agglomerative": agglomerative,
         "temi": temi,
         "spice": spice,
         "deepdpm": deepdpm,
     }
 
 
-def _head(features: np.ndarray, clusterer) -> object:
+def _head(features, clusterer, name: str) -> object:
+    """The clusterer, behind StandardScaler + PCA(32) unless it preprocesses itself."""
+    if name in _SELF_PREPROCESSING:
+        return clusterer
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     n_components = min(32, *features.shape)
     return make_pipeline(StandardScaler(), PCA(n_components, random_state=0), clusterer)
+
+
+def _describe(name: str) -> str:
+    return name if name in _SELF_PREPROCESSING else f"scale -> PCA -> {name}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 _DEMO_COLUMNS = ("pipeline", "K found", "NMI", "ARI", "accuracy", "fit s")
@@ -88,7 +135,13 @@ def _markdown_row(cells: Sequence) -> str:
 
 def demo(args: argparse.Namespace) -> int:
     """Cluster a synthetic sound set with several pipelines and print their scores."""
+    import time
+
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     from skaudiocluster.datasets import make_sound_classes
+    from skaudiocluster.metrics import hungarian_accuracy
     from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
 
     X, y = make_sound_classes(
@@ -105,14 +158,14 @@ def demo(args: argparse.Namespace) -> int:
     print("|" + "---|" * len(_DEMO_COLUMNS))
     clusterers = _clusterers(args.n_classes, args.random_state, quick=True)
     for name, make in clusterers.items():
-        model = _head(features, make())
+        model = _head(features, make(), name)
         start = time.perf_counter()
         labels = model.fit_predict(features)
         seconds = time.perf_counter() - start + embed_seconds
         print(
             _markdown_row(
                 (
-                    f"log-mel mean+std -> scale -> PCA -> {name}",
+                    f"log-mel mean+std -> {_describe(name)}",
                     len(np.unique(labels)),
                     normalized_mutual_info_score(y, labels),
                     adjusted_rand_score(y, labels),
@@ -126,18 +179,167 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def cluster(args: argparse.Namespace) -> int:
-    """Cluster the audio files under a folder and write ``path,cluster,confidence`` rows."""
+    """Cluster the audio files under a folder and write ``path,cluster[,confidence]`` rows.
+
+    Everything that can be checked cheaply is checked before the first clip is
+    decoded: the output file, the options against the chosen embedder and
+    clusterer, the device and the weights file.
+    """
+    sidecar = _check_out(args.out)
     paths = _find_audio(args.path)
-    embedder = _embedders(args.weights)[args.embedder]()
-    features = embedder.fit_transform(paths)
-    model = _head(features, _clusterers(args.n_clusters, args.random_state)[args.clusterer]())
-    labels = model.fit_predict(features)
-    confidence = (
-        model.predict_proba(features).max(axis=1) if hasattr(model, "predict_proba") else None
+    embedder = _embedders()[args.embedder]()
+    model = _clusterers(args.n_clusters, args.random_state)[args.clusterer]()
+    _check_options(args, embedder, model, len(paths))
+    _configure(embedder, device=args.device, verbose=args.verbose)
+    _configure(model, device=args.device, verbose=args.verbose)
+    if args.weights is not None:
+        embedder.set_params(weights=args.weights)
+    _check_device(args.device)
+    if embedder.get_params().get("weights") is not None:
+        from skaudiocluster.transformers._weights import resolve_weights
+
+        resolve_weights(embedder.weights, progress=args.verbose > 0)
+
+    clips, kept, skipped = _decode(
+        paths, embedder.sample_rate, skip=args.skip_bad_files, verbose=args.verbose
     )
-    _write_csv(args.out, paths, labels, confidence)
-    print(f"{len(paths)} files, {len(np.unique(labels))} clusters -> {args.out}")
+    for path, reason in skipped:
+        print(f"skaudiocluster cluster: skipped {path}: {reason}", file=sys.stderr)
+    if not kept:
+        raise ValueError(
+            f"none of the {len(paths)} audio files under {args.path!r} could be decoded"
+        )
+    if args.n_clusters is not None and args.n_clusters > len(kept):
+        raise ValueError(
+            f"--n-clusters {args.n_clusters} is more than the {len(kept)} decodable audio files"
+        )
+    try:
+        features = embedder.fit_transform(clips)
+    except ValueError as exc:  # messages name "clip <i>": name the file instead
+        raise ValueError(_name_files(str(exc), kept)) from exc
+    del clips
+    head = _head(features, model, args.clusterer)
+    labels = head.fit_predict(features)
+    header = ["path", "cluster"]
+    rows = [[path, int(label)] for path, label in zip(kept, labels)]
+    if hasattr(head, "predict_proba"):
+        import numpy as np
+
+        proba = head.predict_proba(features)
+        confidence = proba[np.arange(len(labels)), labels]
+        header.append("confidence")
+        for row, value in zip(rows, confidence):
+            row.append(f"{value:.4f}")
+    _write_csv(args.out, header, rows)
+    if skipped:
+        _write_csv(sidecar, ["path", "error"], skipped)
+    elif os.path.isfile(sidecar):  # a stale list from an earlier run would mislead
+        os.remove(sidecar)
+    n_found = len(set(int(label) for label in labels))
+    print(f"{_plural(len(kept), 'file')}, {_plural(n_found, 'cluster')} -> {args.out}")
+    if skipped:
+        print(
+            f"skaudiocluster cluster: {_plural(len(skipped), 'undecodable file')} skipped, "
+            f"listed in {sidecar} (exit status {EXIT_SKIPPED})",
+            file=sys.stderr,
+        )
+        return EXIT_SKIPPED
     return 0
+
+
+def _check_out(out: str) -> str:
+    """Fail now, before any work, if ``out`` cannot be written; return the sidecar's path."""
+    path = os.path.abspath(out)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise ValueError(f"--out {out!r} is a folder; give a file name such as {out}/clusters.csv")
+    if not os.path.isdir(folder):
+        problem = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise ValueError(f"--out {out!r}: the folder {folder!r} {problem}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"--out {out!r} exists and is not writable")
+    try:  # the only reliable test (read-only mounts, ACLs, root): create a file there
+        fd, probe = _create_temp(folder, os.path.basename(path))
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"--out {out!r}: cannot write in {folder!r} ({exc.strerror})") from exc
+    sidecar = _sidecar_path(out)
+    if os.path.isdir(sidecar):
+        raise ValueError(f"the list of skipped files would go to {sidecar!r}, which is a folder")
+    return sidecar
+
+
+def _sidecar_path(out: str) -> str:
+    """``assignments.csv`` -> ``assignments.skipped.csv``, in the same folder."""
+    root, ext = os.path.splitext(out)
+    return (root if ext else out) + ".skipped.csv"
+
+
+def _check_options(args: argparse.Namespace, embedder, model, n_files: int) -> None:
+    """Options that do not apply to the chosen embedder or clusterer are errors."""
+    takes_k = "n_clusters" in model.get_params()
+    if takes_k and args.n_clusters is None:
+        raise ValueError(f"--clusterer {args.clusterer} needs --n-clusters K")
+    if not takes_k and args.n_clusters is not None:
+        raise ValueError(
+            f"--n-clusters does not apply to --clusterer {args.clusterer}, which finds the "
+            "number of clusters itself; leave it out"
+        )
+    if args.n_clusters is not None and args.n_clusters > n_files:
+        raise ValueError(
+            f"--n-clusters {args.n_clusters} is more than the {_plural(n_files, 'audio file')} "
+            f"under {args.path!r}"
+        )
+    if args.weights is not None and "weights" not in embedder.get_params():
+        raise ValueError(
+            f"--weights does not apply to --embedder {args.embedder}, which has no "
+            "pretrained weights; leave it out or use --embedder byola or passt"
+        )
+
+
+def _check_device(device: str) -> None:
+    from skaudiocluster._torch import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("device=", "--device ")) from exc
+
+
+def _configure(estimator, **params) -> None:
+    """Set those of ``params`` that ``estimator`` takes (``device``, ``verbose``)."""
+    own = estimator.get_params(deep=False)
+    estimator.set_params(**{key: value for key, value in params.items() if key in own})
+
+
+def _decode(paths: Sequence[str], sample_rate: int, *, skip: bool, verbose: int):
+    """Decode each file at the embedder's rate; return (clips, their paths, [(path, error)])."""
+    from skaudiocluster._torch import progress
+    from skaudiocluster.audio import check_audio
+
+    clips, kept, skipped = [], [], []
+    for path in progress(paths, verbose=verbose, desc="decode", total=len(paths)):
+        try:
+            (clip,) = check_audio([path], sample_rate=sample_rate)
+        except ValueError as exc:
+            if not skip:
+                raise ValueError(f"{exc} (--skip-bad-files skips such files)") from exc
+            skipped.append((path, str(exc)))
+            continue
+        clips.append(clip)
+        kept.append(path)
+    return clips, kept, skipped
+
+
+def _name_files(message: str, paths: Sequence[str]) -> str:
+    """Replace the embedders' "clip <i>" by the file it came from."""
+
+    def file(match: re.Match) -> str:
+        index = int(match[1])
+        return f"file {paths[index]!r}" if index < len(paths) else match[0]
+
+    return re.sub(r"\bclip (\d+)\b", file, message)
 
 
 def _find_audio(folder: str) -> list[str]:
@@ -156,71 +358,203 @@ def _find_audio(folder: str) -> list[str]:
     return paths
 
 
-def _write_csv(out: str, paths: Sequence[str], labels, confidence) -> None:
-    """Write atomically: a temporary file in the target folder, then a rename."""
+def _create_temp(folder: str, name: str) -> tuple[int, str]:
+    """Create ``folder/.name.<random>.tmp`` exclusively, with the umask's mode.
+
+    (:func:`tempfile.mkstemp` would make it 0600, and the rename keeps that mode.)
+    """
+    import secrets
+
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {folder!r}")
+
+
+def _write_csv(out: str, header: Sequence[str], rows) -> None:
+    """Write atomically: a temporary file in the target folder, then a rename.
+
+    The temporary file is removed on any exception, ``KeyboardInterrupt``
+    included; :func:`main` turns ``SIGTERM`` and ``SIGHUP`` into one.
+    """
+    import csv
+
     folder = os.path.dirname(os.path.abspath(out))
-    tmp = None
+    fd, tmp = _create_temp(folder, os.path.basename(out))
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
         with os.fdopen(fd, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["path", "cluster", "confidence"])
-            for i, (path, label) in enumerate(zip(paths, labels)):
-                conf = "" if confidence is None else f"{confidence[i]:.4f}"
-                writer.writerow([path, int(label), conf])
+            writer.writerow(header)
+            writer.writerows(rows)
         os.replace(tmp, out)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
+    except BaseException:
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in ``--help``, except ``None`` and ``False`` (the help text says what they mean)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+_CLUSTER_EPILOG = f"""\
+The CSV has one row per file: path, cluster and, for the clusterers with
+predict_proba (temi, spice, deepdpm), confidence (the probability of the
+assigned cluster). kmeans and agglomerative give no probabilities, so their
+CSV has no confidence column.
+
+exit status:
+  0    the CSV was written
+  {EXIT_SKIPPED}    the CSV was written, but undecodable files were skipped
+       (--skip-bad-files); they are listed on stderr and in OUT_STEM.skipped.csv
+  2    error (one line on stderr); nothing was written
+  130  interrupted (Ctrl-C; 143 on SIGTERM); nothing was written
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="skaudiocluster", description="Cluster sound collections with deep clustering."
+        prog="skaudiocluster",
+        description="Cluster sound collections with deep clustering.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="score a few pipelines on built-in synthetic sounds")
-    p_demo.add_argument("--n-samples", type=int, default=400)
-    p_demo.add_argument("--n-classes", type=int, default=6)
-    p_demo.add_argument("--random-state", type=int, default=0)
+    p_demo = sub.add_parser(
+        "demo",
+        help="score a few pipelines on built-in synthetic sounds",
+        formatter_class=_HelpFormatter,
+    )
+    p_demo.add_argument("--n-samples", type=_positive_int, default=400, help="number of clips")
+    p_demo.add_argument("--n-classes", type=_positive_int, default=6, help="number of classes")
+    p_demo.add_argument("--random-state", type=int, default=0, help="seed")
     p_demo.set_defaults(func=demo)
 
-    p_cluster = sub.add_parser("cluster", help="cluster a folder of audio files into a CSV")
+    p_cluster = sub.add_parser(
+        "cluster",
+        help="cluster a folder of audio files into a CSV",
+        description="Embed every audio file under PATH, cluster the embeddings, write a CSV.",
+        epilog=_CLUSTER_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
     p_cluster.add_argument("path", help="folder searched recursively for audio files")
-    p_cluster.add_argument("--out", default="assignments.csv")
-    p_cluster.add_argument("--n-clusters", type=int, default=8)
-    p_cluster.add_argument("--embedder", choices=sorted(_embedders(None)), default="spectrogram")
+    p_cluster.add_argument("--out", default="assignments.csv", help="CSV file to write")
+    p_cluster.add_argument(
+        "--embedder",
+        choices=sorted(_embedders()),
+        default="spectrogram",
+        help="spectrogram: log-mel statistics; byola, passt: pretrained networks",
+    )
     p_cluster.add_argument(
         "--weights",
         default=None,
-        help="pretrained weights for byola/passt: a registered name or a path",
+        help="byola/passt only: a registered checkpoint name or a file (default: the "
+        "embedder's pretrained checkpoint, byola-v1-d512 or passt_s_swa_p16_128_ap476, "
+        "downloaded on first use)",
     )
-    p_cluster.add_argument("--clusterer", choices=sorted(_clusterers(2, 0)), default="kmeans")
-    p_cluster.add_argument("--random-state", type=int, default=0)
+    p_cluster.add_argument(
+        "--clusterer", choices=sorted(_clusterers(2, 0)), default="kmeans", help="algorithm"
+    )
+    p_cluster.add_argument(
+        "--n-clusters",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="number of clusters: required by kmeans, agglomerative, temi and spice; "
+        "not accepted by deepdpm, which finds it",
+    )
+    p_cluster.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help=f"skip files that cannot be decoded (listed on stderr and in OUT_STEM.skipped.csv; "
+        f"exit status {EXIT_SKIPPED}) instead of stopping at the first",
+    )
+    p_cluster.add_argument(
+        "--device",
+        default="auto",
+        help="torch device of the embedder and the deep clusterers: auto (CUDA if available), "
+        "cpu, cuda, cuda:1, ...",
+    )
+    p_cluster.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show progress bars while decoding, embedding and training",
+    )
+    p_cluster.add_argument("--random-state", type=int, default=0, help="seed of the clusterer")
     p_cluster.set_defaults(func=cluster)
     return parser
 
 
-# Exit status of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
-EXIT_INTERRUPTED = 130
+def _os_error_line(exc: OSError) -> str:
+    if exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def _cli_words(message: str) -> str:
+    """One line, with the Python spelling ``weights=`` replaced by this command's option."""
+    return re.sub(r"(?<![\w-])weights=", "--weights ", " ".join(message.split()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return its exit status.
 
-    0 on success; 2 with a one-line message for a bad input; 130 on Ctrl-C,
-    after which no output file exists (estimators interrupted mid-fit stay
-    unfitted and the CSV is only written once everything is computed).
+    0 on success; 3 when the CSV was written but some files were skipped
+    (``--skip-bad-files``); 2 with a one-line message on any error, ``OSError``
+    included; 130 on Ctrl-C and 143 on ``SIGTERM`` (128 + the signal). After an
+    error or a signal no output file exists: estimators interrupted mid-fit stay
+    unfitted and the CSV is only written once everything is computed, through a
+    temporary file that is removed.
     """
     args = build_parser().parse_args(argv)
+    received = []
+
+    def terminate(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    handled = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, terminate) for signum in handled}
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print(f"skaudiocluster {args.command}: interrupted, nothing written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + received[0] if received else EXIT_INTERRUPTED
+    except OSError as exc:
+        message = _cli_words(_os_error_line(exc))
+        print(f"skaudiocluster {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
     except (ValueError, TypeError, ImportError) as exc:
-        print(f"skaudiocluster {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"skaudiocluster {args.command}: error: {_cli_words(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler not installed from Python
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
