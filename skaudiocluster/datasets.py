@@ -404,7 +404,8 @@ def load_fsdd(path: str | os.PathLike, target: str = "digit") -> tuple[list[str]
     ----------
     path : str or os.PathLike
         The ``recordings`` folder of FSDD (3,000 clips, 6 speakers, 10 digits,
-        8 kHz).
+        8 kHz), or the dataset's root folder holding it (when the root itself
+        holds no ``.wav`` file, its ``recordings`` sub-folder is read).
     target : {"digit", "speaker"}, default="digit"
         Label each clip by its spoken digit (int) or by its speaker's name (str).
 
@@ -418,8 +419,9 @@ def load_fsdd(path: str | os.PathLike, target: str = "digit") -> tuple[list[str]
     Raises
     ------
     ValueError
-        If ``path`` is not a directory, holds no ``.wav`` file, or holds a
-        ``.wav`` file not named ``DIGIT_SPEAKER_INDEX.wav``.
+        If ``path`` is not a directory, neither it nor its ``recordings``
+        sub-folder holds a ``.wav`` file, or a ``.wav`` file is not named
+        ``DIGIT_SPEAKER_INDEX.wav``.
 
     Examples
     --------
@@ -434,13 +436,19 @@ def load_fsdd(path: str | os.PathLike, target: str = "digit") -> tuple[list[str]
     """
     folder = _check_dir(path)
     files = sorted(str(p) for p in folder.iterdir() if _is_audio(p, (".wav",)))
+    if not files and (folder / "recordings").is_dir():
+        folder = folder / "recordings"  # the repository's root: its clips are in recordings/
+        files = sorted(str(p) for p in folder.iterdir() if _is_audio(p, (".wav",)))
     if not files:
-        raise ValueError(f"no .wav files in {os.fspath(path)!r}; expected FSDD recordings")
+        raise ValueError(
+            f"no .wav files in {os.fspath(folder)!r}; expected FSDD recordings, which are in "
+            "the recordings/ folder of the free-spoken-digit-dataset repository"
+        )
     matches = [_FSDD_NAME.match(Path(f).name) for f in files]
     bad = [Path(f).name for f, m in zip(files, matches) if m is None]
     if bad:
         raise ValueError(
-            f"{len(bad)} file(s) in {os.fspath(path)!r} are not named DIGIT_SPEAKER_INDEX.wav "
+            f"{len(bad)} file(s) in {os.fspath(folder)!r} are not named DIGIT_SPEAKER_INDEX.wav "
             f"as FSDD recordings are, e.g. {bad[0]!r}"
         )
     if target == "digit":

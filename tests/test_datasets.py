@@ -163,6 +163,21 @@ def test_load_fsdd_real_recordings(fsdd_dir):
         assert Path(path).is_file()
 
 
+def test_load_fsdd_finds_recordings_in_the_dataset_root(fsdd_dir, tmp_path):
+    X, y = load_fsdd(fsdd_dir.parent)
+    assert (X, y.tolist()) == (load_fsdd(fsdd_dir)[0], load_fsdd(fsdd_dir)[1].tolist())
+    _write_silence(tmp_path / "recordings" / "3_theo_1.wav")
+    (tmp_path / "README.md").write_text("FSDD")
+    X, y = load_fsdd(tmp_path, target="speaker")
+    assert [Path(p).name for p in X] == ["3_theo_1.wav"] and y.tolist() == ["theo"]
+
+
+def test_load_fsdd_says_where_the_recordings_are(tmp_path):
+    (tmp_path / "recordings").mkdir()
+    with pytest.raises(ValueError, match=r"no \.wav files in '.*recordings'.*recordings/ folder"):
+        load_fsdd(tmp_path)
+
+
 def test_load_fsdd_rejects_foreign_files(tmp_path):
     _write_silence(tmp_path / "0_jackson_0.wav")
     _write_silence(tmp_path / "hello.wav")
