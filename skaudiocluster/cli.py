@@ -198,7 +198,14 @@ def cluster(args: argparse.Namespace) -> int:
     if embedder.get_params().get("weights") is not None:
         from skaudiocluster.transformers._weights import resolve_weights
 
-        resolve_weights(embedder.weights, progress=args.verbose > 0)
+        # The CLI's embedder names are the weight families' prefixes: another network's
+        # checkpoint is refused here, before it is downloaded.
+        resolve_weights(
+            embedder.weights,
+            progress=args.verbose > 0,
+            family=args.embedder,
+            owner=f"--embedder {args.embedder}",
+        )
 
     clips, kept, skipped = _decode(
         paths, embedder.sample_rate, skip=args.skip_bad_files, verbose=args.verbose
@@ -500,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="show progress bars while decoding, embedding and training",
+        help="show progress bars while decoding, embedding and training a deep clusterer",
     )
     p_cluster.add_argument("--random-state", type=int, default=0, help="seed of the clusterer")
     p_cluster.set_defaults(func=cluster)

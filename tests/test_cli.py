@@ -398,10 +398,12 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setenv("SKAUDIOCLUSTER_CACHE", str(cache))
 
     def no_network(url, *args, **kwargs):
+        attempts.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
+    attempts = []
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return cache
+    return cache, attempts
 
 
 @pytest.mark.parametrize("embedder", ["byola", "passt"])
@@ -416,7 +418,9 @@ def test_default_weights_offline_say_where_to_put_the_file(
     argv = ["cluster", str(tones), "--embedder", embedder, "--n-clusters", "2", "--out", str(out)]
     assert main(argv) == 2
     line = _error_line(capsys)
-    assert f"place it at {offline / weights_info(default).filename}" in line
+    cache, attempts = offline
+    assert f"place it at {cache / weights_info(default).filename}" in line
+    assert attempts == [weights_info(default).url]
     assert "--weights '/path/to/" in line and "weights='" not in line
     assert not out.exists()
 
@@ -427,6 +431,18 @@ def test_unknown_weights_name_the_option(tones, tmp_path, no_work, capsys):
     assert main(argv) == 2
     line = _error_line(capsys)
     assert "--weights 'nope'" in line and "weights='" not in line
+
+
+def test_another_networks_weights_are_refused_before_download(
+    tones, tmp_path, offline, no_work, capsys
+):
+    argv = ["cluster", str(tones), "--embedder", "byola", "--weights"]
+    argv += ["passt_s_swa_p16_128_ap476", "--n-clusters", "2", "--out", str(tmp_path / "a.csv")]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert "--weights 'passt_s_swa_p16_128_ap476' is registered for another network" in line
+    assert "--embedder byola" in line and "byola-v1-d512" in line
+    assert offline[1] == []
 
 
 def test_help_names_the_default_checkpoints(capsys):
