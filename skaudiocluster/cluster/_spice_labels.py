@@ -144,24 +144,26 @@ def reliable_labels(
     min_agreement: float = 0.9,
     min_confidence: float = 0.99,
     min_per_cluster: int = 10,
-    random_state: np.random.RandomState,
+    random_state: np.random.RandomState | None = None,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """SPICE's reliable pseudo-labels, balanced across clusters, with a guard for collapse.
+    """SPICE's reliable pseudo-labels, every reliable sample kept, with a guard for collapse.
 
     A sample is reliable when its predicted cluster is shared by at least
     ``min_agreement`` of its ``n_neighbors`` nearest neighbours (cosine, self included)
-    and its confidence exceeds ``min_confidence``. As in SPICE, clusters are then
-    balanced: each keeps a random subset of its reliable samples as large as the smallest
-    cluster's reliable set (but at least ``min_per_cluster`` where it has that many).
+    and its confidence exceeds ``min_confidence``.
 
-    Guard: SPICE's balancing empties the whole set as soon as one cluster has no reliable
-    sample. Here, any predicted cluster with fewer than ``min_per_cluster`` reliable
-    samples is topped up with its own most consistent members (highest neighbour
-    agreement, then confidence) before balancing, and a ``UserWarning`` names those
-    clusters. Clusters that the head predicts for no sample at all cannot be topped up
-    and are left out. The result is therefore never empty and never crashes on a cluster
-    without reliable samples; a topped-up set is as noisy as the head's own labels.
+    Departure from SPICE: SPICE balances the clusters by cutting every cluster's reliable
+    set to the size of the smallest one, so one weak cluster starves all the others (and
+    an empty one empties the whole set). Here every reliable sample is kept and the
+    balance is restored when sampling (:class:`~skaudiocluster.cluster._spice_net.
+    FixMatchBatches` draws every labelled batch evenly over the clusters).
+
+    Guard: any predicted cluster with fewer than ``min_per_cluster`` reliable samples is
+    topped up with its own most consistent members (highest neighbour agreement, then
+    confidence), and a ``UserWarning`` names those clusters. Clusters that the head
+    predicts for no sample at all cannot be topped up and are left out. The result is
+    therefore never empty; a topped-up set is as noisy as the head's own labels.
 
     Parameters
     ----------
@@ -172,8 +174,8 @@ def reliable_labels(
     min_agreement : float, default=0.9
     min_confidence : float, default=0.99
     min_per_cluster : int, default=10
-    random_state : numpy RandomState
-        Draws the balanced subsets.
+    random_state : numpy RandomState or None, default=None
+        Unused (kept for backward compatibility: the set is no longer subsampled).
     device : torch device, default="cpu"
 
     Returns
@@ -213,14 +215,7 @@ def reliable_labels(
             order = np.lexsort((-confidence[members], -agreement[members]))
             reliable[members[order[:min_per_cluster]]] = True
 
-    # A topped-up tiny cluster must not shrink every other cluster below min_per_cluster.
-    keep = max(min_per_cluster, min(int(reliable[labels == c].sum()) for c in present))
-    mask = np.zeros_like(reliable)
-    for c in present:
-        candidates = np.flatnonzero(reliable & (labels == c))
-        size = min(keep, len(candidates))
-        mask[random_state.choice(candidates, size=size, replace=False)] = True
-    return mask
+    return reliable
 
 
 def fixmatch_loss(

@@ -11,6 +11,7 @@ clip views in :mod:`skaudiocluster.cluster._spice_joint`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 
@@ -225,7 +226,7 @@ class SPICESelfNet(TrainingNet):
     weak_view, strong_view : dict
         ``noise`` and ``dropout`` of :func:`embedding_view`.
     seed : int
-        Seeds the batches and views; the generator restarts from it every epoch.
+        Seeds the batches and views: one generator per fit, drawn on across epochs.
     """
 
     def __init__(
@@ -260,10 +261,13 @@ class SPICESelfNet(TrainingNet):
             center_ratio=self.center_ratio,
             weak_view=self.weak_view,
             strong_view=self.strong_view,
-            # A new generator per epoch, as in the measured implementation: each epoch
-            # replays the same shuffles and view noise (on heads that have moved on).
-            generator=make_generator(self.seed),
+            generator=self.generator_,
         )
+
+    def initialize(self):
+        super().initialize()
+        self.generator_ = make_generator(self.seed)
+        return self
 
     def infer(self, x, **fit_params):
         # Batches arrive as (batch, n_heads, D): head h trains on its own samples.
@@ -294,12 +298,21 @@ def head_losses(
 class RecordHeadLosses(Callback):
     """Record every head's label-free selection loss (:func:`head_losses`) after each epoch.
 
-    The values go to the history as ``head_losses`` (one list per epoch).
+    The values go to the history as ``head_losses`` (one list per epoch). As in SPICE's
+    official code, the best (epoch, head) pair over the whole run is remembered: after
+    fitting, ``best_loss_``, ``best_epoch_`` (1-based), ``best_head_`` and
+    ``best_state_`` (a copy of the module's state dict at that epoch) describe the head
+    with the lowest loss seen.
     """
 
     def __init__(self, *, center_ratio: float = 0.5, double_softmax: bool = True):
         self.center_ratio = center_ratio
         self.double_softmax = double_softmax
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.best_loss_ = math.inf
+        self.best_epoch_ = self.best_head_ = None
+        self.best_state_ = None
 
     def on_epoch_end(self, net, dataset_train=None, **kwargs):
         losses = head_losses(
@@ -310,6 +323,13 @@ class RecordHeadLosses(Callback):
             device=net.device,
         )
         net.history.record("head_losses", losses.tolist())
+        head = int(np.argmin(losses))
+        if losses[head] < self.best_loss_:
+            self.best_loss_ = float(losses[head])
+            self.best_epoch_, self.best_head_ = len(net.history), head
+            self.best_state_ = {
+                name: value.detach().clone() for name, value in net.module_.state_dict().items()
+            }
 
 
 # --- SPICE-Semi ----------------------------------------------------------------------------
@@ -362,10 +382,12 @@ class EmbeddingViews:
 class FixMatchBatches:
     """FixMatch batches for one epoch: all samples unlabelled, the labelled ones also labelled.
 
-    Each step takes ``unlabelled_ratio * batch_size`` unlabelled samples (a shuffled
-    pass over the whole set) and ``batch_size`` labelled ones (cycling through the
-    samples whose target is not ``IGNORE``) and yields ``(views(data, labelled,
-    unlabelled, generator), labels)``.
+    Each step takes ``unlabelled_ratio * batch_size`` unlabelled samples (shuffled rounds
+    over the whole set) and ``batch_size`` labelled ones, drawn evenly over the
+    clusters of the targets (slot ``j`` of a batch goes to the ``j``-th cluster of a
+    shuffled cycle; within a cluster, its samples come in shuffled rounds), and yields
+    ``(views(data, labelled, unlabelled, generator), labels)``. Balanced sampling
+    replaces SPICE's balancing by discarding reliable samples.
 
     Parameters
     ----------
@@ -377,6 +399,9 @@ class FixMatchBatches:
         See :class:`EmbeddingViews`.
     batch_size, unlabelled_ratio : int
     generator : torch.Generator
+    n_steps : int or None, default=None
+        Steps of the epoch; ``None`` is one pass over the samples as unlabelled data
+        (:func:`fixmatch_batches_per_epoch`).
     """
 
     def __init__(
@@ -388,6 +413,7 @@ class FixMatchBatches:
         batch_size: int,
         unlabelled_ratio: int,
         generator: torch.Generator,
+        n_steps: int | None = None,
     ):
         self.data = data
         self.targets = targets
@@ -395,20 +421,23 @@ class FixMatchBatches:
         self.batch_size = batch_size
         self.unlabelled_ratio = unlabelled_ratio
         self.generator = generator
+        self.n_steps = n_steps
 
     def __iter__(self):
         gen = self.generator
         targets = torch.as_tensor(np.asarray(self.targets), dtype=torch.long)
-        labelled = torch.nonzero(targets != IGNORE).flatten()
-        if not len(labelled):
+        if not (targets != IGNORE).any():
             raise ValueError("FixMatch needs at least one labelled sample (target != IGNORE)")
         n_samples = len(targets)
-        unlabelled_batch = self.batch_size * self.unlabelled_ratio
-        order = torch.randperm(n_samples, generator=gen)
-        labelled_batches = _cycling_batches(len(labelled), self.batch_size, gen)
-        for low in range(0, n_samples, unlabelled_batch):
-            picked = labelled[next(labelled_batches)]
-            inputs = self.views(self.data, picked, order[low : low + unlabelled_batch], gen)
+        unlabelled_batch = min(self.batch_size * self.unlabelled_ratio, n_samples)
+        n_steps = self.n_steps
+        if n_steps is None:
+            n_steps = math.ceil(n_samples / unlabelled_batch)
+        unlabelled = _cycling_batches(n_samples, unlabelled_batch, gen)
+        labelled = _balanced_batches(targets, self.batch_size, gen)
+        for _ in range(n_steps):
+            picked = next(labelled)
+            inputs = self.views(self.data, picked, next(unlabelled), gen)
             yield inputs, targets[picked]
 
 
@@ -420,6 +449,21 @@ def _cycling_batches(n_items: int, batch_size: int, generator: torch.Generator):
             buffer = torch.cat([buffer, torch.randperm(n_items, generator=generator)])
         yield buffer[:batch_size]
         buffer = buffer[batch_size:]
+
+
+def _balanced_batches(targets: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Endless batches of labelled indices (``targets != IGNORE``), even over the clusters.
+
+    The clusters come in shuffled cycles, one per slot, so every cluster fills
+    ``batch_size / n_clusters`` slots of a batch on average whatever its size; each
+    cluster's samples come in their own shuffled rounds.
+    """
+    clusters = torch.unique(targets[targets != IGNORE])
+    members = [torch.nonzero(targets == c).flatten() for c in clusters]
+    streams = [_cycling_batches(len(m), 1, generator) for m in members]
+    slots = _cycling_batches(len(clusters), batch_size, generator)
+    while True:
+        yield torch.cat([members[c][next(streams[c])] for c in next(slots).tolist()])
 
 
 class FixMatchNet(TrainingNet):
@@ -438,8 +482,14 @@ class FixMatchNet(TrainingNet):
         (:class:`EmbeddingViews`, :class:`~skaudiocluster.cluster._spice_joint.ClipViews`).
     unlabelled_ratio : int
         Unlabelled samples per labelled one in each step.
+    steps_per_epoch : int or None, default=None
+        Optimiser steps per epoch; ``None`` is one pass over the samples as unlabelled data.
+    ema_decay : float, default=0.0
+        When positive, ``ema_module_`` holds an exponential moving average of the
+        module's parameters (updated after every step; buffers copied), FixMatch's
+        evaluation model. ``0`` keeps no average (``ema_module_`` is ``None``).
     seed : int
-        Seeds the batches and views; the generator restarts from it every epoch.
+        Seeds the batches and views: one generator per fit, drawn on across epochs.
     """
 
     def __init__(
@@ -447,13 +497,29 @@ class FixMatchNet(TrainingNet):
         *args,
         views: Callable | None = None,
         unlabelled_ratio: int = 7,
+        steps_per_epoch: int | None = None,
+        ema_decay: float = 0.0,
         seed: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.views = views
         self.unlabelled_ratio = unlabelled_ratio
+        self.steps_per_epoch = steps_per_epoch
+        self.ema_decay = ema_decay
         self.seed = seed
+
+    def initialize(self):
+        super().initialize()
+        self.generator_ = make_generator(self.seed)
+        return self
+
+    def initialize_module(self):
+        super().initialize_module()
+        self.ema_module_ = None
+        if self.ema_decay:
+            self.ema_module_ = copy.deepcopy(self.module_).eval().requires_grad_(False)
+        return self
 
     def get_iterator(self, dataset, training=False):
         if not training:
@@ -464,8 +530,20 @@ class FixMatchNet(TrainingNet):
             views=self.views,
             batch_size=self.batch_size,
             unlabelled_ratio=self.unlabelled_ratio,
-            generator=make_generator(self.seed),  # per epoch, as in SPICESelfNet
+            generator=self.generator_,
+            n_steps=self.steps_per_epoch,
         )
+
+    def train_step(self, batch, **fit_params):
+        step = super().train_step(batch, **fit_params)
+        if self.ema_module_ is not None:
+            with torch.no_grad():
+                decay = self.ema_decay
+                for ema, live in zip(self.ema_module_.parameters(), self.module_.parameters()):
+                    ema.lerp_(live, 1.0 - decay)
+                for ema, live in zip(self.ema_module_.buffers(), self.module_.buffers()):
+                    ema.copy_(live)
+        return step
 
     def infer(self, x, **fit_params):
         x = to_tensor(x, device=self.device)

@@ -8,6 +8,7 @@ The skorch nets live in ``_spice_net`` (stages on embeddings) and ``_spice_joint
 
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -50,17 +51,22 @@ class SPICEClusterer(BaseDeepClusterer):
        ``center_ratio * M / K`` most confident samples of a cluster are averaged into a
        prototype and the ``M / K`` samples nearest to it (cosine) get that cluster's label;
        each head is trained on its labels with the cross-entropy of its *probabilities*
-       (the paper's double softmax). After training, the head with the lowest loss on its
-       own pseudo-labels of the whole set is kept; no ground truth is used.
+       (the paper's double softmax). After every epoch each head's loss on its own
+       pseudo-labels of the whole set is computed; the (epoch, head) pair with the lowest
+       loss over the run is kept, as in the official code; no ground truth is used.
     2. **Reliable labels.** A sample is reliable when at least ``min_agreement`` of its
        ``n_neighbors`` cosine neighbours share its cluster and its confidence exceeds
-       ``min_confidence``; clusters are balanced (see
+       ``min_confidence``. Every reliable sample is kept (SPICE cuts every cluster to the
+       smallest reliable set, so one weak cluster starved all the others); see
        :func:`~skaudiocluster.cluster._spice_labels.reliable_labels` for the guard used
-       when a cluster has too few reliable samples).
-    3. **SPICE-Semi** (when ``semi_max_epochs > 0``). A fresh MLP classifier is trained
-       with a FixMatch objective: cross-entropy on the reliable labels plus, on every
-       sample, cross-entropy of a strong view against the hard prediction on a weak view
-       when that prediction is at least ``threshold`` confident.
+       when a cluster has too few reliable samples.
+    3. **SPICE-Semi** (when ``semi_max_steps > 0``). A fresh MLP classifier is trained
+       for ``semi_max_steps`` optimiser steps (whatever ``n_samples``) with a FixMatch
+       objective: cross-entropy on the reliable labels, each labelled batch drawn evenly
+       over the clusters, plus, on every sample, cross-entropy of a strong view against
+       the hard prediction on a weak view when that prediction is at least ``threshold``
+       confident. The exponential moving average of its weights (``ema_decay``,
+       FixMatch's evaluation model) is the fitted classifier.
 
     With an ``encoder`` (a :class:`~skaudiocluster.transformers.byola.BYOLAEmbedder`),
     ``fit`` takes raw audio: the encoder (cloned to ``encoder_``; seeded from
@@ -101,13 +107,14 @@ class SPICEClusterer(BaseDeepClusterer):
     n_components : int or None, default=64
         Inputs with more features are standardised and projected on this many principal
         components (at most ``n_samples``); ``None`` skips the projection.
-    max_epochs : int, default=30
-        SPICE-Self epochs (each replays every big batch ``n_repeats`` times).
+    max_steps : int, default=1500
+        SPICE-Self optimiser steps, rounded up to whole epochs (an epoch labels every big
+        batch and replays its labels ``n_repeats`` times), whatever ``n_samples``.
     big_batch_size : int, default=5000
         Samples per prototype-labelling big batch (clipped to ``n_samples``).
     batch_size : int, default=128
         Mini-batch size of head training.
-    n_repeats : int, default=8
+    n_repeats : int, default=2
         Training passes over each big batch's pseudo-labels.
     lr : float, default=5e-3
         Adam learning rate of the heads.
@@ -130,8 +137,12 @@ class SPICEClusterer(BaseDeepClusterer):
     min_reliable : int, default=10
         Reliable samples each cluster is guaranteed (topped up with its most consistent
         members, with a warning).
-    semi_max_epochs : int, default=100
-        Stage-3 epochs (passes over all samples as unlabelled data); 0 keeps SPICE-Self.
+    semi_max_steps : int, default=1000
+        Stage-3 optimiser steps (rounded up to whole epochs of at most 50 steps); 0 keeps
+        SPICE-Self.
+    ema_decay : float, default=0.99
+        Decay of the stage-3 weight average kept as the classifier; 0 keeps the last
+        weights.
     semi_lr : float, default=1e-3
         Adam learning rate of stage 3.
     semi_batch_size : int, default=64
@@ -171,8 +182,10 @@ class SPICEClusterer(BaseDeepClusterer):
         Neighbours used by the reliability rule.
     best_head_ : int
         Index of the selected SPICE-Self head.
+    best_epoch_ : int
+        SPICE-Self epoch (1-based) the selected head comes from.
     head_losses_ : ndarray of shape (n_heads,)
-        Final label-free selection loss of every head.
+        Label-free selection loss of every head at ``best_epoch_``.
     module_ : torch.nn.Module
         Network from preprocessed embeddings to logits ``(1, n_samples, n_clusters)``:
         the stage-3 classifier, or the selected SPICE-Self head without stage 3.
@@ -195,13 +208,13 @@ class SPICEClusterer(BaseDeepClusterer):
     >>> from sklearn.metrics import adjusted_rand_score
     >>> from skaudiocluster.cluster import SPICEClusterer
     >>> X, y = make_blobs(n_samples=600, centers=3, n_features=16, random_state=0)
-    >>> spice = SPICEClusterer(n_clusters=3, n_heads=2, hidden_dims=(32,), max_epochs=10,
-    ...                        n_repeats=4, semi_max_epochs=5, semi_batch_size=32,
+    >>> spice = SPICEClusterer(n_clusters=3, n_heads=2, hidden_dims=(32,), max_steps=200,
+    ...                        n_repeats=4, semi_max_steps=100, semi_batch_size=32,
     ...                        semi_lr=1e-2, unlabelled_ratio=2, random_state=0)
     >>> adjusted_rand_score(y, spice.fit_predict(X))
     1.0
-    >>> spice.history_[:, "stage"].count("semi")
-    5
+    >>> spice.history_[:, "stage"].count("semi")  # 100 steps: two epochs of 50
+    2
     """
 
     _parameter_constraints: dict = {
@@ -209,7 +222,7 @@ class SPICEClusterer(BaseDeepClusterer):
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "encoder": [BYOLAEmbedder, None],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "max_steps": [Interval(Integral, 1, None, closed="left")],
         "big_batch_size": [Interval(Integral, 2, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
@@ -224,7 +237,8 @@ class SPICEClusterer(BaseDeepClusterer):
         "min_agreement": [Interval(Real, 0, 1, closed="both")],
         "min_confidence": [Interval(Real, 0, 1, closed="left")],
         "min_reliable": [Interval(Integral, 1, None, closed="left")],
-        "semi_max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "semi_max_steps": [Interval(Integral, 0, None, closed="left")],
+        "ema_decay": [Interval(Real, 0, 1, closed="left")],
         "semi_lr": [Interval(Real, 0, None, closed="neither")],
         "semi_batch_size": [Interval(Integral, 1, None, closed="left")],
         "unlabelled_ratio": [Interval(Integral, 1, None, closed="left")],
@@ -245,10 +259,10 @@ class SPICEClusterer(BaseDeepClusterer):
         hidden_dims: tuple[int, ...] = (512,),
         preprocessing: str | None = "l2",
         n_components: int | None = 64,
-        max_epochs: int = 30,
+        max_steps: int = 1500,
         big_batch_size: int = 5000,
         batch_size: int = 128,
-        n_repeats: int = 8,
+        n_repeats: int = 2,
         lr: float = 5e-3,
         center_ratio: float = 0.5,
         double_softmax: bool = True,
@@ -260,7 +274,8 @@ class SPICEClusterer(BaseDeepClusterer):
         min_agreement: float = 0.9,
         min_confidence: float = 0.99,
         min_reliable: int = 10,
-        semi_max_epochs: int = 100,
+        semi_max_steps: int = 1000,
+        ema_decay: float = 0.99,
         semi_lr: float = 1e-3,
         semi_batch_size: int = 64,
         unlabelled_ratio: int = 7,
@@ -280,7 +295,7 @@ class SPICEClusterer(BaseDeepClusterer):
         self.hidden_dims = hidden_dims
         self.preprocessing = preprocessing
         self.n_components = n_components
-        self.max_epochs = max_epochs
+        self.max_steps = max_steps
         self.big_batch_size = big_batch_size
         self.batch_size = batch_size
         self.n_repeats = n_repeats
@@ -295,7 +310,8 @@ class SPICEClusterer(BaseDeepClusterer):
         self.min_agreement = min_agreement
         self.min_confidence = min_confidence
         self.min_reliable = min_reliable
-        self.semi_max_epochs = semi_max_epochs
+        self.semi_max_steps = semi_max_steps
+        self.ema_decay = ema_decay
         self.semi_lr = semi_lr
         self.semi_batch_size = semi_batch_size
         self.unlabelled_ratio = unlabelled_ratio
@@ -332,8 +348,11 @@ class SPICEClusterer(BaseDeepClusterer):
     def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
         hidden_dims = check_hidden_dims(self.hidden_dims)
         self_net = self._fit_self(features, hidden_dims, seed)
-        self.head_losses_ = np.asarray(self_net.history[-1, "head_losses"])
-        self.best_head_ = int(np.argmin(self.head_losses_))
+        # The best (epoch, head) by the label-free loss, as in SPICE's official code.
+        best = dict(self_net.callbacks_)["head_losses"]
+        self.best_epoch_, self.best_head_ = best.best_epoch_, best.best_head_
+        self.head_losses_ = np.asarray(self_net.history[best.best_epoch_ - 1, "head_losses"])
+        self_net.module_.load_state_dict(best.best_state_)
         head = copy_head(self_net.module_, self.best_head_, **_head_kwargs(hidden_dims))
         proba = _cluster_proba(head.eval(), features, self.device_)
         self.self_labels_ = proba.argmax(axis=1)
@@ -353,9 +372,10 @@ class SPICEClusterer(BaseDeepClusterer):
         targets = np.where(self.labels_reliable_, self.self_labels_, IGNORE).astype(np.int64)
         self.module_ = head
         nets, stages = [self_net], ["self"]
-        if self.semi_max_epochs:
+        if self.semi_max_steps:
             semi_net = self._fit_semi(features, targets, hidden_dims, seed)
-            self.module_ = semi_net.module_.eval()
+            module = semi_net.module_ if semi_net.ema_module_ is None else semi_net.ema_module_
+            self.module_ = module.requires_grad_(True).eval()  # trainable for the joint stage
             nets.append(semi_net)
             stages.append("semi")
         if self.encoder is not None and self.joint_max_epochs:
@@ -390,6 +410,7 @@ class SPICEClusterer(BaseDeepClusterer):
             batch_size=self.batch_size,
             n_repeats=self.n_repeats,
         )
+        n_epochs = max(1, math.ceil(self.max_steps / steps))
         net = SPICESelfNet(
             MultiHead,
             module__in_features=features.shape[1],
@@ -400,7 +421,7 @@ class SPICEClusterer(BaseDeepClusterer):
             criterion__double_softmax=self.double_softmax,
             optimizer=torch.optim.Adam,
             lr=self.lr,
-            max_epochs=self.max_epochs,
+            max_epochs=n_epochs,
             batch_size=self.batch_size,
             big_batch_size=self.big_batch_size,
             n_repeats=self.n_repeats,
@@ -440,16 +461,16 @@ class SPICEClusterer(BaseDeepClusterer):
         self, features: np.ndarray, targets: np.ndarray, hidden_dims: tuple[int, ...], seed: int
     ):
         """SPICE-Semi on embeddings: a fresh classifier, FixMatch on embedding views."""
-        steps = fixmatch_batches_per_epoch(
-            len(features), batch_size=self.semi_batch_size, unlabelled_ratio=self.unlabelled_ratio
-        )
+        n_epochs, steps = semi_schedule(self.semi_max_steps)
         net = FixMatchNet(
             MultiHead,
             module__in_features=features.shape[1],
             module__n_clusters=self.n_clusters,
             module__n_heads=1,
             **{f"module__{key}": value for key, value in _head_kwargs(hidden_dims).items()},
-            max_epochs=self.semi_max_epochs,
+            max_epochs=n_epochs,
+            steps_per_epoch=steps,
+            ema_decay=self.ema_decay,
             batch_size=self.semi_batch_size,
             views=EmbeddingViews(*self._views()),
             seed=seed,
@@ -492,6 +513,21 @@ class SPICEClusterer(BaseDeepClusterer):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def semi_schedule(max_steps: int, max_steps_per_epoch: int = 50) -> tuple[int, int]:
+    """Epochs and steps per epoch of stage 3 for a budget of ``max_steps`` optimiser steps.
+
+    Epochs of at most ``max_steps_per_epoch`` steps, as many as needed; the total is
+    ``max_steps`` rounded up to whole epochs (less than one step per epoch added).
+
+    Examples
+    --------
+    >>> semi_schedule(1000), semi_schedule(30), semi_schedule(1010)
+    ((20, 50), (1, 30), (21, 49))
+    """
+    n_epochs = math.ceil(max_steps / max_steps_per_epoch)
+    return n_epochs, math.ceil(max_steps / n_epochs)
 
 
 def _head_kwargs(hidden_dims: tuple[int, ...]) -> dict:

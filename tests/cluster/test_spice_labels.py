@@ -143,8 +143,8 @@ def test_reliability_rule_drops_inconsistent_and_unconfident_samples():
         features, proba, n_neighbors=10, min_per_cluster=1, random_state=np.random.RandomState(0)
     )
     assert not mask[0] and not mask[1]
-    # Balanced: cluster 0 has 18 reliable samples, so cluster 1 keeps 18 of its 19.
-    assert mask[:20].sum() == mask[20:].sum() == 18
+    # Nothing discarded to balance: cluster 0 keeps its 18 reliable samples, cluster 1 its 20.
+    assert mask[:20].sum() == 18 and mask[20:].sum() == 20
 
 
 def test_reliable_guard_tops_up_a_cluster_without_reliable_samples():
@@ -159,7 +159,8 @@ def test_reliable_guard_tops_up_a_cluster_without_reliable_samples():
             random_state=np.random.RandomState(0),
         )
     assert mask[20:].sum() == 5
-    assert mask[:20].sum() == 5  # balanced to the guaranteed size
+    # The weak cluster no longer cuts the other one down to the guaranteed size.
+    assert mask[:20].sum() == 20
 
 
 def test_reliable_guard_with_an_unpredicted_cluster_and_tiny_clusters():
