@@ -237,11 +237,17 @@ def cluster(args: argparse.Namespace) -> int:
         header.append("confidence")
         for row, value in zip(rows, confidence):
             row.append(f"{value:.4f}")
-    _write_csv(args.out, header, rows)
+    # The list first, so that a written CSV always has its list of skipped files.
     if skipped:
         _write_csv(sidecar, ["path", "error"], skipped)
     elif os.path.isfile(sidecar):  # a stale list from an earlier run would mislead
         os.remove(sidecar)
+    try:
+        _write_csv(args.out, header, rows)
+    except BaseException:
+        if skipped:
+            os.remove(sidecar)
+        raise
     n_found = len(set(int(label) for label in labels))
     print(f"{_plural(len(kept), 'file')}, {_plural(n_found, 'cluster')} -> {args.out}")
     if skipped:

@@ -507,6 +507,25 @@ def test_skip_bad_files(with_bad_files, tmp_path, capsys):
     assert not sidecar.exists()
 
 
+def test_a_failed_csv_write_leaves_no_list_of_skipped_files(
+    with_bad_files, tmp_path, monkeypatch, capsys
+):
+    folder, _ = with_bad_files
+    out = tmp_path / "a.csv"
+    write = cli._write_csv
+
+    def fail_on_out(path, header, rows):
+        if path == str(out):
+            raise OSError(28, "No space left on device", path)
+        write(path, header, rows)
+
+    monkeypatch.setattr(cli, "_write_csv", fail_on_out)
+    argv = ["cluster", str(folder), "--n-clusters", "2", "--out", str(out), "--skip-bad-files"]
+    assert main(argv) == 2
+    assert "No space left on device" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(os.listdir(tmp_path)) == ["clips"]
+
+
 def test_skip_bad_files_with_no_good_file(tmp_path, capsys):
     folder = tmp_path / "clips"
     folder.mkdir()
