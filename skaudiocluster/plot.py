@@ -2,7 +2,9 @@
 
 matplotlib is an optional dependency (``pip install "skaudiocluster[plot]"``);
 it is imported when a function here is first called. Every function draws on
-the ``ax`` it is given, or on a new figure, and returns the figure.
+the ``ax`` it is given, or on a new figure, and returns the figure. New figures
+use matplotlib's constrained layout and grow with the number and length of the
+labels, so no text falls outside them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ import numpy as np
 from skaudiocluster.metrics import hungarian_accuracy, matched_confusion_matrix
 
 __all__ = ["plot_cluster_map", "plot_confusion_matrix", "plot_history"]
+
+#: Below this many samples the default cluster map uses t-SNE instead of UMAP. UMAP's
+#: cost there is a fixed 20-60 s per process of importing umap and numba-compiling its
+#: functions (umap-learn caches few of them), while t-SNE takes under a second on a
+#: hundred points and about ten on a thousand; from here on UMAP is the faster.
+TSNE_BELOW = 1000
+# Approximate width of one character, in inches, at matplotlib's default 10 pt font.
+_CHAR_INCHES = 0.085
 
 
 def _pyplot():
@@ -28,7 +38,7 @@ def _pyplot():
 
 
 def _axes(ax, n_panels: int, panel_size: tuple[float, float] = (5.0, 4.5)):
-    """The given axes, or ``n_panels`` new axes side by side on a new figure."""
+    """The given axes, or ``n_panels`` new axes side by side on a constrained-layout figure."""
     if ax is not None:
         axes = list(np.atleast_1d(ax))
         if len(axes) != n_panels:
@@ -36,7 +46,11 @@ def _axes(ax, n_panels: int, panel_size: tuple[float, float] = (5.0, 4.5)):
         return axes[0].figure, axes
     plt = _pyplot()
     fig, axes = plt.subplots(
-        1, n_panels, figsize=(panel_size[0] * n_panels, panel_size[1]), squeeze=False
+        1,
+        n_panels,
+        figsize=(panel_size[0] * n_panels, panel_size[1]),
+        squeeze=False,
+        layout="constrained",
     )
     return fig, list(axes[0])
 
@@ -56,7 +70,40 @@ def _scatter_by_label(
     ax.set_xticks([])
     ax.set_yticks([])
     if len(names) <= max_legend:
-        ax.legend(markerscale=2, fontsize="small", loc="best", frameon=False)
+        # beside the axes, where long names cover no points; the layout makes room
+        ax.legend(
+            markerscale=2,
+            fontsize="small",
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+        )
+
+
+def _text_inches(labels) -> float:
+    """Rough width in inches of the longest of ``labels`` at the default font size."""
+    return _CHAR_INCHES * max((len(str(label)) for label in labels), default=0)
+
+
+def _default_reducer(n_samples: int, n_features: int, random_state):
+    """t-SNE (after PCA to at most 50 dimensions) below ``TSNE_BELOW`` samples, else UMAP."""
+    if n_samples >= TSNE_BELOW:
+        from umap import UMAP
+
+        return UMAP(n_components=2, random_state=random_state, n_jobs=1)
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        PCA(min(50, n_samples, n_features), random_state=random_state),
+        TSNE(
+            n_components=2,
+            perplexity=min(30.0, max((n_samples - 1) / 3, 1.0)),
+            init="pca",
+            random_state=random_state,
+        ),
+    )
 
 
 def plot_cluster_map(
@@ -85,9 +132,13 @@ def plot_cluster_map(
     y_true : sequence of length n_samples, default=None
         True label of each sample; when given, a second panel is coloured by it.
     reducer : estimator with ``fit_transform``, default=None
-        Maps X to 2-D; ``None`` uses ``umap.UMAP(n_components=2)``.
+        Maps X to 2-D. ``None`` uses ``umap.UMAP(n_components=2)`` from
+        :data:`TSNE_BELOW` (1,000) samples on, and below that PCA to at most 50
+        dimensions then scikit-learn's t-SNE (perplexity ``min(30, (n - 1) / 3)``),
+        which is faster there: UMAP spends 20-60 s compiling itself in each new
+        process whatever the size of X.
     random_state : int or None, default=0
-        Seed of the default UMAP reducer.
+        Seed of the default reducer.
     ax : matplotlib Axes or sequence of Axes, default=None
         One axes (two with ``y_true``) to draw on; ``None`` makes a new figure.
     max_legend : int, default=12
@@ -116,15 +167,18 @@ def plot_cluster_map(
         )
     if y_true is not None and len(y_true) != len(labels):
         raise ValueError(f"y_true has {len(y_true)} entries, labels has {len(labels)}")
+    if X.shape[1] < 2 or len(X) < 2:
+        raise ValueError(f"X needs at least 2 samples and 2 features to map; got shape {X.shape}")
     if X.shape[1] == 2:
         points = X
     else:
         if reducer is None:
-            from umap import UMAP
-
-            reducer = UMAP(n_components=2, random_state=random_state, n_jobs=1)
+            reducer = _default_reducer(*X.shape, random_state)
         points = np.asarray(reducer.fit_transform(X))
-    fig, axes = _axes(ax, 1 if y_true is None else 2)
+    panels = [set(np.asarray(v).tolist()) for v in (labels, y_true) if v is not None]
+    with_legend = [names for names in panels if len(names) <= max_legend]
+    legend = max(map(_text_inches, with_legend)) + 0.6 if with_legend else 0.0
+    fig, axes = _axes(ax, 1 if y_true is None else 2, panel_size=(4.5 + legend, 4.5))
     n_clusters = len(set(np.asarray(labels).tolist()))
     classes = clusters = None
     if y_true is not None:
@@ -178,10 +232,17 @@ def plot_confusion_matrix(
     """
     matrix, classes, clusters = matched_confusion_matrix(y_true, y_pred)
     values = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
-    size = (max(4.0, 1.5 + 0.45 * len(clusters)), max(3.0, 1.0 + 0.4 * len(classes)))
+    # cells of about 0.4 inch, plus room for the (rotated) tick labels and the colour bar
+    size = (
+        max(4.0, 2.2 + 0.4 * len(clusters) + _text_inches(classes)),
+        max(3.0, 1.4 + 0.4 * len(classes) + _text_inches(clusters)),
+    )
     fig, (axis,) = _axes(ax, 1, panel_size=size)
     image = axis.imshow(values, cmap="Blues", aspect="auto")
-    fig.colorbar(image, ax=axis, fraction=0.05)
+    from matplotlib.ticker import MaxNLocator
+
+    ticks = None if normalize else MaxNLocator(integer=True)
+    fig.colorbar(image, ax=axis, fraction=0.05, ticks=ticks)
     axis.set_xticks(range(len(clusters)), [str(c) for c in clusters], rotation=90)
     axis.set_yticks(range(len(classes)), [str(c) for c in classes])
     axis.set_xlabel("cluster (matched order)")
@@ -254,7 +315,8 @@ def plot_history(history, *, keys: Sequence[str] = ("train_loss", "n_clusters"),
     present = [k for k in keys if any(k in row for rows in stages.values() for _, row in rows)]
     if not present:
         raise ValueError(f"no epoch of the history records any of {list(keys)}")
-    fig, axes = _axes(ax, len(present), panel_size=(5.0, 3.5))
+    legend = _text_inches(stages) + 0.8 if len(stages) > 1 else 0.0
+    fig, axes = _axes(ax, len(present), panel_size=(5.0 + legend, 3.5))
     for key, axis in zip(present, axes):
         for stage, rows in stages.items():
             epochs = [epoch for epoch, row in rows if key in row]
@@ -269,5 +331,5 @@ def plot_history(history, *, keys: Sequence[str] = ("train_loss", "n_clusters"),
         if key == "n_clusters":
             axis.yaxis.get_major_locator().set_params(integer=True)
         if len(stages) > 1:
-            axis.legend(frameon=False)
+            axis.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig

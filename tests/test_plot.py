@@ -1,4 +1,6 @@
 import sys
+import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -179,3 +181,145 @@ def test_missing_matplotlib_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"skaudiocluster\[plot\]"):
         plot_confusion_matrix([0, 1], [1, 0])
+
+
+# --- layout: no text outside the figure ----------------------------------------------------
+
+
+def _drawn_tick_labels(axis, limits):
+    """Labels of the major ticks inside the view limits: matplotlib draws no others."""
+    low, high = sorted(limits)
+    margin = 1e-9 * max(high - low, 1.0)
+    locations = axis.get_majorticklocs()
+    for tick in axis.get_major_ticks(len(locations)):
+        if low - margin <= tick.get_loc() <= high + margin:
+            yield from (tick.label1, tick.label2)
+
+
+def _texts(fig):
+    """Every text artist a figure draws: titles, axis labels, tick labels, legends, cells."""
+    for axis in fig.axes:
+        yield from (axis.title, axis._left_title, axis._right_title)
+        yield from (axis.xaxis.label, axis.yaxis.label)
+        yield from (axis.xaxis.get_offset_text(), axis.yaxis.get_offset_text())
+        yield from _drawn_tick_labels(axis.xaxis, axis.get_xlim())
+        yield from _drawn_tick_labels(axis.yaxis, axis.get_ylim())
+        yield from axis.texts
+        legend = axis.get_legend()
+        if legend is not None:
+            yield legend.get_title()
+            yield from legend.get_texts()
+    yield from fig.texts
+
+
+def assert_texts_inside(fig):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
+        fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    checked = 0
+    for text in _texts(fig):
+        if not text.get_visible() or not text.get_text():
+            continue
+        extent = text.get_window_extent(renderer)
+        inside = (
+            extent.x0 >= box.x0 - 0.5
+            and extent.y0 >= box.y0 - 0.5
+            and extent.x1 <= box.x1 + 0.5
+            and extent.y1 <= box.y1 + 0.5
+        )
+        assert inside, f"text {text.get_text()!r} at {extent.bounds} falls outside {box.bounds}"
+        checked += 1
+    assert checked > 0
+
+
+def _long_names(n_classes):
+    return [f"class {i:02d}: a long descriptive label" for i in range(n_classes)]
+
+
+def _labelled(n_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    names = np.array(_long_names(n_classes))
+    y = np.repeat(np.arange(n_classes), 4)
+    pred = np.where(rng.random(len(y)) < 0.7, y, rng.integers(0, n_classes, len(y)))
+    return names[y], pred
+
+
+def test_text_check_catches_a_cropped_label():
+    fig, axis = plt.subplots(figsize=(2, 2))
+    axis.set_ylabel("a label far too long to fit in a two-inch figure without layout")
+    axis.set_yticks([0, 1], ["a tick label that is very long indeed", "b"])
+    with pytest.raises(AssertionError, match="falls outside"):
+        assert_texts_inside(fig)
+
+
+@pytest.mark.parametrize("n_classes", [6, 30])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_confusion_matrix_text_inside_figure(n_classes, normalize):
+    y_true, y_pred = _labelled(n_classes)
+    assert_texts_inside(plot_confusion_matrix(y_true, y_pred, normalize=normalize))
+
+
+@pytest.mark.parametrize("n_classes", [6, 30])
+def test_cluster_map_text_inside_figure(n_classes):
+    y_true, y_pred = _labelled(n_classes)
+    X = np.random.default_rng(1).normal(size=(len(y_true), 8))
+    names = np.array(_long_names(n_classes))[y_pred]
+    assert_texts_inside(plot_cluster_map(X, names, y_true=y_true, reducer=PCA(2)))
+
+
+@pytest.mark.parametrize("n_classes", [6, 30])
+def test_history_text_inside_figure(n_classes):
+    stages = _long_names(3)
+    rows = [
+        {
+            "stage": stages[(epoch - 1) // 10],
+            "train_loss": 1e4 / epoch,
+            "n_clusters": n_classes - epoch // 8,
+        }
+        for epoch in range(1, 31)
+    ]
+    fig = plot_history(rows)
+    assert_texts_inside(fig)
+    assert [line.get_label() for line in fig.axes[0].lines] == stages
+
+
+def test_count_colour_bar_has_integer_ticks():
+    fig = plot_confusion_matrix([0, 0, 1, 1, 2, 2], [0, 0, 1, 2, 2, 2])
+    fig.canvas.draw()
+    colour_bar = fig.axes[1]
+    ticks = [t for t in colour_bar.get_yticks() if 0 <= t <= 2]
+    assert len(ticks) >= 2
+    np.testing.assert_array_equal(ticks, np.round(ticks))
+
+
+# --- the default reducer -------------------------------------------------------------------
+
+
+def test_default_reducer_is_tsne_below_the_threshold_and_umap_from_it(monkeypatch):
+    from sklearn.manifold import TSNE
+
+    from skaudiocluster import plot
+
+    small = plot._default_reducer(plot.TSNE_BELOW - 1, 512, 0)
+    assert isinstance(small[-1], TSNE) and small[-1].perplexity == 30
+    assert plot._default_reducer(10, 512, 0)[-1].perplexity == 3
+    fake_umap = SimpleNamespace(UMAP=lambda **kwargs: ("UMAP", kwargs))
+    monkeypatch.setitem(sys.modules, "umap", fake_umap)
+    assert plot._default_reducer(plot.TSNE_BELOW, 512, 0)[0] == "UMAP"
+
+
+def test_default_cluster_map_of_60_points_is_fast():
+    X, y = make_blobs(n_samples=60, centers=3, n_features=512, random_state=0)
+    start = time.perf_counter()
+    fig = plot_cluster_map(X, y, y_true=y)
+    assert time.perf_counter() - start < 15  # UMAP took 53 s here, compiling itself
+    points = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    assert points.shape == (60, 2) and np.isfinite(points).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1)])
+def test_cluster_map_needs_two_samples_and_features(shape):
+    with pytest.raises(ValueError, match="at least 2 samples and 2 features"):
+        plot_cluster_map(np.zeros(shape), [0] * shape[0])
