@@ -80,9 +80,15 @@ def test_cluster_map_on_given_axes_and_errors(blobs):
 
 
 @pytest.mark.slow
-def test_cluster_map_default_umap(blobs, tmp_path):
-    X, y = blobs
+def test_cluster_map_default_umap_from_the_threshold(tmp_path, monkeypatch):
+    from skaudiocluster import plot
+
+    made = []
+    default = plot._default_reducer
+    monkeypatch.setattr(plot, "_default_reducer", lambda *a: made.append(default(*a)) or made[0])
+    X, y = make_blobs(n_samples=plot.TSNE_BELOW, centers=3, n_features=6, random_state=0)
     fig = plot_cluster_map(X, y, y_true=y)
+    assert type(made[0]).__name__ == "UMAP"
     fig.savefig(tmp_path / "umap.png")
     assert_valid_png(tmp_path / "umap.png")
 
