@@ -109,7 +109,7 @@ def test_last_layer_is_unchanged_after_one_epoch(blobs):
     assert max(body_moved) > 1e-4
 
 
-def test_neighbours_are_mined_on_the_preprocessed_features(blobs, monkeypatch):
+def test_neighbours_are_mined_on_the_input_rows_not_the_preprocessed_features(blobs, monkeypatch):
     seen, cosine_knn = [], temi_module.cosine_knn
 
     def spy(features, n_neighbors, **kwargs):
@@ -117,11 +117,11 @@ def test_neighbours_are_mined_on_the_preprocessed_features(blobs, monkeypatch):
         return cosine_knn(features, n_neighbors, **kwargs)
 
     monkeypatch.setattr(temi_module, "cosine_knn", spy)
-    X = np.hstack([blobs[0], blobs[0] ** 2])  # 12 features, projected on 4 components
+    X = np.hstack([blobs[0], blobs[0] ** 2])  # 12 features, the heads see 4 components
     temi = tiny_temi(n_components=4, min_steps=5).fit(X)
-    (features,) = seen
-    assert features.shape == (len(X), 4)
-    np.testing.assert_allclose(features, training_features(temi, X), rtol=1e-5, atol=1e-6)
+    (mined_on,) = seen
+    np.testing.assert_allclose(mined_on, X, rtol=1e-6)
+    assert temi.module_.student.body[0].weight.shape[1] == 4
 
 
 @pytest.mark.filterwarnings("ignore:TEMIClusterer put the training data")
@@ -138,15 +138,27 @@ def test_neighbourhood_size(n_samples, n_clusters, n_neighbors, expected):
 # -- prediction --------------------------------------------------------------------------------
 
 
-def test_predict_uses_the_teacher_of_the_best_head(fitted, blobs):
+def test_predict_with_best_uses_the_teacher_of_the_best_head(fitted, blobs):
+    best = copy.deepcopy(fitted).set_params(predict_with="best")
     features = torch.from_numpy(training_features(fitted, blobs[0]))
     with torch.no_grad():
         logits = fitted.module_.teacher(features)[fitted.best_head_]
     expected = (logits / fitted.teacher_temperature).softmax(dim=1).numpy()
-    proba = fitted.predict_proba(blobs[0])
+    proba = best.predict_proba(blobs[0])
     assert proba.dtype == np.float32
     np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_default_prediction_is_the_consensus_of_all_heads(fitted, blobs):
+    head_probs = fitted._head_probs(training_features(fitted, blobs[0]))
+    expected = fitted.consensus_.predict_proba(head_probs)
+    proba = fitted.predict_proba(blobs[0])
+    assert proba.dtype == np.float32
+    np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(fitted.labels_, fitted.consensus_.labels)
     np.testing.assert_array_equal(fitted.predict(blobs[0]), fitted.labels_)
+    assert fitted.head_agreement_.shape == (4,)
+    assert np.all((fitted.head_agreement_ >= 0) & (fitted.head_agreement_ <= 1))
 
 
 def test_ensemble_matching_is_the_best_permutation_of_each_head(fitted, blobs):

@@ -1,0 +1,153 @@
+"""Label-free consensus of several cluster heads.
+
+A multi-head clusterer (TEMI, SPICE) trains several heads whose partitions of
+the same data differ from seed to seed and head to head. Instead of trusting one
+head, :func:`consensus_partition` clusters the heads' concatenated soft
+assignments with k-means: a sample's row is its probability vector under every
+head, so two samples share a consensus cluster when most heads put them
+together. :func:`head_agreement` scores each head by its mean NMI with the
+others (a label-free measure of how typical a head's partition is).
+
+The API is three functions on arrays of head probabilities shaped
+``(n_heads, n_samples, n_clusters)``:
+
+* :func:`head_agreement` -> ``(n_heads,)`` mean pairwise NMI of each head;
+* :func:`consensus_partition` -> a fitted :class:`Consensus` (centres, labels, temperature);
+* :meth:`Consensus.predict_proba` -> soft assignments of new head probabilities.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import normalized_mutual_info_score
+
+__all__ = ["Consensus", "consensus_partition", "head_agreement"]
+
+
+def head_agreement(head_probs: np.ndarray) -> np.ndarray:
+    """Mean NMI of each head's argmax partition with every other head's.
+
+    Parameters
+    ----------
+    head_probs : ndarray of shape (n_heads, n_samples, n_clusters)
+
+    Returns
+    -------
+    ndarray of shape (n_heads,)
+        In [0, 1]; 1 for a single head.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> one_hot = np.eye(2)[[0, 0, 1, 1]]
+    >>> swapped, mixed = one_hot[:, ::-1], np.eye(2)[[0, 1, 0, 1]]
+    >>> head_agreement(np.stack([one_hot, swapped, mixed])).round(2)
+    array([0.5, 0.5, 0. ])
+    """
+    labels = np.asarray(head_probs).argmax(axis=2)
+    n_heads = len(labels)
+    if n_heads == 1:
+        return np.ones(1)
+    scores = np.zeros((n_heads, n_heads))
+    for i in range(n_heads):
+        for j in range(i + 1, n_heads):
+            scores[i, j] = scores[j, i] = normalized_mutual_info_score(labels[i], labels[j])
+    return scores.sum(axis=1) / (n_heads - 1)
+
+
+@dataclass
+class Consensus:
+    """k-means centres of concatenated head probabilities, and how to assign new rows.
+
+    Attributes
+    ----------
+    centres : ndarray of shape (n_clusters, n_heads * n_clusters)
+    labels : ndarray of shape (n_samples,)
+        Consensus cluster of each training sample (its nearest centre).
+    temperature : float
+        Mean squared distance of the training rows to their centres: the scale
+        of the soft assignments of :meth:`predict_proba`.
+    """
+
+    centres: np.ndarray
+    labels: np.ndarray
+    temperature: float
+
+    def predict_proba(self, head_probs: np.ndarray) -> np.ndarray:
+        """``softmax(-||z - centre||^2 / temperature)`` of the concatenated rows ``z``.
+
+        The argmax is the nearest centre, so on the training data it is ``labels``.
+
+        Parameters
+        ----------
+        head_probs : ndarray of shape (n_heads, n_samples, n_clusters)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_clusters), rows summing to 1
+        """
+        distances = _squared_distances(_concatenate(head_probs), self.centres)
+        logits = -distances / self.temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        proba = np.exp(logits)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+
+def consensus_partition(
+    head_probs: np.ndarray, n_clusters: int, *, n_init: int = 10, random_state: int = 0
+) -> Consensus:
+    """k-means with ``n_clusters`` centres on every head's probabilities side by side.
+
+    Heads need not number their clusters alike: k-means sees each head's
+    probabilities as separate coordinates, so no matching is needed.
+
+    Parameters
+    ----------
+    head_probs : ndarray of shape (n_heads, n_samples, n_clusters_of_heads)
+    n_clusters : int
+    n_init : int, default=10
+        k-means restarts (the lowest inertia wins).
+    random_state : int, default=0
+
+    Returns
+    -------
+    Consensus
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> one_hot = np.eye(2)[[0, 0, 1, 1]]
+    >>> consensus = consensus_partition(np.stack([one_hot, one_hot[:, ::-1]]), 2)
+    >>> len(set(consensus.labels[:2])), len(set(consensus.labels))
+    (1, 2)
+    >>> consensus.predict_proba(np.stack([one_hot, one_hot[:, ::-1]])).shape
+    (4, 2)
+    """
+    rows = _concatenate(head_probs)
+    with warnings.catch_warnings():
+        # Collapsed heads give duplicate rows; the caller reports collapse itself.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        kmeans = KMeans(n_clusters, n_init=n_init, random_state=random_state).fit(rows)
+    centres = kmeans.cluster_centers_
+    labels = kmeans.labels_
+    spread = float(np.mean(np.sum((rows - centres[labels]) ** 2, axis=1)))
+    return Consensus(centres=centres, labels=labels, temperature=max(spread, 1e-6))
+
+
+def _concatenate(head_probs: np.ndarray) -> np.ndarray:
+    """``(n_heads, n, k)`` -> ``(n, n_heads * k)`` float64."""
+    head_probs = np.asarray(head_probs, dtype=np.float64)
+    n_heads, n_samples, n_clusters = head_probs.shape
+    return head_probs.transpose(1, 0, 2).reshape(n_samples, n_heads * n_clusters)
+
+
+def _squared_distances(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    distances = (
+        np.sum(rows**2, axis=1)[:, None] - 2 * rows @ centres.T + np.sum(centres**2, axis=1)[None]
+    )
+    return np.maximum(distances, 0.0)

@@ -1,0 +1,53 @@
+"""Tests of the label-free head consensus helpers."""
+
+import numpy as np
+import pytest
+
+from skaudiocluster.cluster._consensus import consensus_partition, head_agreement
+
+
+def _one_hot(labels, n_clusters):
+    return np.eye(n_clusters)[np.asarray(labels)]
+
+
+def test_agreement_ignores_cluster_numbering_and_ranks_outlier_head_last():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 300)
+    permuted = np.array([2, 0, 1])[truth]
+    noise = rng.integers(0, 3, 300)
+    heads = np.stack([_one_hot(truth, 3), _one_hot(permuted, 3), _one_hot(noise, 3)])
+    agreement = head_agreement(heads)
+    assert agreement[0] == pytest.approx(agreement[1])
+    assert agreement[2] < 0.1 < 0.4 < agreement[0]
+
+
+def test_agreement_of_single_head_is_one():
+    assert head_agreement(_one_hot([0, 1, 1], 2)[None]).tolist() == [1.0]
+
+
+def test_consensus_recovers_majority_partition_from_noisy_heads():
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(4), 50)
+    heads = []
+    for _ in range(7):
+        labels = truth.copy()
+        flip = rng.random(len(truth)) < 0.25  # each head mislabels a different quarter
+        labels[flip] = rng.integers(0, 4, flip.sum())
+        heads.append(_one_hot(rng.permutation(4)[labels], 4))
+    consensus = consensus_partition(np.stack(heads), 4, random_state=0)
+    from sklearn.metrics import adjusted_rand_score
+
+    per_head = [adjusted_rand_score(truth, h.argmax(1)) for h in heads]
+    assert adjusted_rand_score(truth, consensus.labels) > max(per_head) + 0.1
+
+
+def test_consensus_proba_matches_labels_and_sums_to_one():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(3, 60, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    consensus = consensus_partition(probs, 4, random_state=0)
+    proba = consensus.predict_proba(probs)
+    assert proba.shape == (60, 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(proba.argmax(axis=1), consensus.labels)
+    assert consensus.temperature > 0
