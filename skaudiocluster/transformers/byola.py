@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -37,7 +38,7 @@ from skaudiocluster.transformers._weights import load_state_dict, resolve_weight
 
 __all__ = ["BYOLAEmbedder"]
 
-# Smallest log-mel standard deviation fit accepts. Silent clips give a constant
+# Smallest log-mel standard deviation fit learns. Silent clips give a constant
 # log(eps) (std 0, then NaN embeddings); real audio has a std of a few nepers.
 MIN_STD = 1e-3
 
@@ -83,8 +84,9 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     norm_stats : tuple of (float, float), default=None
         Fixed ``(mean, std)`` of the log-mel values. ``None`` learns them in ``fit``:
         the mean and population standard deviation over every log-mel value of the
-        training clips (framed as above), as the official evaluation does; silent
-        training clips, whose standard deviation is 0, raise a ``ValueError``.
+        training clips (framed as above), as the official evaluation does. Silent
+        training clips, whose standard deviation is 0 (below 1e-3), warn and get
+        ``std = 1`` (no scaling), rather than NaN embeddings.
     batch_size : int, default=64
         Clips per forward pass when embedding.
     pretrain_epochs : int, default=0
@@ -425,12 +427,15 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             count += n
         std = float(np.float32(np.sqrt(m2 / count)))
         if not std > MIN_STD:
-            raise ValueError(
+            warnings.warn(
                 f"{type(self).__name__}.fit: the log-mel values of the {len(clips)} training "
-                f"clips have standard deviation {std:.3g}, so they cannot be normalised: the "
-                "clips are silent (or constant). Fit on clips with sound, or pass "
-                "norm_stats=(mean, std)"
+                f"clips have standard deviation {std:.3g}: the clips are silent (or constant), "
+                "so every clip will embed alike; std_ is set to 1 instead (no scaling). Fit "
+                "on clips with sound, or pass norm_stats=(mean, std)",
+                UserWarning,
+                stacklevel=4,
             )
+            std = 1.0
         return float(np.float32(mean)), std
 
 
