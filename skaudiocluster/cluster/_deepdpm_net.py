@@ -223,12 +223,22 @@ def fit_head_to_mixture(
         module.head.bias[index] = bias
 
 
-def reset_adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows):
-    """Forget Adam's moments for ``rows`` of ``param`` (they now hold new units)."""
+def reset_adam_rows(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, rows, sources=None
+) -> None:
+    """Forget Adam's momentum for ``rows`` of ``param`` (they now hold new or refitted units).
+
+    The second moments are kept (``sources`` given: copied from those rows, e.g. a
+    split unit's from the unit it was copied from). Zeroing them too while the
+    step count stays would undo the bias correction: the next steps would be
+    ``sqrt(1 / (1 - beta2)) ~ 30`` times the gradient's scale in ``exp_avg``'s
+    units, 3-6x Adam's usual step.
+    """
     state = optimizer.state.get(param, {})
-    for key in ("exp_avg", "exp_avg_sq"):
-        if key in state:
-            state[key][rows] = 0
+    if "exp_avg" in state:
+        state["exp_avg"][rows] = 0
+    if sources is not None and "exp_avg_sq" in state:
+        state["exp_avg_sq"][rows] = state["exp_avg_sq"][sources]
 
 
 class SplitMergeSchedule(Callback):
@@ -280,6 +290,7 @@ class SplitMergeSchedule(Callback):
         self.frozen_until_ = 0
         self.rng_ = np.random.default_rng(self.seed)
         data = to_tensor(X, device=net.device)
+        self.n_samples_ = len(data)
         sample = np.random.default_rng(self.seed).permutation(len(data))[: self.head_fit_size]
         self.head_fit_rows_ = data[torch.as_tensor(np.sort(sample), device=data.device)]
         net.module_.active.copy_(net.mixture.active)
@@ -306,6 +317,7 @@ class SplitMergeSchedule(Callback):
     def on_epoch_end(self, net, **kwargs):
         epoch = len(net.history)
         mixture = net.mixture
+        mixture.count_once(self.n_samples_)
         if epoch >= self.m_step_from_ and epoch > self.frozen_until_:
             mixture.m_step()
             if mixture.has_sub_clusters:
@@ -315,7 +327,7 @@ class SplitMergeSchedule(Callback):
             mixture.seed_sub_clusters(mixture.index)
             net.module_.point_sub_nets(mixture.index, mixture.sub_means[mixture.index])
         event = ""
-        if epoch >= self.first_move_ and (epoch - self.first_move_) % self.every == 0:
+        if self._proposes(epoch, net.max_epochs):
             is_split = (epoch - self.first_move_) // self.every % 2 == 0
             moved = self._split(net) if is_split else self._merge(net)
             if moved:
@@ -326,6 +338,17 @@ class SplitMergeSchedule(Callback):
             self.frozen_until_ = epoch + self.freeze_
         net.history.record("n_clusters", mixture.n_clusters)
         net.history.record("event", event)
+
+    def _proposes(self, epoch: int, max_epochs: int) -> bool:
+        """Whether ``epoch`` ends with a split or merge round.
+
+        A split round needs a merge round after it (``every`` epochs later, within
+        ``max_epochs``): otherwise its splits would never face a merge test.
+        """
+        if epoch < self.first_move_ or (epoch - self.first_move_) % self.every:
+            return False
+        is_split = (epoch - self.first_move_) // self.every % 2 == 0
+        return not is_split or epoch + self.every <= max_epochs
 
     def _split(self, net) -> int:
         mixture, module = net.mixture, net.module_
@@ -351,7 +374,9 @@ class SplitMergeSchedule(Callback):
             slot = int(index[k])
             mixture.split(slot, new_slot)
             module.copy_unit(slot, new_slot)
-            self._reset_sub_nets(net, [slot, new_slot])
+            for param in (module.head.weight, module.head.bias):
+                reset_adam_rows(net.optimizer_, param, [new_slot], [slot])
+            self._reset_sub_nets(net, [slot, new_slot], [slot, slot])
         return len(chosen)
 
     def _merge(self, net) -> int:
@@ -364,17 +389,19 @@ class SplitMergeSchedule(Callback):
             kept, removed = int(index[kept]), int(index[removed])
             mixture.merge(kept, removed)
             module.active[removed] = False
-            self._reset_sub_nets(net, [kept])
+            self._reset_sub_nets(net, [kept], [kept])
         return len(pairs)
 
     @staticmethod
-    def _reset_sub_nets(net, slots: list[int]):
-        """Point the sub-nets of ``slots`` at their new sub-clusters and forget their moments.
+    def _reset_sub_nets(net, slots: list[int], sources: list[int]):
+        """Point the sub-nets of ``slots`` at their new sub-clusters and forget their momentum.
 
-        The head's rows are refitted (and their moments reset) once the round is over.
+        Their second moments come from the sub-nets of ``sources``. The head's rows
+        are refitted (and their momentum reset) once the round is over.
         """
         module = net.module_
         slots_t = torch.tensor(slots, device=module.active.device)
+        sources_t = torch.tensor(sources, device=module.active.device)
         module.point_sub_nets(slots_t, net.mixture.sub_means[slots_t])
         for param in (module.sub_w1, module.sub_b1, module.sub_w2, module.sub_b2):
-            reset_adam_rows(net.optimizer_, param, slots_t)
+            reset_adam_rows(net.optimizer_, param, slots_t, sources_t)

@@ -98,6 +98,7 @@ class DPMixture:
         self.hard = _empty_stats(n_slots, n_features, diagonal, device)
         self.sub_soft = _empty_stats(2 * n_slots, n_features, diagonal, device)
         self.sub_hard = _empty_stats(2 * n_slots, n_features, diagonal, device)
+        self.n_drawn = 0
         self._factor = None
 
     def set_clusters(self, slots: torch.Tensor, stats: list[torch.Tensor]):
@@ -127,6 +128,7 @@ class DPMixture:
         ones when ``sub_logits`` is given.
         """
         x = x.detach().to(torch.float64)
+        self.n_drawn += len(x)
         index = self.index
         resp = torch.softmax(logits.detach()[:, index].to(torch.float64), dim=1)
         clusters = index[resp.argmax(dim=1)]
@@ -141,6 +143,22 @@ class DPMixture:
             for j in range(2):
                 _add_stats(self.sub_soft, 2 * clusters + j, sub_resp[:, j], x)
             _add_stats(self.sub_hard, 2 * clusters + sub_resp.argmax(dim=1), ones, x)
+
+    def count_once(self, n_samples: int):
+        """Rescale the epoch's statistics to ``n_samples`` points: each point counted once.
+
+        A small collection's epoch draws a minimum number of batches, so it sees
+        points several times; counted as drawn, the M-step's balance against the
+        prior and the split and merge tests would weigh the evidence as if the
+        collection were that much larger.
+        """
+        if not self.n_drawn or self.n_drawn == n_samples:
+            return
+        factor = n_samples / self.n_drawn
+        for stats in (self.soft, self.hard, self.sub_soft, self.sub_hard):
+            for total in stats:
+                total.mul_(factor)
+        self.n_drawn = n_samples
 
     def m_step(self):
         """Update the active components from the epoch's soft statistics."""

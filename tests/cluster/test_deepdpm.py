@@ -12,6 +12,7 @@ from skaudiocluster.cluster._deepdpm_net import (
     DeepDPMModule,
     DeepDPMNet,
     SplitMergeSchedule,
+    reset_adam_rows,
 )
 from skaudiocluster.cluster._dpm_mixture import DPMixture
 from skaudiocluster.cluster._niw import prior_from_data, sufficient_stats
@@ -78,10 +79,11 @@ def test_history_follows_the_schedule(fitted):
     history = fitted.history_
     assert history[:, "epoch"] == list(range(1, 19))
     assert all("batches" not in row for row in history)
-    # split_merge_every=3: splits at epochs 6, 12, 18 and merges at 9, 15
+    # split_merge_every=3: splits at epochs 6, 12 and merges at 9, 15; no split at 18,
+    # which no merge round would follow
     events = {row["epoch"]: row["event"] for row in history if row["event"]}
-    assert sorted(events) == [6, 9, 12, 15, 18]
-    assert [events[e].split()[0] for e in sorted(events)] == ["split", "merge"] * 2 + ["split"]
+    assert sorted(events) == [6, 9, 12, 15]
+    assert [events[e].split()[0] for e in sorted(events)] == ["split", "merge"] * 2
     counts = history[:, "n_clusters"]
     assert counts[0] == 2
     changed = [e for e, (a, b) in enumerate(zip(counts, counts[1:]), start=2) if a != b]
@@ -192,6 +194,51 @@ def test_official_schedule_at_thirty():
     schedule = SplitMergeSchedule(30, 10.0, seed=0).initialize()
     assert (schedule.m_step_from_, schedule.sub_from_, schedule.first_move_) == (25, 45, 55)
     assert schedule.freeze_ == 5
+
+
+def test_every_split_round_is_followed_by_a_merge_round():
+    schedule = SplitMergeSchedule(30, 10.0, seed=0).initialize()
+    rounds = [e for e in range(1, 301) if schedule._proposes(e, 300)]
+    assert rounds == [55, 85, 115, 145, 175, 205, 235, 265]  # no split at 295
+    assert [e for e in range(1, 326) if schedule._proposes(e, 325)][-2:] == [295, 325]
+
+
+def test_small_collection_epochs_count_each_point_once():
+    # 60 points, 3 batches of 64 per epoch: the epoch's statistics still sum to 60
+    net, schedule, X = _net(max_epochs=2)
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    net.set_params(
+        batch_size=64,
+        iterator_train__batch_size=None,
+        iterator_train__sampler=BatchSampler(
+            RandomSampler(range(len(X)), num_samples=192), 64, drop_last=False
+        ),
+    )
+    net.fit(X)
+    assert net.mixture.n_drawn == len(X)
+    assert net.mixture.hard[0].sum().item() == pytest.approx(len(X))
+    assert net.mixture.soft[0].sum().item() == pytest.approx(len(X))
+
+
+def test_reset_rows_take_adam_sized_steps():
+    # zeroing both moments while Adam's step count stays undoes its bias correction:
+    # the next step would be ~(1 - beta1) / sqrt(1 - beta2) ~ 3.2x the learning rate
+    param = torch.nn.Parameter(torch.zeros(4, 3))
+    optimizer = torch.optim.Adam([param], lr=0.01)
+    for _ in range(50):
+        optimizer.zero_grad()
+        (param * torch.tensor([1.0, 2.0, 3.0, 4.0])[:, None]).sum().backward()
+        optimizer.step()
+    reset_adam_rows(optimizer, param, [2, 3], [0, 0])
+    state = optimizer.state[param]
+    assert state["exp_avg"][2:].abs().max() == 0
+    torch.testing.assert_close(state["exp_avg_sq"][3], state["exp_avg_sq"][0])
+    before = param.detach().clone()
+    optimizer.zero_grad()
+    (param * torch.tensor([1.0, 2.0, 3.0, 4.0])[:, None]).sum().backward()
+    optimizer.step()
+    assert (param.detach() - before).abs().max() <= 0.01 * 1.01
 
 
 def _net(n_points=60, max_epochs=1, head_fit_size=20_000, seed=0):

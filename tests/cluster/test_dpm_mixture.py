@@ -162,3 +162,23 @@ def test_sub_cluster_loss_is_the_expected_squared_distance():
     right = torch.tensor([[50.0, 0.0], [0.0, 50.0]])
     assert sub_cluster_loss(x, right, means).item() == pytest.approx(0.0, abs=1e-6)
     assert sub_cluster_loss(x, right.flip(1), means).item() == pytest.approx(4.0, rel=1e-6)
+
+
+def test_count_once_rescales_repeated_draws_to_the_collection():
+    # a small collection's epoch draws the same points several times; the statistics
+    # must weigh each point once, so counts sum to N and the M-step's means are unchanged
+    X, y, prior = _blobs(n=90)
+    mixture = _mixture_on(X, y, prior, [0, 2, 4])
+    logits = _logits_for([0, 2, 4], y)
+    for _ in range(3):
+        mixture.accumulate(X, logits, soft=True)
+    assert mixture.hard[0].sum().item() == pytest.approx(270)
+    means = mixture.soft[1] / mixture.soft[0].clamp_min(1e-12)[:, None]
+    mixture.count_once(len(X))
+    assert mixture.hard[0].sum().item() == pytest.approx(90)
+    assert mixture.soft[0].sum().item() == pytest.approx(90)
+    torch.testing.assert_close(mixture.soft[1] / mixture.soft[0].clamp_min(1e-12)[:, None], means)
+    mixture.count_once(len(X))  # idempotent within an epoch
+    assert mixture.hard[0].sum().item() == pytest.approx(90)
+    mixture.reset_stats()
+    assert mixture.n_drawn == 0
