@@ -451,3 +451,9 @@ def test_non_finite_embeddings_name_the_clip(tmp_path):
     soundfile.write(path, _clips()[0], 16000)
     with pytest.raises(ValueError, match=r"NaN or infinite output for clip 0 \(file '.*first"):
         embedder.transform([path, *_clips()[1:]])
+
+
+def test_loudest_accepted_samples_give_finite_embeddings():
+    # 2**31 is check_audio's limit: the log-mel must not overflow below it
+    loud = [np.clip(clip * 10, -1, 1) * 2.0**31 for clip in _clips()]
+    assert np.isfinite(BYOLAEmbedder(weights=None, random_state=0).fit_transform(loud)).all()

@@ -88,3 +88,9 @@ def test_non_finite_features_name_the_clip(clips):
         ValueError, match="SpectrogramTransformer computed a NaN or infinite output"
     ):
         fitted.transform(clips)
+
+
+def test_loudest_accepted_samples_give_finite_features(clips):
+    # 2**31 is check_audio's limit: the power spectra must not overflow below it
+    loud = [np.clip(clip, -1, 1) * 2.0**31 for clip in clips]
+    assert np.isfinite(SpectrogramTransformer().fit_transform(loud)).all()
