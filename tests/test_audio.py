@@ -187,3 +187,17 @@ def test_check_finite_output_names_the_clip_and_its_file():
         r" and 1 other clip",
     ):
         check_finite_output(out, ["a.wav", "b.wav", "c.wav"], "Demo")
+
+
+@settings(max_examples=40, deadline=None)
+@given(peak=st.floats(1e-6, 1e36, allow_nan=False), index=st.integers(0, 9))
+def test_clips_are_refused_exactly_when_their_peak_exceeds_2_31(peak, index):
+    clip = np.zeros(10)
+    clip[index] = -peak if index % 2 else peak
+    peak32 = float(np.float32(peak))
+    if peak32 > 2.0**31:
+        with pytest.raises(ValueError, match="clip 0 has a sample of absolute value"):
+            check_audio([clip], sample_rate=8000)
+    else:
+        (out,) = check_audio([clip], sample_rate=8000)
+        assert float(np.abs(out).max()) == peak32
