@@ -486,7 +486,6 @@ def write_plots(out: Path, rows: list[dict], first: dict, y: np.ndarray, seed: i
     for name, draw in figures.items():
         fig = draw()
         fig.suptitle(f"best pipeline: {title}")
-        fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
         written.append(out / name)
