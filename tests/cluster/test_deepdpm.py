@@ -351,20 +351,21 @@ def _default_fits(X, y):
 @pytest.mark.slow
 def test_finds_the_fsdd_speakers_at_the_defaults(fsdd_byola_d512):
     # told nothing about K: 6 speakers +/- 20 % on every seed, and NMI above KMeans
-    # given K (seed 0: K 5, NMI 0.893; KMeans 0.818; UMAP + HDBSCAN 0.645 with K ~42)
+    # given K (measured: K 5, 6, 6; NMI 0.911, ARI 0.861; KMeans 0.818; UMAP + HDBSCAN
+    # 0.645 with K ~42)
     data = fsdd_byola_d512
     fits, kmeans_nmi = _default_fits(data["X"], data["speaker"])
     assert ((fits[:, 0] >= 5) & (fits[:, 0] <= 7)).all(), fits[:, 0]
     assert fits[:, 1].mean() >= kmeans_nmi + 0.03
-    assert fits[:, 2].mean() >= 0.6  # UMAP + HDBSCAN: 0.315, the DP mixture: 0.274
+    assert fits[:, 2].mean() >= 0.75  # UMAP + HDBSCAN: 0.315, the DP mixture: 0.274
 
 
 @pytest.mark.slow
 def test_finds_the_bengalese_finch_syllables_at_the_defaults(bengalese_byola_d512):
-    # 11 syllable classes +/- 20 % on every seed; NMI at UMAP + HDBSCAN's 0.941
-    # (seed 0: K 10, NMI 0.955, ARI 0.869; KMeans given K 0.920)
+    # 11 syllable classes +/- 20 % on every seed; NMI above UMAP + HDBSCAN's 0.941
+    # (measured: K 10, 10, 10; NMI 0.953, ARI 0.864; KMeans given K 0.920)
     data = bengalese_byola_d512
     fits, kmeans_nmi = _default_fits(data["X"], data["y"])
     assert ((fits[:, 0] >= 9) & (fits[:, 0] <= 13)).all(), fits[:, 0]
-    assert fits[:, 1].mean() >= max(kmeans_nmi, 0.93)
-    assert fits[:, 2].mean() >= 0.8  # UMAP + HDBSCAN: 0.869, the DP mixture: 0.701
+    assert fits[:, 1].mean() >= max(kmeans_nmi + 0.02, 0.94)
+    assert fits[:, 2].mean() >= 0.84  # UMAP + HDBSCAN: 0.869, the DP mixture: 0.701
