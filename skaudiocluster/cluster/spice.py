@@ -90,10 +90,12 @@ class SPICEClusterer(BaseDeepClusterer):
     ``n_repeats=2`` (the paper: 8) refreshes them every 48 steps at 3,000 clips (31
     refreshes) and every 2-6 steps at 60-300 clips; ``semi_max_steps=1000`` with the
     official EMA evaluation model (decay 0.99 here against 0.999 over FixMatch's 2**20
-    steps). Measured with these defaults (BYOL-A d512, NMI, seed 0): FSDD speaker
-    0.918, FSDD digit 0.156, Bengalese finch 0.975, Arabic commands 0.396 (0.366
-    before); on stratified 300- and 60-clip FSDD speaker subsets (3 subsets) 0.918 and
-    0.893 against 0.803 and 0.748 for k-means (0.058 at 60 clips of 3 speakers before).
+    steps). Measured with these defaults by ``benchmarks/bench_quality.py`` (BYOL-A
+    d512, NMI, mean +- sd of 3 seeds): FSDD speaker 0.919 +- 0.002, FSDD digit
+    0.152 +- 0.004, Bengalese finch 0.975 +- 0.001, Arabic commands 0.393 +- 0.027
+    (0.366 before, 1 seed); on stratified 300-clip FSDD speaker subsets 0.918 against
+    0.803 for k-means, and 0.893 against 0.748 on 60-clip subsets (seed 0-2; before,
+    0.058 on 60 clips of 3 speakers).
 
     Departure from the paper: SPICE makes its weak and strong views by augmenting images
     and re-running the frozen encoder at every step. On fixed embeddings there is no
