@@ -54,7 +54,12 @@ class TEMIClusterer(BaseDeepClusterer):
     0.61-0.89 on FSDD speakers, BYOL-A, seed 0) and the lowest final loss, the
     label-free rule of the official code, picked a 0.871 head there (0.789 among
     the first 8 heads) where the consensus of the same heads scored 0.902 (0.903
-    with 8 heads). ``predict_with="best"`` keeps the lowest-loss head.
+    with 8 heads). ``predict_with="best"`` keeps the lowest-loss head. At the
+    defaults (consensus of 8 heads) FSDD speakers score NMI 0.941 / 0.910 /
+    0.938 over seeds 0-2 (mean 0.930; it was 0.861 +- 0.024 with the lowest-loss
+    head of 16), 0.895 on stratified 300-clip subsets (KMeans 0.803) and 0.881
+    on 60-clip ones (KMeans 0.748); Bengalese finch syllables 0.941 / 0.981 /
+    0.981 (0.948 before, 1 seed).
 
     Neighbours are mined once, before training, by cosine similarity among the
     rows of ``X`` themselves (as TEMI mines them on the pretrained embeddings);
