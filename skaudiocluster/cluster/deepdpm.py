@@ -18,6 +18,7 @@ touched rows are reset. The cost is a cap on K (``max_clusters``).
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -318,6 +319,16 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.module_ = net.module_
         self.history_ = epoch_history([net])
         self._drop_unused_units(mixture, features)
+        if self.n_clusters_ == 1 and self.n_clusters_init > 1:
+            warnings.warn(
+                f"DeepDPMClusterer found a single cluster in {n_samples} samples: every split "
+                f"was rejected. On small or weakly separated collections the split test cannot "
+                f"pay for a {n_features}-d {self.covariance_type_} covariance per cluster; a "
+                f"smaller n_components makes splits cheaper, or give K to a clusterer that "
+                f"takes it (e.g. SPICEClusterer).",
+                UserWarning,
+                stacklevel=3,
+            )
         return features
 
     def _initial_mixture(self, data: torch.Tensor, seed: int, diagonal: bool) -> DPMixture:

@@ -155,6 +155,14 @@ def test_k_never_below_one():
     assert (dpm.predict(X) == 0).all()
 
 
+def test_a_single_cluster_found_is_reported():
+    # one Gaussian blob: every split is rejected and the initial clusters merge into one
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    with pytest.warns(UserWarning, match="single cluster in 200 samples.*n_components"):
+        dpm = _tiny(n_clusters_init=3, max_epochs=24).fit(X)
+    assert dpm.n_clusters_ == 1
+
+
 def test_empty_clusters_do_not_crash():
     # two distinct points repeated: most of the 6 initial clusters get no point
     X = np.repeat([[0.0, 0.0], [5.0, 5.0]], 40, axis=0)
