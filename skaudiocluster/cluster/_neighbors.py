@@ -47,8 +47,10 @@ def cosine_knn(
     k = min(n_neighbors, n if include_self else n - 1)
     if k < 1:
         raise ValueError(f"cannot find neighbours among {n} sample(s)")
+    # A float32 copy: the caller's array may be read-only (a joblib memmap), which torch
+    # cannot wrap without a warning.
     data = torch.nn.functional.normalize(
-        torch.as_tensor(np.asarray(X), dtype=torch.float32, device=device), dim=1
+        torch.from_numpy(np.array(X, dtype=np.float32)).to(device), dim=1
     )
     indices = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)

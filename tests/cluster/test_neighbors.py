@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -100,3 +102,12 @@ def test_scale_of_the_rows_does_not_matter():
 def test_one_sample_has_no_neighbours():
     with pytest.raises(ValueError, match="among 1 sample"):
         cosine_knn(np.ones((1, 3)), 2)
+
+
+def test_read_only_input_gives_no_warning():
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    X.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        indices, _ = cosine_knn(X, 3)
+    assert indices.shape == (20, 3)
