@@ -1,28 +1,17 @@
 """benchmarks/bench_clusterers.py: the timed stages, the threading child and its summary."""
 
-import importlib.util
 import json
 import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_clusterers.py"
 TINY = {
     "temi": {"min_steps": 25, "min_epochs": 1, "n_heads": 2},
     "spice": {"max_epochs": 1, "n_repeats": 1, "semi_max_epochs": 1},
     "deepdpm": {"max_epochs": 2, "steps_per_epoch": 3},
 }
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_clusterers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -35,24 +24,26 @@ def two_threads():
 
 
 @pytest.mark.parametrize("method", ["temi", "spice", "deepdpm"])
-def test_run_one_times_stages_and_fit(bench, method, two_threads):
-    result = bench.run_one(method, 300, 16, 3, 2, TINY[method])
-    stages = {f"{stage} s" for stage in bench.STAGES.get(method, {})}
+def test_run_one_times_stages_and_fit(bench_clusterers, method, two_threads):
+    result = bench_clusterers.run_one(method, 300, 16, 3, 2, TINY[method])
+    stages = {f"{stage} s" for stage in bench_clusterers.STAGES.get(method, {})}
     assert stages <= set(result) and all(result[key] >= 0 for key in stages)
     assert result["fit s"] > 0 and result["peak rss MB"] > 0
 
 
-def test_threading_child_sees_one_thread_and_restores_the_callers(bench, two_threads):
-    result = bench.run_threading_one("temi", "estimator", 200, 16, 3, TINY["temi"], 600.0)
+def test_threading_child_sees_one_thread_and_restores_the_callers(bench_clusterers, two_threads):
+    result = bench_clusterers.run_threading_one(
+        "temi", "estimator", 200, 16, 3, TINY["temi"], 600.0
+    )
     assert result["threads at steps"] == [1]
     assert result["threads after fit"] == 2
     assert not result["capped"] and result["steps"] >= 25
     assert result["fit ms/step"] >= result["ms/step"] > 0
 
 
-def test_threading_child_stops_at_the_cap_and_removes_its_hook(bench, two_threads):
-    result = bench.run_threading_one("temi", "estimator", 200, 16, 3, TINY["temi"], 0.0)
-    assert result["capped"] and result["steps"] == bench.MIN_TIMED_STEPS + 1
+def test_threading_child_stops_at_the_cap_and_removes_its_hook(bench_clusterers, two_threads):
+    result = bench_clusterers.run_threading_one("temi", "estimator", 200, 16, 3, TINY["temi"], 0.0)
+    assert result["capped"] and result["steps"] == bench_clusterers.MIN_TIMED_STEPS + 1
     weight = torch.nn.Parameter(torch.ones(1))
     optimizer = torch.optim.SGD([weight], lr=0.1)
     weight.sum().backward()
@@ -60,7 +51,7 @@ def test_threading_child_stops_at_the_cap_and_removes_its_hook(bench, two_thread
     assert float(weight.detach()) == pytest.approx(0.9)
 
 
-def test_threading_summary_ratios_and_verdict(bench, monkeypatch, capsys):
+def test_threading_summary_ratios_and_verdict(bench_clusterers, monkeypatch, capsys):
     timings = {
         "idle": {"1 thread": 10.0, "estimator": 11.0, "torch default": 30.0},
         "busy": {"1 thread": 10.0, "estimator": 13.0, "torch default": 140.0},
@@ -90,11 +81,11 @@ def test_threading_summary_ratios_and_verdict(bench, monkeypatch, capsys):
         }  # fmt: skip
         return SimpleNamespace(returncode=0, stdout=json.dumps(result), stderr="")
 
-    monkeypatch.setattr(bench.multiprocessing, "Process", FakeProcess)
+    monkeypatch.setattr(bench_clusterers.multiprocessing, "Process", FakeProcess)
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     args = SimpleNamespace(n=[300], dim=16, n_clusters=3, params="{}", max_seconds=5.0)
-    bench.threading_benchmark(args, ["temi"])
+    bench_clusterers.threading_benchmark(args, ["temi"])
     out = capsys.readouterr().out
     assert "| busy | temi | torch default | 2 | 100 | 1.0 | 12.0 | 140.0 | 14.00 |" in out
     assert "temi idle: estimator 1.10x, torch default 3.00x" in out

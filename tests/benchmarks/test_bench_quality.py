@@ -1,21 +1,8 @@
 """benchmarks/bench_quality.py: stratified subsets, the summary table and ``--merge``."""
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import numpy as np
-import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_quality.py"
-
-
-@pytest.fixture(scope="module")
-def bench_quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_stratified_subset_keeps_class_proportions(bench_quality):

@@ -1,23 +1,11 @@
 """benchmarks/gpu_smoke.py: the CUDA-absent exit, the comparison rules, a CPU dry run."""
 
-import importlib.util
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_smoke.py"
-
-
-@pytest.fixture(scope="module")
-def gpu_smoke():
-    spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

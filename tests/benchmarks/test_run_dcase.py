@@ -1,23 +1,12 @@
 """benchmarks/run_dcase.py end to end: table columns, CSV rows, unavailable rows, PNG plots."""
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run_dcase.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADER = "| features | reducer | clusterer | NMI | ARI | ACC | K | fit s | status |"
-
-
-@pytest.fixture(scope="module")
-def run_dcase():
-    spec = importlib.util.spec_from_file_location("run_dcase", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_csv(path):
