@@ -197,7 +197,7 @@ def test_deep_clusterer_gets_embeddings_directly_with_device_and_verbose(
 ):
     made = {}
 
-    def clusterers(n_clusters, random_state, quick=False):
+    def clusterers(n_clusters, random_state):
         def make():
             made["model"] = _FakeDeepClusterer(n_clusters, random_state=random_state)
             return made["model"]
@@ -679,7 +679,7 @@ def test_demo_prints_a_score_table(capsys, monkeypatch):
         # a deep clusterer's row: features given directly, no scale -> PCA in its name
         "temi": lambda: KMeans(3, n_init=1, random_state=0),
     }
-    monkeypatch.setattr(cli, "_clusterers", lambda n, r, quick=False: fast)
+    monkeypatch.setattr(cli, "_clusterers", lambda n, r: fast)
     assert main(["demo", "--n-samples", "60", "--n-classes", "3"]) == 0
     out = capsys.readouterr().out
     assert "| pipeline | K found | NMI | ARI | accuracy | fit s |" in out
