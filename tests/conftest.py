@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -96,3 +98,36 @@ def bengalese_byola_d512(shared_dir: Path, byola_d512_weights: Path) -> dict[str
     folder = shared_file(shared_dir, "data/bengalese_finch_gy6or6/labels.csv").parent
     embed = _test_cache().cache(_embed_folder_byola)
     return embed(str(folder), str(byola_d512_weights))
+
+
+# --------------------------------------------------------------------------- benchmark scripts
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as the module ``name`` (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_clusterers() -> ModuleType:
+    return load_script("bench_clusterers")
+
+
+@pytest.fixture(scope="module")
+def bench_quality() -> ModuleType:
+    return load_script("bench_quality")
+
+
+@pytest.fixture(scope="module")
+def gpu_smoke() -> ModuleType:
+    return load_script("gpu_smoke")
+
+
+@pytest.fixture(scope="module")
+def run_dcase() -> ModuleType:
+    return load_script("run_dcase")
