@@ -25,6 +25,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import normalized_mutual_info_score
+from sklearn.metrics.pairwise import euclidean_distances
 
 __all__ = ["Consensus", "consensus_partition", "head_agreement"]
 
@@ -91,7 +92,7 @@ class Consensus:
         -------
         ndarray of shape (n_samples, n_clusters), rows summing to 1
         """
-        distances = _squared_distances(_concatenate(head_probs), self.centres)
+        distances = euclidean_distances(_concatenate(head_probs), self.centres, squared=True)
         logits = -distances / self.temperature
         logits -= logits.max(axis=1, keepdims=True)
         proba = np.exp(logits)
@@ -145,9 +146,3 @@ def _concatenate(head_probs: np.ndarray) -> np.ndarray:
     n_heads, n_samples, n_clusters = head_probs.shape
     return head_probs.transpose(1, 0, 2).reshape(n_samples, n_heads * n_clusters)
 
-
-def _squared_distances(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    distances = (
-        np.sum(rows**2, axis=1)[:, None] - 2 * rows @ centres.T + np.sum(centres**2, axis=1)[None]
-    )
-    return np.maximum(distances, 0.0)

@@ -327,7 +327,8 @@ class DeepDPMClusterer(BaseDeepClusterer):
                 f"smaller n_components makes splits cheaper, or give K to a clusterer that "
                 f"takes it (e.g. SPICEClusterer).",
                 UserWarning,
-                stacklevel=3,
+                # _fit_features <- fit <- _fit_context <- caller
+                stacklevel=4,
             )
         return features
 

@@ -158,9 +158,11 @@ def test_k_never_below_one():
 def test_a_single_cluster_found_is_reported():
     # one Gaussian blob: every split is rejected and the initial clusters merge into one
     X = np.random.default_rng(0).normal(size=(200, 2))
-    with pytest.warns(UserWarning, match="single cluster in 200 samples.*n_components"):
+    with pytest.warns(UserWarning, match="single cluster in 200 samples.*n_components") as record:
         dpm = _tiny(n_clusters_init=3, max_epochs=24).fit(X)
     assert dpm.n_clusters_ == 1
+    # the warning points at the caller's line, not into the package or scikit-learn
+    assert {w.filename for w in record if "single cluster" in str(w.message)} == {__file__}
 
 
 def test_empty_clusters_do_not_crash():
