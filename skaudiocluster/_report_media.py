@@ -87,7 +87,9 @@ def spectrogram_image(samples: np.ndarray, rate: int, width: int, height: int) -
     )
     bands = np.maximum.reduceat(power, first_bin, axis=1)  # (width, height)
     db = 10 * np.log10(bands + 1e-12)
-    scaled = np.clip((db - db.max()) / _DYNAMIC_RANGE_DB + 1.0, 0.0, 1.0)
+    # dark from the background noise (the quietest fifth of the cells) or 55 dB down up
+    floor = max(db.max() - _DYNAMIC_RANGE_DB, np.percentile(db, 20))
+    scaled = np.clip((db - floor) / max(db.max() - floor, 1e-9), 0.0, 1.0)
     return _LUT[(scaled.T[::-1] * 255).astype(np.uint8)]
 
 

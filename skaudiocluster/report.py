@@ -439,7 +439,7 @@ def _card(i: int, name: str, clip: dict, score: str, truth) -> str:
     return (
         f'<figure class="clip" data-clip="{i}">'
         f'<img src="{clip["thumb"]}" width="{_THUMB_SIZE[0]}" height="{_THUMB_SIZE[1]}" '
-        f'alt="spectrogram of {_esc(name)}">'
+        f'alt="spectrogram of {_esc(name)}" loading="lazy">'
         f'<audio controls preload="none" src="{clip["audio"]}"></audio>'
         f'<figcaption title="{_esc(name)}">{_esc(name)}</figcaption>'
         f'<div class="meta">{" · ".join(meta)}</div></figure>'
@@ -623,7 +623,8 @@ h1{margin:.6em 0 .2em}h2{margin:1.2em 0 .3em}h3{margin:.8em 0 .3em;font-size:1em
 .bar-count{flex:0 0 7em;color:#555;font-size:12px}
 #map{width:560px;height:420px;border:1px solid #ccc;cursor:crosshair;display:block}
 .swatch{display:inline-block;width:.8em;height:.8em;margin-right:.4em;border-radius:2px}
-.cluster{border-top:1px solid #ddd;margin-top:1.5em}
+.cluster{border-top:1px solid #ddd;margin-top:1.5em;content-visibility:auto;
+contain-intrinsic-size:auto 900px}
 .clips{display:flex;flex-wrap:wrap;gap:10px}
 .clip{margin:0;width:164px;padding:5px;border:1px solid #e3e3e3;border-radius:4px;
 background:#fafafa}
