@@ -23,17 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
-
 
 def embed(paths: list[str], cache: str | None) -> np.ndarray:
     if cache and os.path.exists(cache):
@@ -86,7 +75,7 @@ def main(argv=None) -> None:
     from sklearn.cluster import KMeans
 
     from skaudiocluster.datasets import load_fsdd
-    from skaudiocluster.report import write_report
+    from skaudiocluster.report import CHROMIUM_FLAGS, write_report
 
     paths, speakers = load_fsdd(args.fsdd, target="speaker")
     paths, speakers = paths[: args.n_clips], speakers[: args.n_clips]
@@ -99,7 +88,9 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|")
     screenshot = args.screenshot
     with sync_playwright() as playwright, tempfile.TemporaryDirectory() as tmp:
-        browser = playwright.chromium.launch(executable_path=args.chromium, args=FLAGS)
+        browser = playwright.chromium.launch(
+            executable_path=args.chromium, args=list(CHROMIUM_FLAGS)
+        )
         for k in args.n_clusters:
             labels = KMeans(k, n_init=4, random_state=0).fit_predict(embeddings)
             for players in args.players:

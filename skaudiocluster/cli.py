@@ -608,9 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_report = sub.add_parser(
         "report",
         help="write the HTML listening report of an assignments CSV",
-        description="Write an HTML page to hear the clusters of an assignments CSV (path,"
-        "cluster[,confidence]) written by `skaudiocluster cluster`: open DIR/index.html in a "
-        "browser. The clips are embedded again (--embedder) for the map.",
+        description="Write an HTML page to hear the clusters of an assignments CSV\n"
+        "(path,cluster[,confidence]) written by `skaudiocluster cluster`; open\n"
+        "DIR/index.html in a browser. The clips are embedded again (--embedder) for the map.",
         formatter_class=_HelpFormatter,
     )
     p_report.add_argument("assignments", help="CSV with the columns path, cluster[, confidence]")
@@ -635,15 +635,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--n-typical", type=int, default=6, help="players of each cluster's most typical clips"
+        "--n-typical",
+        type=int,
+        default=6,
+        metavar="N",
+        help="players of each cluster's most typical clips",
     )
     parser.add_argument(
-        "--n-atypical", type=int, default=3, help="players of each cluster's least typical clips"
+        "--n-atypical",
+        type=int,
+        default=3,
+        metavar="N",
+        help="players of each cluster's least typical clips",
     )
     parser.add_argument(
         "--excerpt-seconds",
         type=float,
         default=5.0,
+        metavar="S",
         help="longer clips are previewed by their loudest excerpt of this length",
     )
     parser.add_argument(

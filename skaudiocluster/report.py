@@ -27,7 +27,7 @@ from skaudiocluster._report_media import (
     write_audio,
 )
 
-__all__ = ["write_report", "MAP_TSNE_BELOW"]
+__all__ = ["write_report", "MAP_TSNE_BELOW", "CHROMIUM_FLAGS"]
 
 #: Below this many clips the default map is t-SNE (after PCA to 50 dimensions, on one
 #: thread), from here on PCA. Measured on FSDD (2 cores shared, load 5-6): t-SNE on one
@@ -36,6 +36,18 @@ __all__ = ["write_report", "MAP_TSNE_BELOW"]
 #: fresh process (import and numba compilation) and 39 s once compiled; PCA 0.02 s. The
 #: report's budget is 60 s for 3,000 clips. Pass ``coords`` or ``reducer=UMAP()`` for more.
 MAP_TSNE_BELOW = 1000
+#: Flags the report is tested and benchmarked under in headless Chromium (no sandbox: root
+#: in containers; no network; autoplay allowed, so a script may start playback).
+CHROMIUM_FLAGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+)
 _MARKER = ".skaudiocluster-report"
 _THUMB_SIZE = (160, 56)
 _TAB10 = "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf".split()

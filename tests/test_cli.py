@@ -640,7 +640,9 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"skaudiocluster {skaudiocluster.__version__}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["cluster", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["cluster", "--help"], ["demo", "--help"], ["report", "--help"]]
+)
 def test_help_imports_no_numerical_library(argv):
     code = (
         "import sys\n"

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import skaudiocluster._report_media as media
-from skaudiocluster.report import json_script, write_report
+from skaudiocluster.report import CHROMIUM_FLAGS, json_script, write_report
 
 RATE = 8000
 
@@ -259,17 +259,6 @@ def test_spectrogram_image_puts_low_frequencies_at_the_bottom():
 
 # --------------------------------------------------------------------------- real browser
 
-BROWSER_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
-
 
 def chromium_executable() -> str | None:
     """Chromium from the system (Debian's /usr/bin/chromium), or None."""
@@ -299,7 +288,7 @@ def browser():
             pytest.fail(f"SKAUDIOCLUSTER_BROWSER is set but {missing} is not installed")
         pytest.skip(f"{missing} is not installed")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=BROWSER_FLAGS)
+        launched = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_FLAGS))
         yield launched
         launched.close()
 
