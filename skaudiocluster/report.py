@@ -120,8 +120,9 @@ def write_report(
     excerpt_seconds : float, default=5.0
         Longer clips are previewed by their loudest excerpt of this length.
     audio_format : {"flac", "ogg", "wav"}, default="flac"
-        Format of the copied clips (``ogg`` is Vorbis: about ten times
-        smaller than FLAC, lossy).
+        Format of the copied clips. ``ogg`` is lossy Vorbis: a third of
+        FLAC's size on 5 s of 16 kHz speech, but no smaller and four times
+        slower to write on FSDD's half-second 8 kHz clips.
     title : str, default="Listening report"
         Title of the page.
     random_state : int or None, default=0
