@@ -169,6 +169,8 @@ def write_report(
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if not excerpt_seconds > 0:
         raise ValueError(f"excerpt_seconds must be positive, got {excerpt_seconds!r}")
+    out = Path(out)
+    target = _check_out(out)  # before the costly map
     clusters = _distinct(labels)
     index = {value: c for c, value in enumerate(clusters)}
     codes = np.array([index[value] for value in labels], dtype=np.int64)
@@ -182,8 +184,6 @@ def write_report(
             )
     members = typical_order(codes, confidence=confidence, embeddings=embeddings)
     points = _map_points(coords, embeddings, reducer, random_state, n)
-    out = Path(out)
-    target = _check_out(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         shown = {
