@@ -186,10 +186,9 @@ def write_report(
     points = _map_points(coords, embeddings, reducer, random_state, n)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        shown = {
-            int(i) for rows in members for part in _shown(rows, n_typical, n_atypical) for i in part
-        }
-        clips = _copy_clips(tmp, paths, shown, excerpt_seconds, audio_format, verbose)
+        shown = [_shown(rows, n_typical, n_atypical) for rows in members]
+        with_thumbs = {int(i) for parts in shown for part in parts for i in part}
+        clips = _copy_clips(tmp, paths, with_thumbs, excerpt_seconds, audio_format, verbose)
         page = _page(
             title=title,
             names=_display_names(paths),
@@ -202,8 +201,7 @@ def write_report(
             labels=labels,
             points=points,
             clips=clips,
-            n_typical=n_typical,
-            n_atypical=n_atypical,
+            shown=shown,
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
         (tmp / _MARKER).write_text("written by skaudiocluster.report.write_report\n")
@@ -520,8 +518,7 @@ def _page(
     labels: list,
     points,
     clips: list[dict],
-    n_typical: int,
-    n_atypical: int,
+    shown: list[tuple[np.ndarray, np.ndarray]],
 ) -> str:
     n = len(names)
     colours = _colours(len(clusters))
@@ -537,7 +534,7 @@ def _page(
     sections = []
     for c, value in enumerate(clusters):
         rows = members[c]
-        typical, atypical = _shown(rows, n_typical, n_atypical)
+        typical, atypical = shown[c]
 
         def cards(indices):
             return "".join(
