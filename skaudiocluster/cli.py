@@ -1,4 +1,4 @@
-"""Command line: ``skaudiocluster demo`` and ``skaudiocluster cluster PATH``.
+"""Command line: ``skaudiocluster demo``, ``cluster PATH`` and ``report ASSIGNMENTS.csv``.
 
 Exit status of ``skaudiocluster cluster``:
 
@@ -181,6 +181,10 @@ def cluster(args: argparse.Namespace) -> int:
     clusterer, the device and the weights file.
     """
     sidecar = _check_out(args.out)
+    if args.report is not None:
+        from skaudiocluster.report import _check_out as check_report
+
+        check_report(args.report)
     paths = _find_audio(args.path)
     embedder = _embedders()[args.embedder]()
     model = _clusterers(args.n_clusters, args.random_state)[args.clusterer]()
@@ -232,6 +236,9 @@ def cluster(args: argparse.Namespace) -> int:
         header.append("confidence")
         for row, value in zip(rows, confidence):
             row.append(f"{value:.4f}")
+    if args.report is not None:
+        seen = head[:-1].transform(features) if hasattr(head, "steps") else features
+        _write_report(args, kept, labels, seen, confidence if header[-1] == "confidence" else None)
     # The list first, so that a written CSV always has its list of skipped files.
     if skipped:
         _write_csv(sidecar, ["path", "error"], skipped)
@@ -253,6 +260,87 @@ def cluster(args: argparse.Namespace) -> int:
         )
         return EXIT_SKIPPED
     return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """Write the HTML listening report of an assignments CSV written by ``cluster``."""
+    import numpy as np
+
+    from skaudiocluster.report import _check_out as check_report
+
+    check_report(args.report)
+    rows = _read_table(args.assignments, "cluster")
+    paths = list(rows)
+    labels = [_number(value) for value, _ in rows.values()]
+    confidence = [extra for _, extra in rows.values()]
+    proba = np.array(confidence, dtype=float) if all(v is not None for v in confidence) else None
+    truth = None
+    if args.true_labels is not None:
+        known = _read_table(args.true_labels, "label")
+        missing = [path for path in paths if path not in known]
+        if missing:
+            raise ValueError(
+                f"{args.true_labels}: no label for {_plural(len(missing), 'file')}, "
+                f"e.g. {missing[0]!r}"
+            )
+        truth = [_number(known[path][0]) for path in paths]
+    embedder = _embedders()[args.embedder]()
+    _configure(embedder, device=args.device, verbose=args.verbose)
+    clips, _, _ = _decode(paths, embedder.sample_rate, skip=False, verbose=args.verbose)
+    features = embedder.fit_transform(clips)
+    del clips
+    _write_report(args, paths, labels, features, proba, truth)
+    return 0
+
+
+def _write_report(args, paths, labels, embeddings, proba, true_labels=None) -> None:
+    from skaudiocluster.report import write_report
+
+    out = write_report(
+        paths,
+        labels,
+        embeddings=embeddings,
+        proba=proba,
+        true_labels=true_labels,
+        out=args.report,
+        n_typical=args.n_typical,
+        n_atypical=args.n_atypical,
+        excerpt_seconds=args.excerpt_seconds,
+        audio_format=args.audio_format,
+        verbose=args.verbose,
+    )
+    print(f"listening report -> {out / 'index.html'}")
+
+
+def _read_table(csv_path: str, column: str) -> dict[str, tuple[str, str | None]]:
+    """``{path: (column's value, confidence or None)}`` from a CSV with a ``path`` column.
+
+    Relative paths are taken from the current folder, or else from the CSV's folder.
+    """
+    import csv
+
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not {"path", column} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{csv_path}: expected the columns path and {column}")
+        table = {}
+        for row in reader:
+            path = row["path"]
+            if not os.path.isabs(path) and not os.path.exists(path):
+                path = os.path.join(folder, path)
+            table[os.path.normpath(path)] = (row[column], row.get("confidence") or None)
+    if not table:
+        raise ValueError(f"{csv_path}: no rows")
+    return table
+
+
+def _number(text: str):
+    """CSV cells back to integers where they are integers (cluster numbers, digits)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _check_out(out: str) -> str:
@@ -511,8 +599,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="show progress bars while decoding, embedding and training a deep clusterer",
     )
     p_cluster.add_argument("--random-state", type=int, default=0, help="seed of the clusterer")
+    p_cluster.add_argument(
+        "--report", metavar="DIR", default=None, help="also write the HTML listening report there"
+    )
+    _report_options(p_cluster)
     p_cluster.set_defaults(func=cluster)
+
+    p_report = sub.add_parser(
+        "report",
+        help="write the HTML listening report of an assignments CSV",
+        description="Write an HTML page to hear the clusters of an assignments CSV\n"
+        "(path,cluster[,confidence]) written by `skaudiocluster cluster`; open\n"
+        "DIR/index.html in a browser. The clips are embedded again (--embedder) for the map.",
+        formatter_class=_HelpFormatter,
+    )
+    p_report.add_argument("assignments", help="CSV with the columns path, cluster[, confidence]")
+    p_report.add_argument(
+        "--out", dest="report", metavar="DIR", default="report", help="folder to write"
+    )
+    p_report.add_argument(
+        "--true-labels",
+        metavar="CSV",
+        default=None,
+        help="CSV with the columns path, label: adds label mixes and the confusion matrix",
+    )
+    p_report.add_argument(
+        "--embedder", choices=sorted(_embedders()), default="spectrogram", help="for the map"
+    )
+    p_report.add_argument("--device", default="auto", help="torch device of the embedder")
+    p_report.add_argument("-v", "--verbose", action="count", default=0, help="progress bars")
+    _report_options(p_report)
+    p_report.set_defaults(func=report)
     return parser
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--n-typical",
+        type=int,
+        default=6,
+        metavar="N",
+        help="players of each cluster's most typical clips",
+    )
+    parser.add_argument(
+        "--n-atypical",
+        type=int,
+        default=3,
+        metavar="N",
+        help="players of each cluster's least typical clips",
+    )
+    parser.add_argument(
+        "--excerpt-seconds",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="longer clips are previewed by their loudest excerpt of this length",
+    )
+    parser.add_argument(
+        "--audio-format", choices=["flac", "ogg", "wav"], default="flac", help="of the clips"
+    )
 
 
 def _os_error_line(exc: OSError) -> str:

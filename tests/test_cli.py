@@ -640,7 +640,9 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"skaudiocluster {skaudiocluster.__version__}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["cluster", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["cluster", "--help"], ["demo", "--help"], ["report", "--help"]]
+)
 def test_help_imports_no_numerical_library(argv):
     code = (
         "import sys\n"
@@ -686,3 +688,57 @@ def test_demo_prints_a_score_table(capsys, monkeypatch):
     assert out.count("| log-mel mean+std -> scale -> PCA -> kmeans |") == 1
     assert out.count("| log-mel mean+std -> scale -> PCA -> agglomerative |") == 1
     assert out.count("| log-mel mean+std -> temi |") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the listening report
+
+
+def test_cluster_writes_the_report(tones, tmp_path, capsys):
+    out, report = tmp_path / "a.csv", tmp_path / "report"
+    argv = ["cluster", str(tones), "--out", str(out), "--n-clusters", "2", "--report", str(report)]
+    assert main([*argv, "--n-typical", "2", "--n-atypical", "1"]) == 0
+    assert f"listening report -> {report / 'index.html'}" in capsys.readouterr().out
+    text = (report / "index.html").read_text()
+    assert text.count("<audio controls") == 6  # 2 clusters x (2 typical + 1 atypical)
+    assert len(list((report / "audio").iterdir())) == len(_rows(out)) == 12
+
+
+def test_report_from_the_csv_with_true_labels(tones, tmp_path, capsys):
+    out = tmp_path / "a.csv"
+    assert main(["cluster", str(tones), "--out", str(out), "--n-clusters", "2"]) == 0
+    truth = tmp_path / "labels.csv"
+    names = sorted(p.name for p in tones.iterdir())
+    truth.write_text(
+        "path,label\n"
+        + "".join(f"clips/{n},{'low' if int(n[1:-4]) % 2 else 'high'}\n" for n in names)
+    )
+    report = tmp_path / "r"
+    assert main(["report", str(out), "--out", str(report), "--true-labels", str(truth)]) == 0
+    text = (report / "index.html").read_text()
+    assert "Hungarian accuracy 1.000" in text
+    assert "ordered by\ndistance to the cluster" in text  # kmeans: no confidence column
+
+
+def test_report_refuses_a_folder_that_is_not_a_report_before_any_work(
+    tones, tmp_path, no_work, capsys
+):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    argv = ["cluster", str(tones), "--out", str(tmp_path / "a.csv"), "--n-clusters", "2"]
+    assert main([*argv, "--report", str(mine)]) == 2
+    assert "is a non-empty folder that is not a report" in _error_line(capsys)
+    assert not (tmp_path / "a.csv").exists()
+
+
+def test_report_names_a_file_without_a_true_label(tones, tmp_path, capsys):
+    out = tmp_path / "a.csv"
+    out.write_text(f"path,cluster\n{tones / 'c0.wav'},0\n{tones / 'c1.wav'},1\n")
+    truth = tmp_path / "labels.csv"
+    truth.write_text(f"path,label\n{tones / 'c0.wav'},x\n")
+    assert (
+        main(["report", str(out), "--out", str(tmp_path / "r"), "--true-labels", str(truth)]) == 2
+    )
+    line = _error_line(capsys)
+    assert "no label for 1 file, e.g." in line and "c1.wav" in line
