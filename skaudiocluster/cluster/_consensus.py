@@ -145,4 +145,3 @@ def _concatenate(head_probs: np.ndarray) -> np.ndarray:
     head_probs = np.asarray(head_probs, dtype=np.float64)
     n_heads, n_samples, n_clusters = head_probs.shape
     return head_probs.transpose(1, 0, 2).reshape(n_samples, n_heads * n_clusters)
-
