@@ -83,7 +83,8 @@ def _paths(source: str, n_clips: int, work: Path, shared: str | None) -> list[st
 
         from skaudiocluster.datasets import make_sound_classes
 
-        clips, _ = make_sound_classes(n_samples=N_SYNTHETIC, duration=1.0, random_state=0)
+        n_unique = min(N_SYNTHETIC, n_clips)
+        clips, _ = make_sound_classes(n_samples=n_unique, duration=1.0, random_state=0)
         unique = []
         for index, clip in enumerate(clips):
             unique.append(str(work / f"synthetic{index:03d}.wav"))
