@@ -65,6 +65,8 @@ def embed_files(
         embedder recomputes everything; editing, touching or replacing a file
         recomputes its chunk; appending files computes only the new chunks.
         Inserting a file shifts the chunks after it, which are then recomputed.
+        An error in one chunk (an unreadable file) stops the run; the chunks
+        written before it stay cached.
     chunk_size : int, default=256
         Files per chunk: the unit of work, of caching and of memory (decoded
         audio of ``chunk_size`` files per chunk in flight).
@@ -261,7 +263,10 @@ def _run_chunks(embedder, chunks, todo, n_jobs, client):
 
 
 def _indexed_chunk(index: int, embedder, paths: list[str]) -> tuple[int, np.ndarray]:
-    return index, np.asarray(embedder.transform(paths), dtype=np.float32)
+    try:
+        return index, np.asarray(embedder.transform(paths), dtype=np.float32)
+    except ValueError as exc:  # its clip numbers count from the chunk's first file
+        raise ValueError(f"{exc} (in chunk {index}, starting at {paths[0]!r})") from exc
 
 
 def _load_chunk(file: Path, n_rows: int) -> np.ndarray | None:

@@ -280,3 +280,15 @@ def test_bad_input(wav_paths, spectrogram, tmp_path):
         embed_files([wav_paths[0], missing], spectrogram, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="missing.wav' does not exist"):
         embed_files([wav_paths[0], missing], spectrogram)
+
+
+def test_an_unreadable_file_is_named_with_its_chunk(wav_paths, spectrogram, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really")
+    paths = [*wav_paths[:3], str(broken)]
+    message = r"broken.wav' .*could not be decoded.*in chunk 1, start"
+    with pytest.raises(ValueError, match=message):
+        embed_files(paths, spectrogram, chunk_size=2, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*/*.npy"))) == 1  # the good chunk is kept
+    with pytest.raises(ValueError, match=message):
+        embed_files(paths, spectrogram, chunk_size=2, n_jobs=2)
