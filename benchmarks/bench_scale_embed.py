@@ -105,7 +105,9 @@ def _embedder(name: str, shared: str | None):
         weights = None
         if shared:
             weights = Path(shared) / "weights" / "AudioNTT2020-BYOLA-64x96d512.pth"
-        return BYOLAEmbedder(weights=weights, device="cpu", random_state=0)
+        # 32 clips per forward pass: the encoder's activations, not the chunks, set the peak
+        # RSS (two threads at the default 64 peaked at 1.8-2.0 GB, 1.2-1.4 GB between chunks)
+        return BYOLAEmbedder(weights=weights, batch_size=32, device="cpu", random_state=0)
     raise ValueError(f"unknown embedder {name!r}; choose from {EMBEDDERS}")
 
 
