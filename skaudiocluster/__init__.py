@@ -30,6 +30,7 @@ _WHERE = {
     "plot_cluster_map": "plot",
     "plot_confusion_matrix": "plot",
     "plot_history": "plot",
+    "embed_files": "streaming",
     "SpectrogramTransformer": "transformers.spectrogram",
     "PaSSTEmbedder": "transformers.passt",
     "BYOLAEmbedder": "transformers.byola",

@@ -131,3 +131,8 @@ def gpu_smoke() -> ModuleType:
 @pytest.fixture(scope="module")
 def run_dcase() -> ModuleType:
     return load_script("run_dcase")
+
+
+@pytest.fixture(scope="module")
+def bench_scale_embed() -> ModuleType:
+    return load_script("bench_scale_embed")
