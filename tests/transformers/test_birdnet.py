@@ -243,6 +243,7 @@ def test_pickle_holds_no_interpreter_and_predicts_the_same(fitted):
     assert clone(fitted).get_params() == fitted.get_params()
 
 
+@pytest.mark.slow  # about 80 CPU-seconds: some 1,100 windows of 3 s
 def test_estimator_checks(fitted):
     from sklearn.utils.estimator_checks import check_estimator
 
