@@ -150,19 +150,18 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Check the clips and load the model.
+        """Validate the clips, find the model file and load it (nothing is learned).
 
         Parameters
         ----------
-        X : list of 1-D arrays, 2-D array or list of paths
-            Raw audio clips (see :func:`skaudiocluster.audio.check_audio`).
+        X : list of clips or paths, or 2-D array
+            Raw audio, in any form :func:`skaudiocluster.audio.check_audio` takes.
         y : None
-            Ignored.
+            Unused: the model is pretrained.
 
         Returns
         -------
         self : BirdNETEmbedder
-            The fitted embedder.
         """
         self._fit(self._clips(X))
         return self
@@ -178,8 +177,8 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
         Parameters
         ----------
-        X : list of 1-D arrays, 2-D array or list of paths
-            Raw audio clips.
+        X : raw audio
+            Clips at ``sample_rate``, or files, of any length.
 
         Returns
         -------
