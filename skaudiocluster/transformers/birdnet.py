@@ -71,7 +71,9 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         How a clip shorter than 3 s fills its one window: ``"tile"`` repeats it
         back to back, ``"centre"`` zero-pads it on both sides, ``"pad"`` zero-pads
         it on the right (birdnetlib's padding). On 2,170 Bengalese finch syllables
-        (20-140 ms, 11 types), k-means NMI (K=11, 3 seeds) was XXX-MEASURE.
+        (10-130 ms, 11 types), k-means NMI (K=11, 3 seeds) was 0.989 with
+        ``"tile"``, 0.946 with ``"pad"`` and 0.925 with ``"centre"`` (BYOL-A:
+        0.920; see the "Which embedder for which sounds" page).
     batch_size : int, default=1
         Windows per interpreter call. On 2 CPU cores a larger batch gives no more
         clips per CPU-second and more memory (see ``benchmarks/bench_embedders.py``).
