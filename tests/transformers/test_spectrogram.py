@@ -114,12 +114,12 @@ def _hand_chroma(frame: np.ndarray, rate: int) -> np.ndarray:
     return chroma / chroma.max()
 
 
-@given(note=st.integers(69, 100), cents=st.floats(-30, 30))
+@given(note=st.integers(72, 100), cents=st.floats(-20, 20))
 @settings(max_examples=25, deadline=None)
 def test_chroma_of_a_pure_tone(note, cents):
     from skaudiocluster.transformers.spectrogram import _Chroma
 
-    rate, n_fft = 16000, 2048
+    rate, n_fft = 16000, 4096  # 3.9 Hz bins: a semitone above C5 spans 8 or more
     freq = 440.0 * 2 ** ((note - 69 + cents / 100) / 12)
     t = np.arange(4 * n_fft) / rate
     tone = np.sin(2 * np.pi * freq * t).astype(np.float32)
@@ -129,7 +129,8 @@ def test_chroma_of_a_pure_tone(note, cents):
     expected = _hand_chroma(tone[start : start + n_fft].astype(np.float64), rate)
     np.testing.assert_allclose(middle, expected, atol=1e-4)
     assert int(np.argmax(middle)) == note % 12 and middle[note % 12] == 1.0
-    assert np.delete(middle, note % 12).max() < 0.1  # Hann leakage into the next semitone
+    # the Hann main lobe (+-2 bins) stays inside the tone's semitone at 20 cents or less
+    assert np.delete(middle, note % 12).max() < 0.1
 
 
 def test_chroma_features_tell_pitch_classes_apart():
