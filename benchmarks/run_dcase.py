@@ -109,12 +109,19 @@ def _passt(args, seed):
     return PaSSTEmbedder(weights, sample_rate=RATE, device=args.device, verbose=args.verbose)
 
 
+def _birdnet(args, seed):
+    from skaudiocluster.transformers.birdnet import BirdNETEmbedder
+
+    return BirdNETEmbedder(sample_rate=RATE, verbose=args.verbose)  # needs [birdnet]
+
+
 # name -> (factory(args, seed), whether the embedding depends on the seed)
 FEATURES: dict[str, tuple[Callable, bool]] = {
     "spectrogram": (_spectrogram, False),
     "byola": (_byola, False),
     "byola-random": (_byola_random, True),
     "passt": (_passt, False),
+    "birdnet": (_birdnet, False),
 }
 
 

@@ -34,6 +34,7 @@ _WHERE = {
     "SpectrogramTransformer": "transformers.spectrogram",
     "PaSSTEmbedder": "transformers.passt",
     "BYOLAEmbedder": "transformers.byola",
+    "BirdNETEmbedder": "transformers.birdnet",
 }
 
 __all__ = list(_WHERE)

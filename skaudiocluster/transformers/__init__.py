@@ -4,6 +4,7 @@ from skaudiocluster._lazy import lazy_exports
 
 _WHERE = {
     "BYOLAEmbedder": "byola",
+    "BirdNETEmbedder": "birdnet",
     "PaSSTEmbedder": "passt",
     "SpectrogramTransformer": "spectrogram",
 }

@@ -1,4 +1,4 @@
-"""Log-mel spectrogram features: pooled statistics or fixed-size log-mel images."""
+"""Log-mel or chroma features: pooled statistics or fixed-size log-mel images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from skaudiocluster._torch import cpu_state, progress, resolve_device
 from skaudiocluster.audio import check_audio, check_finite_output, length_batches
 
-__all__ = ["SpectrogramTransformer"]
+__all__ = ["SpectrogramTransformer", "chroma_filterbank"]
 
 
 class SpectrogramTransformer(TransformerMixin, BaseEstimator):
@@ -41,6 +41,13 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         Lowest mel band edge in Hz.
     f_max : float, default=None
         Highest mel band edge in Hz; ``None`` is ``sample_rate / 2``.
+    kind : {"mel", "chroma"}, default="mel"
+        ``"mel"``: ``n_mels`` log-mel bands. ``"chroma"``: a 12-band chromagram
+        (C, C#, ..., B): the power of every FFT bin in ``[f_min, f_max]`` (DC
+        excluded) added to the pitch class nearest its frequency (A4 = 440 Hz,
+        equal temperament), each frame divided by its largest band (silent frames
+        stay 0); ``n_mels`` is then unused. Chroma + PCA + k-means is the baseline
+        of bird-song studies such as the nightingale one this package learns from.
     pooling : {"meanstd"} or None, default="meanstd"
         ``"meanstd"``: mean and standard deviation of each band over time,
         shape (n_clips, 2 * n_mels). ``None``: the standardised log-mel itself,
@@ -85,6 +92,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         "n_mels": [Interval(Integral, 1, None, closed="left")],
         "f_min": [Interval(Real, 0, None, closed="left")],
         "f_max": [Interval(Real, 0, None, closed="neither"), None],
+        "kind": [StrOptions({"mel", "chroma"})],
         "pooling": [StrOptions({"meanstd"}), None],
         "n_frames": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -100,6 +108,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         n_mels: int = 64,
         f_min: float = 0.0,
         f_max: float | None = None,
+        kind: str = "mel",
         pooling: str | None = "meanstd",
         n_frames: int = 100,
         batch_size: int = 64,
@@ -112,6 +121,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         self.n_mels = n_mels
         self.f_min = f_min
         self.f_max = f_max
+        self.kind = kind
         self.pooling = pooling
         self.n_frames = n_frames
         self.batch_size = batch_size
@@ -140,8 +150,8 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
             )
         clips = check_audio(X, sample_rate=self.sample_rate)
         self.device_ = resolve_device(self.device)
-        total = np.zeros(self.n_mels)
-        total_sq = np.zeros(self.n_mels)
+        total = np.zeros(self._n_bands)
+        total_sq = np.zeros(self._n_bands)
         count = 0
         for _, log_mel, n_valid in self._log_mel_batches(clips, "fitting log-mel statistics"):
             mask = _frame_mask(n_valid, log_mel.shape[-1]).unsqueeze(1)
@@ -172,9 +182,9 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "mean_")
         clips = check_audio(X, sample_rate=self.sample_rate)
-        width = 2 * self.n_mels if self.pooling == "meanstd" else self.n_frames
+        width = 2 * self._n_bands if self.pooling == "meanstd" else self.n_frames
         out = np.zeros(
-            (len(clips), width) if self.pooling else (len(clips), self.n_mels, width),
+            (len(clips), width) if self.pooling else (len(clips), self._n_bands, width),
             dtype=np.float32,
         )
         mean = torch.as_tensor(self.mean_).view(1, -1, 1)
@@ -193,18 +203,29 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         # fitted on a GPU, transforms on the CPU after unpickling on a machine without one
         return cpu_state(super().__getstate__())
 
+    @property
+    def _n_bands(self) -> int:
+        return 12 if self.kind == "chroma" else self.n_mels
+
     def _log_mel_batches(self, clips: list[np.ndarray], desc: str):
-        """Yield (indices, log-mel (batch, n_mels, frames), valid frame counts) per batch."""
+        """Yield (indices, features (batch, bands, frames), valid frame counts) per batch.
+
+        The features are log-mels, or chromagrams when ``kind="chroma"``.
+        """
         device = self.device_
-        mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=self.sample_rate,
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            f_min=self.f_min,
-            f_max=self.f_max,
-            n_mels=self.n_mels,
-            pad_mode="constant",  # zero padding: a batch-mate's padding equals the clip's own
-        ).to(device)
+        if self.kind == "chroma":
+            mel = _Chroma(self.sample_rate, self.n_fft, self.hop_length, self.f_min, self.f_max)
+        else:
+            mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=self.sample_rate,
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                f_min=self.f_min,
+                f_max=self.f_max,
+                n_mels=self.n_mels,
+                pad_mode="constant",  # zero padding: a batch-mate's padding equals the clip's own
+            )
+        mel = mel.to(device)
         lengths = [len(clip) for clip in clips]
         batches = length_batches(lengths, self.batch_size)
         with torch.inference_mode():
@@ -217,13 +238,54 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
                 n_valid = torch.as_tensor(
                     [1 + lengths[i] // self.hop_length for i in indices], device=device
                 )
-                yield indices, torch.log(power + 1e-6), n_valid
+                yield indices, power if self.kind == "chroma" else torch.log(power + 1e-6), n_valid
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = True
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+def chroma_filterbank(
+    n_fft: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
+) -> np.ndarray:
+    """``(n_fft // 2 + 1, 12)`` matrix adding each FFT bin's power to its pitch class.
+
+    Bin ``k`` (frequency ``k * sample_rate / n_fft``, DC excluded, within
+    ``[f_min, f_max]``) goes to pitch class ``round(12 * log2(f / 440) + 69) mod 12``
+    (0 = C, 9 = A).
+
+    Examples
+    --------
+    >>> bank = chroma_filterbank(1024, 16000)
+    >>> int(bank[round(440 * 1024 / 16000)].argmax())  # 440 Hz is an A
+    9
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    bank = np.zeros((len(freqs), 12), dtype=np.float32)
+    keep = (freqs > 0) & (freqs >= f_min) & (freqs <= f_max)
+    pitch = np.round(12 * np.log2(freqs[keep] / 440.0) + 69).astype(int) % 12
+    bank[np.flatnonzero(keep), pitch] = 1.0
+    return bank
+
+
+class _Chroma(torch.nn.Module):
+    """Power spectrogram (Hann, zero-padded centre frames) to per-frame max-normalised chroma."""
+
+    def __init__(self, sample_rate, n_fft, hop_length, f_min, f_max):
+        super().__init__()
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=n_fft, hop_length=hop_length, pad_mode="constant"
+        )
+        bank = chroma_filterbank(n_fft, sample_rate, f_min, f_max)
+        self.register_buffer("bank", torch.from_numpy(bank))
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        chroma = torch.einsum("bft,fc->bct", self.spectrogram(waves), self.bank)
+        peak = chroma.amax(dim=1, keepdim=True)
+        return torch.where(peak > 0, chroma / peak.clamp_min(1e-30), torch.zeros_like(chroma))
 
 
 def _frame_mask(n_valid: torch.Tensor, n_frames: int) -> torch.Tensor:

@@ -2,6 +2,9 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
@@ -94,3 +97,50 @@ def test_loudest_accepted_samples_give_finite_features(clips):
     # 2**31 is check_audio's limit: the power spectra must not overflow below it
     loud = [np.clip(clip, -1, 1) * 2.0**31 for clip in clips]
     assert np.isfinite(SpectrogramTransformer().fit_transform(loud)).all()
+
+
+# --- chroma ---------------------------------------------------------------------------------
+
+
+def _hand_chroma(frame: np.ndarray, rate: int) -> np.ndarray:
+    """One frame's chroma, by the textbook: Hann, |rfft|^2, each bin to its nearest semitone."""
+    n = len(frame)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)  # periodic Hann
+    power = np.abs(np.fft.rfft(frame * window)) ** 2
+    chroma = np.zeros(12)
+    for k in range(1, len(power)):
+        midi = 12 * np.log2(k * rate / n / 440.0) + 69
+        chroma[int(np.round(midi)) % 12] += power[k]
+    return chroma / chroma.max()
+
+
+@given(note=st.integers(72, 100), cents=st.floats(-20, 20))
+@settings(max_examples=25, deadline=None)
+def test_chroma_of_a_pure_tone(note, cents):
+    from skaudiocluster.transformers.spectrogram import _Chroma
+
+    rate, n_fft = 16000, 4096  # 3.9 Hz bins: a semitone above C5 spans 8 or more
+    freq = 440.0 * 2 ** ((note - 69 + cents / 100) / 12)
+    t = np.arange(4 * n_fft) / rate
+    tone = np.sin(2 * np.pi * freq * t).astype(np.float32)
+    chroma = _Chroma(rate, n_fft, n_fft // 4, 0.0, None)(torch.from_numpy(tone)[None])[0]
+    middle = chroma[:, 8].double().numpy()  # a frame well inside the tone
+    start = 8 * (n_fft // 4) - n_fft // 2  # centred frames
+    expected = _hand_chroma(tone[start : start + n_fft].astype(np.float64), rate)
+    np.testing.assert_allclose(middle, expected, atol=1e-4)
+    assert int(np.argmax(middle)) == note % 12 and middle[note % 12] == 1.0
+    # the Hann main lobe (+-2 bins) stays inside the tone's semitone at 20 cents or less
+    assert np.delete(middle, note % 12).max() < 0.1
+
+
+def test_chroma_features_tell_pitch_classes_apart():
+    rate = 16000
+    t = np.arange(rate // 2) / rate
+    notes = [69, 72, 76, 69 + 12, 72 + 12, 76 + 12]  # A, C, E in two octaves
+    clips = [np.sin(2 * np.pi * 440 * 2 ** ((n - 69) / 12) * t) for n in notes]
+    est = SpectrogramTransformer(kind="chroma", n_fft=2048, hop_length=512, sample_rate=rate)
+    features = est.fit_transform(clips)
+    assert features.shape == (6, 24) and est.mean_.shape == (12,)
+    labels = KMeans(3, n_init=10, random_state=0).fit_predict(features)
+    assert normalized_mutual_info_score([n % 12 for n in notes], labels) == 1.0
+    assert est.set_params(pooling=None).transform(clips).shape == (6, 12, 100)
