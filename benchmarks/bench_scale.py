@@ -129,14 +129,15 @@ def run_fit(
     }
 
 
-def in_subprocess(job: str, threads: int, *args) -> dict:
+def in_subprocess(job: str, threads: int, *args, options: tuple[str, ...] = ()) -> dict:
     """``job`` (``knn`` or ``fit``) in a fresh interpreter, so its peak RSS is its own."""
-    command = [sys.executable, __file__, "--child", job, "--threads", str(threads)]
+    command = [sys.executable, __file__, "--child", job, "--threads", str(threads), *options]
+    # stderr is the caller's: progress bars (--verbose) and errors show as the job runs
     done = subprocess.run(
-        [*command, "--", *map(str, args)], capture_output=True, text=True, check=False
+        [*command, "--", *map(str, args)], stdout=subprocess.PIPE, text=True, check=False
     )
     if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+        return {"error": f"exit status {done.returncode} (its error is above)"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -175,6 +176,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--verbose", type=int, default=0, help="progress bars of the fits")
     parser.add_argument("--no-knn", action="store_true")
     parser.add_argument("--no-embedding", action="store_true")
     parser.add_argument("--json", type=Path, help="write every result here")
@@ -189,7 +191,7 @@ def main(argv=None) -> None:
         return
     if args.child == "fit":
         method, n, epochs = args.job_args
-        print(json.dumps(run_fit(method, int(n), int(epochs))))
+        print(json.dumps(run_fit(method, int(n), int(epochs), verbose=args.verbose)))
         return
     if max(args.sizes) >= 1_000_000:
         print("warning: the 1M runs take hours on 2 cores", file=sys.stderr)
@@ -207,7 +209,14 @@ def main(argv=None) -> None:
                 {
                     "method": method,
                     "n": n,
-                    **in_subprocess("fit", args.threads, method, n, args.epochs),
+                    **in_subprocess(
+                        "fit",
+                        args.threads,
+                        method,
+                        n,
+                        args.epochs,
+                        options=("--verbose", str(args.verbose)),
+                    ),
                 }
             )
             print_table(fits[-1:], ["method", "n", "fit s", "epochs", "epoch s", "peak rss GB"])
