@@ -184,3 +184,13 @@ def test_auto_is_exact_up_to_the_threshold(monkeypatch):
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method must be"):
         cosine_knn(np.ones((10, 2)), 2, method="hnsw")
+
+
+def test_ivf_never_makes_a_row_its_own_neighbour_among_duplicates():
+    pytest.importorskip("faiss", reason="the scale extra (faiss-cpu) is not installed")
+    X = clustered(500, seed=3)
+    X = np.vstack([X, X])  # every row ties with its copy
+    indices, sims = cosine_knn(X, 4, method="ivf")
+    assert not np.any(indices == np.arange(1000)[:, None])
+    assert np.mean(indices == ((np.arange(1000) + 500) % 1000)[:, None]) > 0.2  # copy is found
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
