@@ -160,8 +160,9 @@ def run_embedding(args) -> None:
     subprocess.run([sys.executable, str(script)], check=False)
 
 
-def print_table(rows: list[dict], keys: list[str]) -> None:
-    print("  ".join(f"{key:>12}" for key in keys))
+def print_table(rows: list[dict], keys: list[str], header: bool = True) -> None:
+    if header:
+        print("  ".join(f"{key:>12}" for key in keys))
     for row in rows:
         cells = []
         for key in keys:
@@ -203,6 +204,9 @@ def main(argv=None) -> None:
         print_table(knn, ["n", "method", "knn s", "recall", "peak rss GB"])
         results += [{**row, "job": "knn"} for row in knn]
     fits = []
+    fit_keys = ["method", "n", "fit s", "epochs", "epoch s", "peak rss GB"]
+    print(f"\nfits ({args.epochs} epoch(s) each, one subprocess per fit)")
+    print_table([], fit_keys)
     for n in args.sizes:
         for method in args.methods:
             fits.append(
@@ -219,7 +223,7 @@ def main(argv=None) -> None:
                     ),
                 }
             )
-            print_table(fits[-1:], ["method", "n", "fit s", "epochs", "epoch s", "peak rss GB"])
+            print_table(fits[-1:], fit_keys, header=False)
     results += [{**row, "job": "fit"} for row in fits]
     if 100_000 in args.sizes and 1_000_000 in args.sizes:
         print("\n1M / 100k, time per epoch:", ratio(fits, "epoch s", 100_000, 1_000_000))
