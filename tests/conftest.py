@@ -124,6 +124,11 @@ def bench_quality() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
+def bench_scale() -> ModuleType:
+    return load_script("bench_scale")
+
+
+@pytest.fixture(scope="module")
 def gpu_smoke() -> ModuleType:
     return load_script("gpu_smoke")
 

@@ -35,6 +35,9 @@ from skaudiocluster._torch import cpu_state, draw_seed, fit_context, resolve_dev
 
 # Training and inference run on this many CPU threads (see _torch.torch_threads).
 FIT_THREADS = 1
+# Inputs with more rows are preprocessed this many rows at a time, so that no step makes
+# N x D float64 temporaries (12 GB at 1M x 512); smaller inputs go through whole, as before.
+PREPROCESS_ROWS = 65_536
 
 
 def make_preprocessor(
@@ -71,6 +74,53 @@ def make_preprocessor(
     elif preprocessing == "standardize" and not (steps and isinstance(steps[-1], StandardScaler)):
         steps.append(StandardScaler())
     return make_pipeline(*(steps or [FunctionTransformer()]))
+
+
+def fit_preprocessor(preprocessor: Pipeline, embeddings: np.ndarray) -> Pipeline:
+    """``preprocessor.fit(embeddings)``, step by step in row chunks above ``PREPROCESS_ROWS``.
+
+    Steps with ``partial_fit`` (the scalers) see the rows chunk by chunk; the PCA is
+    fitted on the whole output of the steps before it (its covariance solver makes
+    no copy of it).
+
+    Examples
+    --------
+    >>> X = np.random.default_rng(0).normal(size=(100, 8))
+    >>> fit_preprocessor(make_preprocessor("l2", 4, X.shape, seed=0), X).transform(X).shape
+    (100, 4)
+    """
+    if len(embeddings) <= PREPROCESS_ROWS:
+        return preprocessor.fit(embeddings)
+    data = embeddings
+    for position, (_, step) in enumerate(preprocessor.steps):
+        if hasattr(step, "partial_fit"):
+            for start in range(0, len(data), PREPROCESS_ROWS):
+                step.partial_fit(data[start : start + PREPROCESS_ROWS])
+        else:
+            step.fit(data)
+        if position < len(preprocessor.steps) - 1:
+            data = transform_rows(step, data, data.dtype)
+    return preprocessor
+
+
+def transform_rows(transformer, data: np.ndarray, dtype) -> np.ndarray:
+    """``transformer.transform(data)`` as ``dtype``, ``PREPROCESS_ROWS`` rows at a time.
+
+    Examples
+    --------
+    >>> transform_rows(Normalizer(), np.array([[3.0, 4.0]]), np.float32)
+    array([[0.6, 0.8]], dtype=float32)
+    """
+    if len(data) <= PREPROCESS_ROWS:
+        return np.asarray(transformer.transform(data), dtype=dtype)
+    first = transformer.transform(data[:PREPROCESS_ROWS])
+    out = np.empty((len(data), first.shape[1]), dtype=dtype)
+    out[:PREPROCESS_ROWS] = first
+    for start in range(PREPROCESS_ROWS, len(data), PREPROCESS_ROWS):
+        out[start : start + PREPROCESS_ROWS] = transformer.transform(
+            data[start : start + PREPROCESS_ROWS]
+        )
+    return out
 
 
 def check_hidden_dims(hidden_dims) -> tuple[int, ...]:
@@ -141,10 +191,13 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
             self.device_ = device
             check_hidden_dims(self.hidden_dims)
             embeddings = self._embeddings(X, reset=True, seed=seed)
-            self.preprocessor_ = make_preprocessor(
-                self.preprocessing, self.n_components, embeddings.shape, seed
-            ).fit(embeddings)
-            features = self._fit_features(self._preprocess(embeddings), X, seed)
+            self.preprocessor_ = fit_preprocessor(
+                make_preprocessor(self.preprocessing, self.n_components, embeddings.shape, seed),
+                embeddings,
+            )
+            features = self._preprocess(embeddings)
+            del embeddings  # a float64 copy of X: not held while training
+            features = self._fit_features(features, X, seed)
             self.labels_ = self._proba(features).argmax(axis=1)
         return self
 
@@ -192,7 +245,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         return 2
 
     def _preprocess(self, embeddings: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.preprocessor_.transform(embeddings), dtype=np.float32)
+        return np.ascontiguousarray(transform_rows(self.preprocessor_, embeddings, np.float32))
 
     def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
         """Train on the preprocessed ``features`` (float32); ``X`` is the raw input of ``fit``.

@@ -359,3 +359,25 @@ def test_pickle_round_trip_predicts_the_same(blobs):
 def test_unfitted_predict_raises(blobs):
     with pytest.raises(NotFittedError):
         SoftKMeans().predict(blobs[0])
+
+
+@pytest.mark.parametrize(
+    ("preprocessing", "n_components"), [("l2", 4), ("standardize", 4), ("l2", None), (None, None)]
+)
+def test_preprocessing_in_row_chunks_matches_the_whole(monkeypatch, preprocessing, n_components):
+    from skaudiocluster.cluster import _base
+
+    X = np.random.default_rng(7).normal(size=(230, 9)) * np.arange(1, 10) + 3
+    whole = make_preprocessor(preprocessing, n_components, X.shape, seed=0).fit(X)
+    expected = whole.transform(X)
+    monkeypatch.setattr(_base, "PREPROCESS_ROWS", 50)
+    chunked = _base.fit_preprocessor(make_preprocessor(preprocessing, n_components, X.shape, 0), X)
+    for step, reference in zip(chunked.steps, whole.steps):
+        for attribute in ("mean_", "scale_", "components_"):
+            if hasattr(reference[1], attribute):
+                assert_allclose(
+                    getattr(step[1], attribute), getattr(reference[1], attribute), atol=1e-10
+                )
+    out = _base.transform_rows(chunked, X, np.float32)
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

@@ -111,3 +111,86 @@ def test_read_only_input_gives_no_warning():
         warnings.simplefilter("error")
         indices, _ = cosine_knn(X, 3)
     assert indices.shape == (20, 3)
+
+
+def clustered(n_samples: int, n_features: int = 16, n_centres: int = 20, seed: int = 0):
+    """Rows scattered around a few random centres: neighbourhoods an index can find."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_centres, n_features))
+    return centres[rng.integers(0, n_centres, n_samples)] + 0.7 * rng.normal(
+        size=(n_samples, n_features)
+    )
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(
+        np.mean([len(np.intersect1d(a, b)) / exact.shape[1] for a, b in zip(found, exact)])
+    )
+
+
+@pytest.fixture(scope="module")
+def sample():
+    pytest.importorskip("faiss", reason="the scale extra (faiss-cpu) is not installed")
+    X = clustered(4000)
+    return X, cosine_knn(X, 10)
+
+
+def test_approximate_neighbours_are_mostly_the_exact_ones(sample):
+    X, (exact, exact_sims) = sample
+    indices, sims = cosine_knn(X, 10, method="ivf")
+    assert indices.shape == sims.shape == (4000, 10)
+    assert indices.dtype == np.int64 and sims.dtype == np.float32
+    assert not np.any(indices == np.arange(4000)[:, None])
+    assert all(len(set(row)) == 10 for row in indices[:200])
+    # chance is 10 / 3999; a missed neighbour is replaced by a near-tie
+    assert recall(indices, exact) > 0.9
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    np.testing.assert_allclose(
+        sims[:50, 3], np.sum(unit[:50] * unit[indices[:50, 3]], 1), atol=1e-5
+    )
+
+
+def test_approximate_search_puts_self_first_when_included(sample):
+    X, _ = sample
+    indices, sims = cosine_knn(X, 5, include_self=True, method="ivf")
+    assert indices.shape == (4000, 5)
+    np.testing.assert_array_equal(indices[:, 0], np.arange(4000))
+    np.testing.assert_allclose(sims[:, 0], 1.0)
+    assert not np.any(indices[:, 1:] == np.arange(4000)[:, None])
+
+
+def test_ivf_with_short_lists_still_fills_every_row():
+    pytest.importorskip("faiss", reason="the scale extra (faiss-cpu) is not installed")
+    # 400 rows make 10 lists of ~40: 39 neighbours may need more lists than are probed
+    X = clustered(400, n_centres=3, seed=5)
+    indices, _ = cosine_knn(X, 39, method="ivf")
+    assert indices.min() >= 0
+    assert all(len(set(row)) == 39 for row in indices)
+
+
+def test_auto_is_exact_up_to_the_threshold(monkeypatch):
+    from skaudiocluster.cluster import _neighbors
+
+    assert _neighbors.resolve_method("auto", _neighbors.EXACT_MAX_SAMPLES) == "exact"
+    assert _neighbors.resolve_method("auto", _neighbors.EXACT_MAX_SAMPLES + 1) == "ivf"
+    monkeypatch.setattr(_neighbors, "_has_faiss", lambda: False)
+    with pytest.warns(UserWarning, match="faiss is not installed"):
+        assert _neighbors.resolve_method("auto", 10**6) == "exact"
+    with pytest.raises(ImportError, match=r"skaudiocluster\[scale\]"):
+        cosine_knn(np.ones((10, 2)), 2, method="ivf")
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method must be"):
+        cosine_knn(np.ones((10, 2)), 2, method="hnsw")
+
+
+def test_ivf_never_makes_a_row_its_own_neighbour_among_duplicates():
+    pytest.importorskip("faiss", reason="the scale extra (faiss-cpu) is not installed")
+    X = clustered(500, seed=3)
+    X = np.vstack([X, X])  # every row ties with its copy
+    indices, sims = cosine_knn(X, 4, method="ivf")
+    assert not np.any(indices == np.arange(1000)[:, None])
+    assert np.mean(indices == ((np.arange(1000) + 500) % 1000)[:, None]) > 0.2  # copy is found
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
