@@ -29,6 +29,8 @@ from sklearn.metrics.pairwise import euclidean_distances
 
 __all__ = ["Consensus", "consensus_partition", "head_agreement"]
 
+MAX_FIT_SAMPLES = 20_000
+
 
 def head_agreement(head_probs: np.ndarray) -> np.ndarray:
     """Mean NMI of each head's argmax partition with every other head's.
@@ -100,7 +102,12 @@ class Consensus:
 
 
 def consensus_partition(
-    head_probs: np.ndarray, n_clusters: int, *, n_init: int = 10, random_state: int = 0
+    head_probs: np.ndarray,
+    n_clusters: int,
+    *,
+    n_init: int = 10,
+    max_samples: int = MAX_FIT_SAMPLES,
+    random_state: int = 0,
 ) -> Consensus:
     """k-means with ``n_clusters`` centres on every head's probabilities side by side.
 
@@ -113,6 +120,10 @@ def consensus_partition(
     n_clusters : int
     n_init : int, default=10
         k-means restarts (the lowest inertia wins).
+    max_samples : int, default=20_000
+        Above this many samples, k-means is fitted on a random subset of this
+        size and every sample goes to its nearest centre (on a million samples
+        the ten restarts on all rows would take most of a fit).
     random_state : int, default=0
 
     Returns
@@ -130,13 +141,23 @@ def consensus_partition(
     (4, 2)
     """
     rows = _concatenate(head_probs)
+    subset = len(rows) > max_samples
+    if subset:
+        rng = np.random.default_rng(random_state)
+        fit_rows = rows[np.sort(rng.choice(len(rows), max_samples, replace=False))]
+    else:
+        fit_rows = rows
     with warnings.catch_warnings():
         # Collapsed heads give duplicate rows; the caller reports collapse itself.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        kmeans = KMeans(n_clusters, n_init=n_init, random_state=random_state).fit(rows)
+        kmeans = KMeans(n_clusters, n_init=n_init, random_state=random_state).fit(fit_rows)
     centres = kmeans.cluster_centers_
-    labels = kmeans.labels_
-    spread = float(np.mean(np.sum((rows - centres[labels]) ** 2, axis=1)))
+    if subset:
+        labels = kmeans.predict(rows)
+        spread = float(-kmeans.score(rows) / len(rows))
+    else:
+        labels = kmeans.labels_
+        spread = float(np.mean(np.sum((rows - centres[labels]) ** 2, axis=1)))
     return Consensus(centres=centres, labels=labels, temperature=max(spread, 1e-6))
 
 

@@ -51,3 +51,18 @@ def test_consensus_proba_matches_labels_and_sums_to_one():
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     np.testing.assert_array_equal(proba.argmax(axis=1), consensus.labels)
     assert consensus.temperature > 0
+
+
+def test_large_inputs_fit_on_a_subset_and_assign_every_row():
+    rng = np.random.default_rng(3)
+    truth = np.repeat(np.arange(3), 100)
+    heads = np.stack([_one_hot(rng.permutation(3)[truth], 3) for _ in range(4)])
+    heads = heads + rng.uniform(0, 0.05, heads.shape)
+    full = consensus_partition(heads, 3, random_state=0)
+    subset = consensus_partition(heads, 3, max_samples=30, random_state=0)
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(full.labels, subset.labels) == 1.0
+    assert len(subset.labels) == 300
+    np.testing.assert_array_equal(subset.predict_proba(heads).argmax(axis=1), subset.labels)
+    assert subset.temperature == pytest.approx(full.temperature, rel=0.2)
