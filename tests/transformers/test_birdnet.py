@@ -35,7 +35,6 @@ from skaudiocluster.transformers._birdnet_model import (
 )
 from skaudiocluster.transformers._birdnet_windows import SHORT_MODES, clip_windows, n_windows
 from skaudiocluster.transformers.birdnet import BirdNETEmbedder
-from tests.conftest import shared_file
 
 
 def _require(*modules: str) -> None:
@@ -55,12 +54,10 @@ def fitted() -> BirdNETEmbedder:
 
 
 @pytest.fixture(scope="module")
-def finch_buffer() -> np.ndarray:
+def finch_buffer(shared_dir: Path) -> np.ndarray:
     """7.5 s of real bird song at 48 kHz: Bengalese finch syllables back to back."""
-    value = os.environ.get("SKAUDIOCLUSTER_SHARED")
-    if not value:
-        pytest.skip("SKAUDIOCLUSTER_SHARED is not set")
-    folder = shared_file(Path(value), "data/bengalese_finch_gy6or6")
+    folder = shared_dir / "data/bengalese_finch_gy6or6"
+    assert folder.is_dir(), f"missing shared folder {folder}"
     with open(folder / "labels.csv", newline="") as handle:
         paths = [str(folder / row["path"]) for row in csv.DictReader(handle)][:400]
     song = np.concatenate(check_audio(paths, sample_rate=48000, target_rate=48000))
@@ -247,6 +244,7 @@ def test_pickle_holds_no_interpreter_and_predicts_the_same(fitted):
 def test_estimator_checks(fitted):
     from sklearn.utils.estimator_checks import check_estimator
 
-    from tests.test_common import _RAW_AUDIO
+    # tests/ is on sys.path (pytest's default prepend import mode), as for conftest
+    from test_common import _RAW_AUDIO
 
     check_estimator(BirdNETEmbedder(sample_rate=1000), expected_failed_checks=_RAW_AUDIO)
