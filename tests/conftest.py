@@ -113,31 +113,23 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def bench_clusterers() -> ModuleType:
-    return load_script("bench_clusterers")
+def _script_fixture(name: str):
+    """A module-scoped fixture named ``name`` that returns ``load_script(name)``."""
+
+    @pytest.fixture(scope="module", name=name)
+    def script() -> ModuleType:
+        return load_script(name)
+
+    return script
 
 
-@pytest.fixture(scope="module")
-def bench_quality() -> ModuleType:
-    return load_script("bench_quality")
-
-
-@pytest.fixture(scope="module")
-def bench_scale() -> ModuleType:
-    return load_script("bench_scale")
-
-
-@pytest.fixture(scope="module")
-def gpu_smoke() -> ModuleType:
-    return load_script("gpu_smoke")
-
-
-@pytest.fixture(scope="module")
-def run_dcase() -> ModuleType:
-    return load_script("run_dcase")
-
-
-@pytest.fixture(scope="module")
-def bench_scale_embed() -> ModuleType:
-    return load_script("bench_scale_embed")
+# One fixture per script, named after it: a test asks for ``bench_quality`` and gets the module.
+for _name in (
+    "bench_clusterers",
+    "bench_quality",
+    "bench_scale",
+    "bench_scale_embed",
+    "gpu_smoke",
+    "run_dcase",
+):
+    globals()[_name] = _script_fixture(_name)
