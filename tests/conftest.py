@@ -129,6 +129,7 @@ for _name in (
     "bench_quality",
     "bench_scale",
     "bench_scale_embed",
+    "dpm_evidence",
     "gpu_smoke",
     "run_dcase",
 ):
