@@ -607,12 +607,13 @@ def test_ctrl_c_while_training_exits_130_and_writes_nothing(tmp_path):
     out = tmp_path / "out" / "X.csv"
     out.parent.mkdir()
     command = [sys.executable, "-m", "skaudiocluster.cli", "cluster", str(folder)]
-    command += ["--clusterer", "deepdpm", "--out", str(out)]
+    command += ["--clusterer", "temi", "--n-clusters", "4", "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Wait on CPU time, not wall time, so a busy machine cannot make the signal land
         # during the imports: those plus embedding 40 clips take under 6 CPU seconds, and
-        # DeepDPM's 300 default epochs about a minute more.
+        # TEMI's 4,000 default steps well over 20 more (DeepDPM's budget on 40 clips
+        # was short enough for the run to end first on a busy machine).
         deadline = time.monotonic() + 120
         while proc.poll() is None and _cpu_seconds(proc.pid) < 9.0:
             assert time.monotonic() < deadline, "the CLI never got to training"
