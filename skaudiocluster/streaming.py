@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +58,8 @@ def embed_files(
     cache_dir : str or path, default=None
         Directory of the resumable cache; ``None`` caches nothing. Each chunk is
         saved as ``<cache_dir>/<embedder key>/<chunk key>.npy``, written to a
-        temporary file and renamed, so a killed run leaves whole chunks or none.
+        temporary file and renamed, so a killed run leaves whole chunks or none
+        (the next run on the same machine deletes the temporary files it left).
         The embedder key hashes (``joblib.hash``) the embedder's class, its
         parameters except ``verbose`` and ``checkpoint_dir``, and its learned
         arrays, tensors and module weights; the chunk key hashes the chunk's
@@ -140,6 +142,9 @@ def embed_files(
         folder = Path(cache_dir) / embedder_key(embedder)
         folder.mkdir(parents=True, exist_ok=True)
         files = [folder / f"{chunk_key(chunk)}.npy" for chunk in chunks]
+        _remove_stale_temps(folder, "*.tmp")
+    if memmap is not None:
+        _remove_stale_temps(Path(memmap).parent, f".{Path(memmap).name}.*.tmp")
     starts = np.cumsum([0] + [len(chunk) for chunk in chunks])
     out = None
 
@@ -280,8 +285,36 @@ def _load_chunk(file: Path, n_rows: int) -> np.ndarray | None:
     return features if len(features) == n_rows else None
 
 
+def _temp_tag() -> str:
+    """``host.pid`` of this process: names its temporary files so a later run can tell
+    those of a killed process (same host, pid gone) from those of a live one."""
+    return f"{_host()}.{os.getpid()}"
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "-")  # a dot would split the name's fields
+
+
+def _remove_stale_temps(folder: Path, pattern: str) -> None:
+    """Delete temporary files under ``folder`` that a process killed on this host left behind."""
+    host = _host()
+    for temp in folder.glob(pattern):
+        fields = temp.name.split(".")
+        if len(fields) < 4 or fields[-3] != host or not fields[-2].isdigit():
+            continue  # another naming, or another host's: not ours to judge
+        try:
+            os.kill(int(fields[-2]), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        except OSError:
+            pass  # alive, owned by another user
+
+
 def _save_chunk(file: Path, features: np.ndarray) -> None:
-    descriptor, temp = tempfile.mkstemp(dir=file.parent, prefix=file.stem, suffix=".tmp")
+    descriptor, temp = tempfile.mkstemp(
+        dir=file.parent, prefix=f"{file.stem}.", suffix=f".{_temp_tag()}.tmp"
+    )
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.save(handle, features)
@@ -297,7 +330,7 @@ def _allocate(shape: tuple, memmap) -> np.ndarray:
     if memmap is None:
         return np.empty(shape, dtype=np.float32)
     target = Path(memmap)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temp = target.with_name(f".{target.name}.{_temp_tag()}.tmp")
     return np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=shape)
 
 

@@ -257,6 +257,39 @@ def test_memmap(wav_paths, spectrogram, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def test_temporary_files_of_killed_runs_are_removed(wav_paths, spectrogram, tmp_path):
+    from skaudiocluster.streaming import _host, embedder_key
+
+    target = tmp_path / "embeddings.npy"
+    folder = tmp_path / "cache" / embedder_key(spectrogram)
+    folder.mkdir(parents=True)
+    dead, alive = _dead_pid(), os.getppid()
+    stale = [
+        folder / f"abc.x1.{_host()}.{dead}.tmp",
+        tmp_path / f".embeddings.npy.{_host()}.{dead}.tmp",
+    ]
+    kept = [
+        folder / f"abc.x2.{_host()}.{alive}.tmp",  # a live process's
+        folder / f"abc.x3.otherhost.{dead}.tmp",  # another machine's (shared folder)
+        tmp_path / f".other.npy.{_host()}.{dead}.tmp",  # not this output's
+    ]
+    for file in stale + kept:
+        file.write_bytes(b"partial")
+    embed_files(wav_paths, spectrogram, chunk_size=4, cache_dir=tmp_path / "cache", memmap=target)
+    assert not any(file.exists() for file in stale)
+    assert all(file.exists() for file in kept)
+
+
 def test_progress_bar(wav_paths, spectrogram, capsys):
     embed_files(wav_paths, spectrogram, chunk_size=3, verbose=0)
     assert capsys.readouterr().err == ""
