@@ -73,6 +73,7 @@ def deepdpm_view(X: np.ndarray, n_components: int, seed: int = 0):
     from skaudiocluster import DeepDPMClusterer
     from skaudiocluster.cluster._base import make_preprocessor
     from skaudiocluster.cluster._niw import prior_from_data
+    from skaudiocluster.cluster.deepdpm import AUTO_DIAGONAL_ABOVE
 
     defaults = DeepDPMClusterer()
     preprocessor = make_preprocessor(defaults.preprocessing, n_components, X.shape, seed)
@@ -82,7 +83,7 @@ def deepdpm_view(X: np.ndarray, n_components: int, seed: int = 0):
         kappa=defaults.prior_kappa,
         nu=defaults.prior_nu,
         sigma_scale=defaults.prior_sigma_scale,
-        diagonal=Z.shape[1] > 64,  # covariance_type="auto"
+        diagonal=Z.shape[1] > AUTO_DIAGONAL_ABOVE,  # covariance_type="auto"
     )
     return Z, prior, defaults.alpha
 
@@ -115,7 +116,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    torch.set_num_threads(1)
     embed = Memory(args.cache, verbose=0).cache(quality.embed)
     weights = str(args.shared / quality.BYOLA_WEIGHTS)
     print("set  N  classes  n_components  true-one  K*  NMI(K*)")
