@@ -1,5 +1,4 @@
 import sys
-import time
 import warnings
 from types import SimpleNamespace
 
@@ -316,11 +315,11 @@ def test_default_reducer_is_tsne_below_the_threshold_and_umap_from_it(monkeypatc
     assert plot._default_reducer(plot.TSNE_BELOW, 512, 0)[0] == "UMAP"
 
 
-def test_default_cluster_map_of_60_points_is_fast():
+def test_default_cluster_map_of_60_points_needs_no_umap(monkeypatch):
+    # UMAP would cost 20-60 s of import and compilation here; t-SNE takes about a second
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
     X, y = make_blobs(n_samples=60, centers=3, n_features=512, random_state=0)
-    start = time.perf_counter()
     fig = plot_cluster_map(X, y, y_true=y)
-    assert time.perf_counter() - start < 15  # UMAP took 53 s here, compiling itself
     points = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
     assert points.shape == (60, 2) and np.isfinite(points).all()
 
