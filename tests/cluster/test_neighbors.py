@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skaudiocluster.cluster._neighbors import cosine_knn
+from skaudiocluster.cluster._neighbors import cosine_knn, umap_knn
 
 
 def brute_force_similarities(X: np.ndarray) -> np.ndarray:
@@ -194,3 +194,17 @@ def test_ivf_never_makes_a_row_its_own_neighbour_among_duplicates():
     assert not np.any(indices == np.arange(1000)[:, None])
     assert np.mean(indices == ((np.arange(1000) + 500) % 1000)[:, None]) > 0.2  # copy is found
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
+
+
+@pytest.mark.slow  # numba compiles UMAP in every new process: 20-60 s
+def test_umap_neighbours_stay_in_their_blob_exclude_self_and_repeat():
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(300, n_features=16, centers=4, random_state=0)
+    indices = umap_knn(X, 10, random_state=0)
+    assert indices.shape == (300, 10) and indices.dtype == np.int64
+    assert not (indices == np.arange(300)[:, None]).any()
+    assert (y[indices] == y[:, None]).mean() >= 0.99
+    np.testing.assert_array_equal(indices, umap_knn(X, 10, random_state=0))
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        umap_knn(X[:3], 2)

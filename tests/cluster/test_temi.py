@@ -124,6 +124,24 @@ def test_neighbours_are_mined_on_the_input_rows_not_the_preprocessed_features(bl
     assert temi.module_.student.body[0].weight.shape[1] == 4
 
 
+def test_umap_neighbours_are_mined_in_a_layout_of_the_input_rows(blobs, monkeypatch):
+    calls, cosine_knn = [], temi_module.cosine_knn
+
+    def layout_spy(embeddings, n_neighbors, *, random_state):
+        calls.append((embeddings.copy(), n_neighbors))
+        return cosine_knn(embeddings, n_neighbors)[0]
+
+    def no_cosine(*args, **kwargs):
+        raise AssertionError("cosine neighbours mined with neighbors='umap'")
+
+    monkeypatch.setattr(temi_module, "umap_knn", layout_spy)
+    monkeypatch.setattr(temi_module, "cosine_knn", no_cosine)
+    temi = tiny_temi(neighbors="umap", n_components=4, min_steps=5).fit(blobs[0])
+    ((mined_on, n_neighbors),) = calls
+    np.testing.assert_allclose(mined_on, blobs[0], rtol=1e-6)
+    assert n_neighbors == temi.n_neighbors_
+
+
 @pytest.mark.filterwarnings("ignore:TEMIClusterer put the training data")
 @pytest.mark.parametrize(
     ("n_samples", "n_clusters", "n_neighbors", "expected"),
@@ -248,6 +266,7 @@ def test_non_finite_loss_raises_a_clear_error(blobs):
         ({"n_components": 0}, "n_components"),
         ({"hidden_dims": ()}, "hidden_dims"),
         ({"predict_with": "mean"}, "predict_with"),
+        ({"neighbors": "pca"}, "neighbors"),
     ],
 )
 def test_bad_parameters_are_rejected(params, message, blobs):
@@ -302,6 +321,19 @@ def test_bengalese_finch_syllables_three_seeds(bengalese_byola_d512):
     assert nmi.mean() >= 0.95
     assert nmi.mean() >= kmeans
     assert nmi.std() <= 0.03
+
+
+@pytest.mark.slow
+def test_umap_neighbours_beat_ward_on_fsdd_speakers(fsdd_byola_d512):
+    """neighbors="umap", seed 0 (bench_quality temi-umap: 0.941 / 0.963 / 0.910); Ward 0.926."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    X, y = fsdd_byola_d512["X"], fsdd_byola_d512["speaker"]
+    temi = TEMIClusterer(n_clusters=6, neighbors="umap", random_state=0).fit(X)
+    nmi = normalized_mutual_info_score(y, temi.labels_)
+    ward = normalized_mutual_info_score(y, AgglomerativeClustering(6).fit_predict(X))
+    print(f"FSDD speaker: TEMI (UMAP neighbours) nmi={nmi:.3f}, Ward {ward:.3f}")
+    assert nmi >= ward
 
 
 @pytest.mark.slow
