@@ -101,12 +101,9 @@ def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def _umap(X: np.ndarray, seed: int) -> np.ndarray:
-    from umap import UMAP
+    from skaudiocluster.cluster._neighbors import umap_layout
 
-    reducer = UMAP(
-        n_components=10, n_neighbors=min(15, len(X) - 1), min_dist=0.0, random_state=seed, n_jobs=1
-    )
-    return reducer.fit_transform(X)
+    return umap_layout(X, 10, random_state=seed)
 
 
 def _pca32(X: np.ndarray, seed: int) -> np.ndarray:

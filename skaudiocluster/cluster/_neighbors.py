@@ -112,21 +112,31 @@ def umap_knn(
         Neighbours by increasing distance in the layout.
     """
     from sklearn.neighbors import NearestNeighbors
+
+    k = min(n_neighbors, X.shape[0] - 1)
+    layout = umap_layout(X, n_components, random_state)
+    search = NearestNeighbors(n_neighbors=k).fit(layout)
+    return search.kneighbors(return_distance=False).astype(np.int64)
+
+
+def umap_layout(X: np.ndarray, n_components: int = 10, random_state: int = 0) -> np.ndarray:
+    """``UMAP(n_components, n_neighbors=15, min_dist=0)`` of ``X`` on one thread, seeded.
+
+    The layout UMAP + k-means clusters in ``benchmarks/bench_quality.py`` and
+    :func:`umap_knn` mines; ``n_components`` is clipped to ``n_samples - 2``.
+    """
     from umap import UMAP
 
     n = X.shape[0]
-    k = min(n_neighbors, n - 1)
     if n < 4:
         raise ValueError(f"a UMAP layout needs at least 4 samples, got {n}")
-    layout = UMAP(
+    return UMAP(
         n_components=min(n_components, n - 2),
         n_neighbors=min(15, n - 1),
         min_dist=0.0,
         random_state=random_state,
         n_jobs=1,
     ).fit_transform(np.asarray(X, dtype=np.float32))
-    search = NearestNeighbors(n_neighbors=k).fit(layout)
-    return search.kneighbors(return_distance=False).astype(np.int64)
 
 
 def resolve_method(method: str, n_samples: int) -> str:
