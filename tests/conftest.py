@@ -22,6 +22,28 @@ def two_threads():
     torch.set_num_threads(previous)
 
 
+def _fitted(estimator, X):
+    return estimator.fit(X)
+
+
+@pytest.fixture(scope="session")
+def fit_seeds():
+    """``fit(estimator, X, seeds=(0, 1, 2))``: one fitted clone per ``random_state``.
+
+    The clones fit in two worker processes, so a 3-seed quality test uses both of the
+    CI machine's cores; each deep clusterer trains on one torch thread, and loky limits
+    each worker's BLAS to one thread, so the figures are those of one-thread fits.
+    """
+    from joblib import Parallel, delayed
+    from sklearn.base import clone
+
+    def fit(estimator, X, seeds=(0, 1, 2)):
+        jobs = (delayed(_fitted)(clone(estimator).set_params(random_state=s), X) for s in seeds)
+        return Parallel(n_jobs=2)(jobs)
+
+    return fit
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """``$SKAUDIOCLUSTER_SHARED``; tests that need it skip only when it is unset."""

@@ -338,44 +338,42 @@ def test_pointed_sub_nets_cut_between_the_sub_cluster_means():
     assert sub_logits.argmax(1).tolist() == [0, 0, 1, 1]
 
 
-def _default_fits(X, y):
+def _default_fits(fit_seeds, X, y):
     """K, NMI and ARI of DeepDPM at its defaults on three seeds, and KMeans' NMI at the true K."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
-    fits = []
-    for seed in range(3):
-        labels = DeepDPMClusterer(random_state=seed).fit(X)
-        fits.append(
-            (
-                labels.n_clusters_,
-                normalized_mutual_info_score(y, labels.labels_),
-                adjusted_rand_score(y, labels.labels_),
-            )
+    fits = [
+        (
+            dpm.n_clusters_,
+            normalized_mutual_info_score(y, dpm.labels_),
+            adjusted_rand_score(y, dpm.labels_),
         )
+        for dpm in fit_seeds(DeepDPMClusterer(), X)
+    ]
     n_classes = len(np.unique(y))
     kmeans = KMeans(n_classes, n_init=10, random_state=0).fit_predict(X)
     return np.array(fits), normalized_mutual_info_score(y, kmeans)
 
 
 @pytest.mark.slow
-def test_finds_the_fsdd_speakers_at_the_defaults(fsdd_byola_d512):
+def test_finds_the_fsdd_speakers_at_the_defaults(fit_seeds, fsdd_byola_d512):
     # told nothing about K: 6 speakers +/- 20 % on every seed, and NMI above KMeans
     # given K (measured: K 5, 6, 6; NMI 0.911, ARI 0.861; KMeans 0.818; UMAP + HDBSCAN
     # 0.645 with K ~42)
     data = fsdd_byola_d512
-    fits, kmeans_nmi = _default_fits(data["X"], data["speaker"])
+    fits, kmeans_nmi = _default_fits(fit_seeds, data["X"], data["speaker"])
     assert ((fits[:, 0] >= 5) & (fits[:, 0] <= 7)).all(), fits[:, 0]
     assert fits[:, 1].mean() >= kmeans_nmi + 0.03
     assert fits[:, 2].mean() >= 0.75  # UMAP + HDBSCAN: 0.315, the DP mixture: 0.274
 
 
 @pytest.mark.slow
-def test_finds_the_bengalese_finch_syllables_at_the_defaults(bengalese_byola_d512):
+def test_finds_the_bengalese_finch_syllables_at_the_defaults(fit_seeds, bengalese_byola_d512):
     # 11 syllable classes +/- 20 % on every seed; NMI above UMAP + HDBSCAN's 0.941
     # (measured: K 10, 10, 10; NMI 0.953, ARI 0.864; KMeans given K 0.920)
     data = bengalese_byola_d512
-    fits, kmeans_nmi = _default_fits(data["X"], data["y"])
+    fits, kmeans_nmi = _default_fits(fit_seeds, data["X"], data["y"])
     assert ((fits[:, 0] >= 9) & (fits[:, 0] <= 13)).all(), fits[:, 0]
     assert fits[:, 1].mean() >= max(kmeans_nmi + 0.02, 0.94)
     assert fits[:, 2].mean() >= 0.84  # UMAP + HDBSCAN: 0.869, the DP mixture: 0.701
