@@ -5,7 +5,9 @@ the same embeddings (computed once, cached with joblib) are clustered by
 
 * given K: ``kmeans`` (k-means, 10 inits), ``ward`` (agglomerative, Ward),
   ``umap+kmeans`` (UMAP to 10-D, ``min_dist=0``, then k-means), ``temi``,
-  ``temi-umap`` (``neighbors="umap"``: neighbours mined in that UMAP layout), ``spice``;
+  ``temi-umap`` (``neighbors="umap"``: neighbours mined in that UMAP layout),
+  ``temi-over`` (``overclustering=2``: heads of 2K clusters merged by their
+  co-association), ``spice``;
 * K inferred: ``umap+hdbscan`` (scikit-learn's ``HDBSCAN`` on the same UMAP,
   ``min_cluster_size = max(5, N // 100)``; noise is one more label when scored),
   ``dpgmm`` (scikit-learn's Dirichlet-process ``BayesianGaussianMixture``, 40
@@ -40,7 +42,7 @@ import numpy as np
 
 SETS = ("fsdd-speaker", "fsdd-digit", "bengalese-finch", "arabic-commands")
 FEATURES = ("byola", "spectrogram", "birdnet")
-GIVEN_K = ("kmeans", "ward", "umap+kmeans", "temi", "temi-umap", "spice")
+GIVEN_K = ("kmeans", "ward", "umap+kmeans", "temi", "temi-umap", "temi-over", "spice")
 FOUND_K = ("umap+hdbscan", "dpgmm", "deepdpm")
 METHODS = GIVEN_K + FOUND_K
 BYOLA_WEIGHTS = "weights/AudioNTT2020-BYOLA-64x96d512.pth"
@@ -140,6 +142,9 @@ def cluster(method: str, X: np.ndarray, n_classes: int, seed: int) -> np.ndarray
         "temi": lambda: TEMIClusterer(n_classes, random_state=seed).fit_predict(X),
         "temi-umap": lambda: TEMIClusterer(
             n_classes, neighbors="umap", random_state=seed
+        ).fit_predict(X),
+        "temi-over": lambda: TEMIClusterer(
+            n_classes, overclustering=2.0, random_state=seed
         ).fit_predict(X),
         "spice": lambda: SPICEClusterer(n_classes, random_state=seed).fit_predict(X),
         "deepdpm": lambda: DeepDPMClusterer(random_state=seed).fit_predict(X),

@@ -238,6 +238,53 @@ def test_default_input_transform_is_64_unit_norm_principal_components():
     assert temi.module_.student.body[0].weight.shape[1] == 64
 
 
+# -- over-clustering ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overclustered(blobs):
+    return tiny_temi(n_heads=4, overclustering=2.0, preprocessing="standardize").fit(blobs[0])
+
+
+def test_overclustering_heads_have_more_clusters_and_the_consensus_merges_them(
+    overclustered, blobs
+):
+    from skaudiocluster.cluster._consensus import CoAssociation
+
+    X, y = blobs
+    assert overclustered.n_head_clusters_ == 6
+    head_probs = overclustered._head_probs(training_features(overclustered, X))
+    assert head_probs.shape == (4, len(X), 6)
+    assert isinstance(overclustered.consensus_, CoAssociation)
+    proba = overclustered.predict_proba(X)
+    assert proba.shape == (len(X), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(overclustered.labels_, overclustered.predict(X))
+    assert adjusted_rand_score(y, overclustered.labels_) > 0.9
+    # the neighbourhood is sized to stay inside a head's cluster: 150 // (4 * 6)
+    assert overclustered.n_neighbors_ == 6
+
+
+def test_overclustering_round_trips_through_pickle(overclustered, blobs):
+    restored = pickle.loads(pickle.dumps(overclustered))
+    np.testing.assert_array_equal(restored.predict(blobs[0]), overclustered.predict(blobs[0]))
+
+
+@pytest.mark.parametrize("predict_with", ["best", "ensemble"])
+def test_overclustering_needs_the_consensus_and_leaves_it_unfitted(predict_with, blobs):
+    temi = tiny_temi(overclustering=2.0, predict_with=predict_with)
+    with pytest.raises(ValueError, match=f"predict_with='{predict_with}' reads one head"):
+        temi.fit(blobs[0])
+    with pytest.raises(NotFittedError):
+        check_is_fitted(temi)
+
+
+def test_head_clusters_never_exceed_the_samples():
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    temi = tiny_temi(n_clusters=4, overclustering=3.0, min_steps=2).fit(X)
+    assert temi.n_head_clusters_ == 10
+
+
 def test_more_clusters_than_samples_is_an_error_and_leaves_it_unfitted(blobs):
     temi = TEMIClusterer(n_clusters=10)
     with pytest.raises(ValueError, match="n_clusters=10 is more than the 6 samples"):
@@ -267,6 +314,7 @@ def test_non_finite_loss_raises_a_clear_error(blobs):
         ({"hidden_dims": ()}, "hidden_dims"),
         ({"predict_with": "mean"}, "predict_with"),
         ({"neighbors": "pca"}, "neighbors"),
+        ({"overclustering": 0.5}, "overclustering"),
     ],
 )
 def test_bad_parameters_are_rejected(params, message, blobs):
@@ -324,6 +372,23 @@ def test_bengalese_finch_syllables_three_seeds(fit_seeds, bengalese_byola_d512):
     assert nmi.mean() >= 0.95
     assert nmi.mean() >= kmeans
     assert nmi.std() <= 0.03
+
+
+@pytest.mark.slow
+def test_overclustering_finds_the_bengalese_finch_syllables_at_every_seed(
+    fit_seeds, bengalese_byola_d512
+):
+    """overclustering=2, seeds 0-2 (bench_quality temi-over): OVER_FINCH; UMAP + k-means 0.985."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    X, y = bengalese_byola_d512["X"], bengalese_byola_d512["y"]
+    fits = fit_seeds(TEMIClusterer(n_clusters=11, overclustering=2.0), X)
+    nmi = np.array([normalized_mutual_info_score(y, temi.labels_) for temi in fits])
+    ward = normalized_mutual_info_score(y, AgglomerativeClustering(11).fit_predict(X))
+    print(f"finch: TEMI overclustering=2 NMI {np.round(nmi, 3)}, Ward {ward:.3f}")
+    assert nmi.mean() >= 0.975
+    assert nmi.std() <= 0.01
+    assert nmi.min() >= ward + 0.03
 
 
 @pytest.mark.slow
