@@ -106,8 +106,9 @@ def test_coassociation_proba_is_the_mean_co_association_with_each_cluster():
 def test_coassociation_links_a_subset_of_large_inputs_and_assigns_every_row():
     rng = np.random.default_rng(6)
     truth = np.repeat(np.arange(3), 200)
-    heads = np.stack([_one_hot(rng.permutation(6)[2 * truth + (rng.random(600) < 0.5)], 6)
-                      for _ in range(5)])
+    heads = np.stack(
+        [_one_hot(rng.permutation(6)[2 * truth + (rng.random(600) < 0.5)], 6) for _ in range(5)]
+    )
     consensus = coassociation_partition(heads, 3, max_samples=90, random_state=0)
     from sklearn.metrics import adjusted_rand_score
 
