@@ -595,6 +595,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from /proc")
 def test_ctrl_c_while_training_exits_130_and_writes_nothing(tmp_path):
     rng = np.random.default_rng(0)
@@ -608,7 +612,15 @@ def test_ctrl_c_while_training_exits_130_and_writes_nothing(tmp_path):
     out.parent.mkdir()
     command = [sys.executable, "-m", "skaudiocluster.cli", "cluster", str(folder)]
     command += ["--clusterer", "temi", "--n-clusters", "4", "--out", str(out)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell starts background jobs with SIGINT ignored, and Python then never
+        # installs its KeyboardInterrupt handler: give the CLI the default disposition.
+        preexec_fn=_default_sigint,
+    )
     try:
         # Wait on CPU time, not wall time, so a busy machine cannot make the signal land
         # during the imports: those plus embedding 40 clips take under 6 CPU seconds, and
