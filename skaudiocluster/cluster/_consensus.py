@@ -236,8 +236,9 @@ def coassociation_partition(
     n_clusters : int
         At most ``n_samples``.
     max_samples : int, default=4_000
-        Above this many samples the linkage runs on a random subset of this size;
-        every sample then goes to the cluster it is most co-associated with.
+        Above this many samples (and ``n_clusters``) the linkage runs on a random
+        subset of this size; every sample then goes to the cluster it is most
+        co-associated with.
     random_state : int, default=0
         Seeds the subset.
 
@@ -258,6 +259,7 @@ def coassociation_partition(
     head_probs = np.asarray(head_probs, dtype=np.float64)
     n_heads, n_samples, n_head_clusters = head_probs.shape
     rows = np.arange(n_samples)
+    max_samples = max(max_samples, n_clusters)
     if n_samples > max_samples:
         rng = np.random.default_rng(random_state)
         rows = np.sort(rng.choice(n_samples, max_samples, replace=False))
