@@ -159,11 +159,7 @@ def consensus_partition(
     """
     rows = _concatenate(head_probs)
     subset = len(rows) > max_samples
-    if subset:
-        rng = np.random.default_rng(random_state)
-        fit_rows = rows[np.sort(rng.choice(len(rows), max_samples, replace=False))]
-    else:
-        fit_rows = rows
+    fit_rows = rows[_fit_rows(len(rows), max_samples, random_state)]
     with warnings.catch_warnings():
         # Collapsed heads give duplicate rows; the caller reports collapse itself.
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -258,25 +254,29 @@ def coassociation_partition(
     """
     head_probs = np.asarray(head_probs, dtype=np.float64)
     n_heads, n_samples, n_head_clusters = head_probs.shape
-    rows = np.arange(n_samples)
-    max_samples = max(max_samples, n_clusters)
-    if n_samples > max_samples:
-        rng = np.random.default_rng(random_state)
-        rows = np.sort(rng.choice(n_samples, max_samples, replace=False))
+    rows = _fit_rows(n_samples, max(max_samples, n_clusters), random_state)
     votes = head_probs[:, rows].argmax(axis=2)  # (n_heads, m)
     one_hot = np.eye(n_head_clusters, dtype=np.float32)[votes].transpose(1, 0, 2)
     one_hot = one_hot.reshape(len(rows), n_heads * n_head_clusters)
+    # Counts of shared heads are small integers, so the diagonal is exactly 0 and no
+    # distance is negative.
     distance = 1.0 - (one_hot @ one_hot.T) / n_heads
-    np.fill_diagonal(distance, 0.0)
     linkage = AgglomerativeClustering(n_clusters, metric="precomputed", linkage="average")
-    clusters = linkage.fit_predict(np.clip(distance, 0.0, None))
+    clusters = linkage.fit_predict(distance)
     tables = np.zeros((n_heads, n_clusters, n_head_clusters))
-    for head in range(n_heads):
-        np.add.at(tables[head], (clusters, votes[head]), 1.0)
+    np.add.at(tables, (np.arange(n_heads)[:, None], clusters, votes), 1.0)
     tables /= np.maximum(tables.sum(axis=2, keepdims=True), 1.0)
     consensus = CoAssociation(tables=tables, labels=np.empty(0, dtype=np.int64))
     consensus.labels = consensus.predict_proba(head_probs).argmax(axis=1)
     return consensus
+
+
+def _fit_rows(n_samples: int, max_samples: int, random_state: int) -> np.ndarray:
+    """All row indices, or a sorted random subset of ``max_samples`` of them."""
+    if n_samples <= max_samples:
+        return np.arange(n_samples)
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(n_samples, max_samples, replace=False))
 
 
 def _concatenate(head_probs: np.ndarray) -> np.ndarray:

@@ -14,6 +14,12 @@ def _one_hot(labels, n_clusters):
     return np.eye(n_clusters)[np.asarray(labels)]
 
 
+def _random_probs(rng, shape):
+    """Softmax of standard normal logits: head probabilities of ``shape``."""
+    logits = rng.normal(size=shape)
+    return np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+
+
 def test_agreement_ignores_cluster_numbering_and_ranks_outlier_head_last():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 3, 300)
@@ -47,8 +53,7 @@ def test_consensus_recovers_majority_partition_from_noisy_heads():
 
 def test_consensus_proba_matches_labels_and_sums_to_one():
     rng = np.random.default_rng(2)
-    logits = rng.normal(size=(3, 60, 5))
-    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    probs = _random_probs(rng, (3, 60, 5))
     consensus = consensus_partition(probs, 4, random_state=0)
     proba = consensus.predict_proba(probs)
     assert proba.shape == (60, 4)
@@ -91,8 +96,7 @@ def test_coassociation_merges_the_pieces_of_each_class_that_heads_cut_differentl
 
 def test_coassociation_proba_is_the_mean_co_association_with_each_cluster():
     rng = np.random.default_rng(5)
-    logits = rng.normal(size=(4, 80, 6))
-    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    probs = _random_probs(rng, (4, 80, 6))
     consensus = coassociation_partition(probs, 3, random_state=0)
     proba = consensus.predict_proba(probs)
     assert proba.shape == (80, 3)
