@@ -11,7 +11,8 @@ the same embeddings (computed once, cached with joblib) are clustered by
 * K inferred: ``umap+hdbscan`` (scikit-learn's ``HDBSCAN`` on the same UMAP,
   ``min_cluster_size = max(5, N // 100)``; noise is one more label when scored),
   ``dpgmm`` (scikit-learn's Dirichlet-process ``BayesianGaussianMixture``, 40
-  components, on standardised PCA-32 features), ``deepdpm``;
+  components, on standardised PCA-32 features), ``deepdpm``, ``deepdpm-32``
+  (``n_components=32``, the fixed dimension before ``"auto"``);
 
 each at its defaults, for every seed, and scored by NMI, ARI and Hungarian
 accuracy (mean and sd over seeds), with the K found and the fit seconds. Every
@@ -43,7 +44,7 @@ import numpy as np
 SETS = ("fsdd-speaker", "fsdd-digit", "bengalese-finch", "arabic-commands")
 FEATURES = ("byola", "spectrogram", "birdnet")
 GIVEN_K = ("kmeans", "ward", "umap+kmeans", "temi", "temi-umap", "temi-over", "spice")
-FOUND_K = ("umap+hdbscan", "dpgmm", "deepdpm")
+FOUND_K = ("umap+hdbscan", "dpgmm", "deepdpm", "deepdpm-32")
 METHODS = GIVEN_K + FOUND_K
 BYOLA_WEIGHTS = "weights/AudioNTT2020-BYOLA-64x96d512.pth"
 
@@ -148,6 +149,7 @@ def cluster(method: str, X: np.ndarray, n_classes: int, seed: int) -> np.ndarray
         ).fit_predict(X),
         "spice": lambda: SPICEClusterer(n_classes, random_state=seed).fit_predict(X),
         "deepdpm": lambda: DeepDPMClusterer(random_state=seed).fit_predict(X),
+        "deepdpm-32": lambda: DeepDPMClusterer(n_components=32, random_state=seed).fit_predict(X),
     }
     return factories[method]()
 

@@ -192,7 +192,12 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
             check_hidden_dims(self.hidden_dims)
             embeddings = self._embeddings(X, reset=True, seed=seed)
             self.preprocessor_ = fit_preprocessor(
-                make_preprocessor(self.preprocessing, self.n_components, embeddings.shape, seed),
+                make_preprocessor(
+                    self.preprocessing,
+                    self._n_components(len(embeddings)),
+                    embeddings.shape,
+                    seed,
+                ),
                 embeddings,
             )
             features = self._preprocess(embeddings)
@@ -243,6 +248,10 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
     def _min_samples(self) -> int:
         """Fewest training rows the algorithm accepts (``predict`` takes any number)."""
         return 2
+
+    def _n_components(self, n_samples: int) -> int | None:
+        """The PCA dimension ``make_preprocessor`` gets for ``n_samples`` training rows."""
+        return self.n_components
 
     def _preprocess(self, embeddings: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(transform_rows(self.preprocessor_, embeddings, np.float32))

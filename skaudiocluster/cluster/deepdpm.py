@@ -49,6 +49,29 @@ AUTO_DIAGONAL_ABOVE = 64
 # follow the mixture between M-steps; an epoch then draws this many batches.
 MIN_STEPS_PER_EPOCH = 20
 KMEANS_MAX_SAMPLES = 200_000
+# n_components="auto" (see auto_n_components): one dimension per this many clips, within
+# these bounds.
+CLIPS_PER_DIMENSION = 50
+AUTO_MIN_COMPONENTS = 6
+AUTO_MAX_COMPONENTS = 32
+
+
+def auto_n_components(n_samples: int) -> int:
+    """The mixture's dimension under ``n_components="auto"`` for ``n_samples`` clips.
+
+    A split is accepted when the evidence of two Gaussians beats that of one, and
+    a full covariance in ``D`` dimensions costs about ``D**2 / 2`` parameters per
+    cluster. With too many dimensions for the clips no split pays and one cluster
+    is found; with too few, classes that are not Gaussian are cut into pieces.
+    Measured on BYOL-A embeddings of FSDD speakers and Bengalese finch
+    syllables, 100 to 3,000 clips: about 50 clips per dimension, between 6 and 32.
+
+    Examples
+    --------
+    >>> [auto_n_components(n) for n in (60, 300, 1000, 3000)]
+    [6, 6, 20, 32]
+    """
+    return min(max(n_samples // CLIPS_PER_DIMENSION, AUTO_MIN_COMPONENTS), AUTO_MAX_COMPONENTS)
 
 
 class DeepDPMClusterer(BaseDeepClusterer):
@@ -86,12 +109,15 @@ class DeepDPMClusterer(BaseDeepClusterer):
         clusters be tighter and favour splits.
     weight_smoothing : float, default=0.1
         Dirichlet smoothing of the mixture weights, ``(N_k/N + a) / (1 + K a)``.
-    n_components : int or None, default=32
+    n_components : int, "auto" or None, default="auto"
         Inputs with more features than this are standardised and reduced with
         PCA to ``n_components`` dimensions before ``preprocessing``; ``None``
         keeps every feature. A Gaussian mixture needs few dimensions: on FSDD's
         512-d BYOL-A embeddings it finds the 6 speakers after PCA to 32 (full
-        covariances) but 24 clusters on all 512 (diagonal ones).
+        covariances) but 24 clusters on all 512 (diagonal ones). ``"auto"`` grows
+        the dimension with the collection (:func:`auto_n_components`): one per 50
+        clips, between 6 and 32. A fixed 32 found one cluster on 200-600 FSDD
+        clips of 6 speakers, where 6-12 dimensions find 3-5 (NMI 0.65-0.86).
     covariance_type : {"auto", "full", "diag"}, default="auto"
         ``"auto"`` uses full covariances up to 64 features (after
         ``n_components``) and diagonal ones above, where a full model has too
@@ -204,6 +230,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
 
     _parameter_constraints: dict = {
         **BaseDeepClusterer._parameter_constraints,
+        "n_components": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), None],
         "n_clusters_init": [Interval(Integral, 1, None, closed="left")],
         "max_clusters": [Interval(Integral, 1, None, closed="left")],
         "alpha": [Interval(Real, 0, None, closed="neither")],
@@ -230,7 +257,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         prior_nu: float | None = None,
         prior_sigma_scale: float = 0.05,
         weight_smoothing: float = 0.1,
-        n_components: int | None = 32,
+        n_components: int | str | None = "auto",
         covariance_type: str = "auto",
         preprocessing: str | None = "l2",
         hidden_dims: tuple[int, ...] = (50,),
@@ -264,6 +291,11 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+
+    def _n_components(self, n_samples: int) -> int | None:
+        if self.n_components == "auto":
+            return auto_n_components(n_samples)
+        return self.n_components
 
     def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
         if self.n_clusters_init > self.max_clusters:
@@ -323,9 +355,9 @@ class DeepDPMClusterer(BaseDeepClusterer):
             warnings.warn(
                 f"DeepDPMClusterer found a single cluster in {n_samples} samples: every split "
                 f"was rejected. On small or weakly separated collections the split test cannot "
-                f"pay for a {n_features}-d {self.covariance_type_} covariance per cluster; a "
-                f"smaller n_components makes splits cheaper, or give K to a clusterer that "
-                f"takes it (e.g. SPICEClusterer).",
+                f"pay for a {n_features}-d {self.covariance_type_} covariance per cluster; "
+                f"n_components sets that dimension (fewer dimensions make splits cheaper), or "
+                f"give K to a clusterer that takes it (e.g. SPICEClusterer).",
                 UserWarning,
                 # _fit_features <- fit <- _fit_context <- caller
                 stacklevel=4,
