@@ -50,10 +50,11 @@ AUTO_DIAGONAL_ABOVE = 64
 MIN_STEPS_PER_EPOCH = 20
 KMEANS_MAX_SAMPLES = 200_000
 # n_components="auto" (see auto_n_components): one dimension per this many clips, within
-# these bounds.
+# these bounds, from FEW_CLIPS clips up.
 CLIPS_PER_DIMENSION = 50
 AUTO_MIN_COMPONENTS = 6
 AUTO_MAX_COMPONENTS = 32
+FEW_CLIPS = 4 * AUTO_MAX_COMPONENTS
 
 
 def auto_n_components(n_samples: int) -> int:
@@ -64,13 +65,18 @@ def auto_n_components(n_samples: int) -> int:
     cluster. With too many dimensions for the clips no split pays and one cluster
     is found; with too few, classes that are not Gaussian are cut into pieces.
     Measured on BYOL-A embeddings of FSDD speakers and Bengalese finch
-    syllables, 100 to 3,000 clips: about 50 clips per dimension, between 6 and 32.
+    syllables, 150 to 3,000 clips: about 50 clips per dimension, between 6 and 32.
+    Below 128 clips (fewer than four per dimension at 32) the two sets disagree:
+    6 dimensions found the finch syllables better and lost the speakers (one
+    cluster on 60 clips, where 32 found them), so the dimension stays 32 there.
 
     Examples
     --------
     >>> [auto_n_components(n) for n in (60, 300, 1000, 3000)]
-    [6, 6, 20, 32]
+    [32, 6, 20, 32]
     """
+    if n_samples < FEW_CLIPS:
+        return AUTO_MAX_COMPONENTS
     return min(max(n_samples // CLIPS_PER_DIMENSION, AUTO_MIN_COMPONENTS), AUTO_MAX_COMPONENTS)
 
 
@@ -116,8 +122,9 @@ class DeepDPMClusterer(BaseDeepClusterer):
         512-d BYOL-A embeddings it finds the 6 speakers after PCA to 32 (full
         covariances) but 24 clusters on all 512 (diagonal ones). ``"auto"`` grows
         the dimension with the collection (:func:`auto_n_components`): one per 50
-        clips, between 6 and 32. A fixed 32 found one cluster on 200-600 FSDD
-        clips of 6 speakers, where 6-12 dimensions find 3-5 (NMI 0.65-0.86).
+        clips, between 6 and 32, from 128 clips up (32 below). A fixed 32 found
+        one cluster on 200-600 FSDD clips of 6 speakers, where 6-12 dimensions
+        find 3-5 (NMI 0.65-0.86).
     covariance_type : {"auto", "full", "diag"}, default="auto"
         ``"auto"`` uses full covariances up to 64 features (after
         ``n_components``) and diagonal ones above, where a full model has too

@@ -194,13 +194,14 @@ def test_wide_input_is_reduced_to_n_components():
 
 
 @pytest.mark.parametrize(
-    "n_samples, expected", [(1, 6), (60, 6), (349, 6), (350, 7), (1000, 20), (1600, 32)]
+    "n_samples, expected",
+    [(1, 32), (127, 32), (128, 6), (349, 6), (350, 7), (1000, 20), (1600, 32)],
 )
 def test_auto_n_components_is_one_dimension_per_50_clips_between_6_and_32(n_samples, expected):
     assert auto_n_components(n_samples) == expected
 
 
-@given(st.integers(1, 10**7), st.integers(1, 10**7))
+@given(st.integers(128, 10**7), st.integers(128, 10**7))
 def test_auto_n_components_never_shrinks_as_the_collection_grows(n, m):
     small, large = sorted((n, m))
     assert 6 <= auto_n_components(small) <= auto_n_components(large) <= 32
