@@ -158,20 +158,17 @@ def consensus_partition(
     (4, 2)
     """
     rows = _concatenate(head_probs)
-    subset = len(rows) > max_samples
     fit_rows = rows[_fit_rows(len(rows), max_samples, random_state)]
     with warnings.catch_warnings():
         # Collapsed heads give duplicate rows; the caller reports collapse itself.
         warnings.simplefilter("ignore", ConvergenceWarning)
         kmeans = KMeans(n_clusters, n_init=n_init, random_state=random_state).fit(fit_rows)
-    centres = kmeans.cluster_centers_
-    if subset:
-        labels = kmeans.predict(rows)
-        spread = float(-kmeans.score(rows) / len(rows))
-    else:
-        labels = kmeans.labels_
-        spread = float(np.mean(np.sum((rows - centres[labels]) ** 2, axis=1)))
-    return Consensus(centres=centres, labels=labels, temperature=max(spread, 1e-6))
+    # Every row (fitted or not) goes to its nearest centre; the spread is the mean
+    # squared distance to it.
+    spread = float(-kmeans.score(rows) / len(rows))
+    return Consensus(
+        centres=kmeans.cluster_centers_, labels=kmeans.predict(rows), temperature=max(spread, 1e-6)
+    )
 
 
 @dataclass

@@ -237,7 +237,10 @@ class DeepDPMClusterer(BaseDeepClusterer):
 
     _parameter_constraints: dict = {
         **BaseDeepClusterer._parameter_constraints,
-        "n_components": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), None],
+        "n_components": [
+            *BaseDeepClusterer._parameter_constraints["n_components"],
+            StrOptions({"auto"}),
+        ],
         "n_clusters_init": [Interval(Integral, 1, None, closed="left")],
         "max_clusters": [Interval(Integral, 1, None, closed="left")],
         "alpha": [Interval(Real, 0, None, closed="neither")],
