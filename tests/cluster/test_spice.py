@@ -458,6 +458,39 @@ def test_without_stage_three_keeps_self_labels(blobs):
     assert spice.history_[:, "stage"] == ["self", "self"]
 
 
+def test_self_labels_are_the_consensus_of_the_heads(blobs):
+    X, _ = blobs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+        spice = _tiny(n_heads=3, semi_max_steps=0).fit(X)
+    # Without stage 3 the consensus predicts: every head's probabilities side by side.
+    np.testing.assert_array_equal(spice.self_labels_, spice.consensus_.labels)
+    np.testing.assert_array_equal(spice.labels_, spice.consensus_.labels)
+    np.testing.assert_array_equal(spice.predict(X), spice.labels_)
+    proba = spice.predict_proba(X[:5])
+    assert proba.shape == (5, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    # With stage 3 the fresh classifier predicts alone.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+        staged = _tiny(n_heads=3).fit(X)
+    assert staged.consensus_ is None
+    np.testing.assert_array_equal(staged.predict(X), staged.labels_)
+
+
+def test_best_head_selection_keeps_the_lowest_loss_head(blobs):
+    X, _ = blobs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
+        spice = _tiny(n_heads=3, head_selection="best", semi_max_steps=0).fit(X)
+        heads = _tiny(n_heads=3, semi_max_steps=0).fit(X)  # same seed, same heads
+    assert spice.consensus_ is None and spice.best_head_ == heads.best_head_
+    features = heads._preprocess(X)
+    best = heads.module_(torch.as_tensor(features))[heads.best_head_].argmax(dim=1).numpy()
+    np.testing.assert_array_equal(spice.labels_, best)
+    np.testing.assert_array_equal(spice.self_labels_, best)
+
+
 def test_exact_repeat_and_pickle(blobs):
     X, _ = blobs
     with warnings.catch_warnings():
@@ -602,6 +635,12 @@ def test_joint_encoder_mode_repeats_exactly_without_touching_the_global_rng(clip
     np.testing.assert_array_equal(first.labels_, second.labels_)
     np.testing.assert_array_equal(first.predict_proba(clips), second.predict_proba(clips))
     assert not np.array_equal(fit(1).predict_proba(clips), first.predict_proba(clips))
+
+
+def test_joint_encoder_mode_needs_one_classifier(clips):
+    encoder = BYOLAEmbedder(weights=None, random_state=0, device="cpu")
+    with pytest.raises(ValueError, match='needs head_selection="best"'):
+        _joint(encoder=encoder, semi_max_steps=0).fit(clips)
 
 
 def test_joint_encoder_mode_rejects_too_few_clips(clips):
