@@ -402,7 +402,6 @@ class SPICEClusterer(BaseDeepClusterer):
         return embeddings
 
     def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
-        joint = self.encoder is not None and self.joint_max_epochs
         hidden_dims = check_hidden_dims(self.hidden_dims)
         self_net = self._fit_self(features, hidden_dims, seed)
         # The best (epoch, head) by the label-free loss, as in SPICE's official code.
@@ -410,15 +409,16 @@ class SPICEClusterer(BaseDeepClusterer):
         self.best_epoch_, self.best_head_ = best.best_epoch_, best.best_head_
         self.head_losses_ = np.asarray(self_net.history[best.best_epoch_ - 1, "head_losses"])
         self_net.module_.load_state_dict(best.best_state_)
+        consensus = self.head_selection == "consensus"
+        heads = self_net.module_
+        if not consensus:
+            heads = copy_head(heads, self.best_head_, **_head_kwargs(hidden_dims))
+        self.module_ = heads.eval()
+        head_probs = _head_probs(self.module_, features, self.device_)
         self.consensus_ = None
-        if self.head_selection == "consensus":
-            self.module_ = self_net.module_.eval()
-            head_probs = _head_probs(self.module_, features, self.device_)
+        if consensus:
             self.consensus_ = consensus_partition(head_probs, self.n_clusters, random_state=seed)
-            proba = self.consensus_.predict_proba(head_probs).astype(np.float32)
-        else:
-            self.module_ = copy_head(self_net.module_, self.best_head_, **_head_kwargs(hidden_dims))
-            proba = _head_probs(self.module_.eval(), features, self.device_)[0]
+        proba = self._combine_heads(head_probs)
         self.self_labels_ = proba.argmax(axis=1)
         # A neighbourhood larger than a typical cluster could never agree with itself.
         n_samples = len(features)
@@ -442,7 +442,7 @@ class SPICEClusterer(BaseDeepClusterer):
             self.consensus_ = None  # the classifier predicts alone
             nets.append(semi_net)
             stages.append("semi")
-        if joint:
+        if self.encoder is not None and self.joint_max_epochs:
             nets.append(self._fit_joint(X, targets, seed))
             stages.append("joint")
             features = self._preprocess(self._embeddings(X, reset=False))
@@ -453,10 +453,13 @@ class SPICEClusterer(BaseDeepClusterer):
         return bool(self.semi_max_steps if self.semi_max_epochs is None else self.semi_max_epochs)
 
     def _proba(self, features: np.ndarray) -> np.ndarray:
-        head_probs = _head_probs(self.module_, features, self.device_)
-        if self.consensus_ is not None:
-            return self.consensus_.predict_proba(head_probs).astype(np.float32)
-        return head_probs[0]
+        return self._combine_heads(_head_probs(self.module_, features, self.device_))
+
+    def _combine_heads(self, head_probs: np.ndarray) -> np.ndarray:
+        """``(n_heads, n, K)`` head probabilities -> ``(n, K)``: the consensus or the one head."""
+        if self.consensus_ is None:
+            return head_probs[0]
+        return self.consensus_.predict_proba(head_probs).astype(np.float32)
 
     def _views(self) -> tuple[dict, dict]:
         return (
