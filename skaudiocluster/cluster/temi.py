@@ -138,7 +138,10 @@ class TEMIClusterer(BaseDeepClusterer):
         import and numba compilation once per process) and grows to hours on a
         million rows.
     beta : float, default=0.6
-        Exponent of the joint ``(q_s q_t)^beta`` in the pmi (TEMI default).
+        Exponent of the joint ``(q_s q_t)^beta`` in the pmi (TEMI default). On
+        BYOL-A embeddings (NMI, seeds 0-2) 0.8 did not move it (Bengalese finch
+        syllables 0.968 +- 0.020, Arabic keywords 0.367 +- 0.009) and 0.4 lowered
+        it (0.954, 0.320; heads of NMI ~0.7 on the finch).
     student_temperature, teacher_temperature : float, default=0.1
         Softmax temperatures (TEMI defaults).
     prior_momentum : float, default=0.9
@@ -160,7 +163,10 @@ class TEMIClusterer(BaseDeepClusterer):
     n_components : int or None, default=64
         Inputs with more features than this are standardised and projected on
         their first ``n_components`` principal components (at most
-        ``n_samples``) before ``preprocessing``; ``None`` never projects.
+        ``n_samples``) before ``preprocessing``; ``None`` never projects. 128
+        components (NMI, seeds 0-2) moved the finch to 0.960 +- 0.014 and the
+        keywords to 0.376 +- 0.019 (64: 0.968 +- 0.019, 0.359 +- 0.008), within
+        the seeds' spread, and fit 10-15% slower.
     batch_size : int or "auto", default="auto"
         ``"auto"`` is ``min(256, max(32, n_samples // 8), n_samples)``.
     lr : float, default=3e-3
