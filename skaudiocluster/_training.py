@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, ProgressBar
+from skorch.callbacks import Callback
 from skorch.history import History
 
 
@@ -122,15 +122,73 @@ class EMA(Callback):
         self.step_ += 1
 
 
+class TrainingProgress(Callback):
+    """One progress bar over a whole training run, labelled, with its total and time left.
+
+    The bar counts optimizer steps (training batches) over all ``max_epochs``
+    epochs, and shows the epoch and the last training loss beside them; it
+    writes to stderr and is removed when training ends (or is interrupted).
+
+    Parameters
+    ----------
+    desc : str, default="training"
+        Label of the bar: the training stage (e.g. ``"SPICE-Self"``).
+    batches_per_epoch : int or "auto", default="auto"
+        Training batches per epoch; ``"auto"`` takes the length of the net's
+        training iterator, which a custom iterator may not have (a ``TypeError``).
+
+    Examples
+    --------
+    >>> TrainingProgress("SPICE-Self", batches_per_epoch=8).desc
+    'SPICE-Self'
+    """
+
+    def __init__(self, desc: str = "training", batches_per_epoch: int | str = "auto"):
+        self.desc = desc
+        self.batches_per_epoch = batches_per_epoch
+
+    def on_train_begin(self, net, **kwargs):
+        self.bar_ = None
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
+        if self.bar_ is not None:
+            return
+        from tqdm.auto import tqdm
+
+        per_epoch = self.batches_per_epoch
+        if per_epoch == "auto":
+            per_epoch = len(net.get_iterator(dataset_train, training=True))
+        self.bar_ = tqdm(total=per_epoch * net.max_epochs, desc=self.desc, unit="step", leave=False)
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            self.bar_.update()
+
+    def on_epoch_end(self, net, **kwargs):
+        postfix = {"epoch": f"{len(net.history)}/{net.max_epochs}"}
+        loss = net.history[-1].get("train_loss")
+        if loss is not None:
+            postfix["loss"] = f"{float(loss):.4g}"
+        self.bar_.set_postfix(postfix, refresh=False)
+
+    def on_train_end(self, net, **kwargs):
+        if getattr(self, "bar_", None) is not None:
+            self.bar_.close()
+        self.bar_ = None
+
+    def __getstate__(self):
+        return {key: value for key, value in self.__dict__.items() if key != "bar_"}
+
+
 def progress_callbacks(
-    verbose: int, batches_per_epoch: int | str = "auto"
+    verbose: int, batches_per_epoch: int | str = "auto", desc: str = "training"
 ) -> list[tuple[str, Callback]]:
-    """Callbacks for skorch's ``callbacks=``: a progress bar per epoch when ``verbose``.
+    """Callbacks for skorch's ``callbacks=``: one :class:`TrainingProgress` bar when ``verbose``.
 
     Pass ``batches_per_epoch`` when the training iterator has no length skorch
-    can read (custom samplers and iterators).
+    can read (custom samplers and iterators), and the training stage as ``desc``.
     """
-    return [("progress", ProgressBar(batches_per_epoch=batches_per_epoch))] if verbose else []
+    return [("progress", TrainingProgress(desc, batches_per_epoch))] if verbose else []
 
 
 def epoch_history(nets: Iterable[NeuralNet], **extra) -> History:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, ProgressBar
+from skorch.callbacks import Callback
 from skorch.history import History
 
 from skaudiocluster._training import (
@@ -16,6 +16,7 @@ from skaudiocluster._training import (
     NonFiniteLossError,
     StopOnNonFiniteLoss,
     TrainingNet,
+    TrainingProgress,
     epoch_history,
     progress_callbacks,
 )
@@ -256,10 +257,48 @@ def test_progress_callbacks_are_off_when_quiet():
 
 
 @pytest.mark.parametrize("batches_per_epoch", ["auto", 7])
-def test_progress_callbacks_give_a_progress_bar(batches_per_epoch):
-    [(name, bar)] = progress_callbacks(2, batches_per_epoch=batches_per_epoch)
-    assert name == "progress" and isinstance(bar, ProgressBar)
-    assert bar.batches_per_epoch == batches_per_epoch
+def test_progress_callbacks_give_one_labelled_bar(batches_per_epoch):
+    [(name, bar)] = progress_callbacks(2, batches_per_epoch=batches_per_epoch, desc="SPICE-Self")
+    assert name == "progress" and isinstance(bar, TrainingProgress)
+    assert (bar.desc, bar.batches_per_epoch) == ("SPICE-Self", batches_per_epoch)
+
+
+class BarTotals(Callback):
+    """Records the progress bar's count at the end of every epoch, and whether it closed."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.counts_ = []
+
+    def on_epoch_end(self, net, **kwargs):
+        bar = dict(net.callbacks_)["progress"].bar_
+        self.counts_.append((bar.n, bar.total, bar.desc))
+
+
+@pytest.mark.parametrize("batches_per_epoch", ["auto", 4])
+def test_one_bar_over_every_step_of_the_run(batches_per_epoch, capsys):
+    # skorch's ProgressBar restarted an unlabelled bar every epoch, with no total of the run.
+    totals = BarTotals()
+    callbacks = [*progress_callbacks(1, batches_per_epoch, desc="stage one"), totals]
+    _net(callbacks=callbacks, max_epochs=3).fit(X, Y)  # 16 rows, 4 per batch
+    assert totals.counts_ == [(4, 12, "stage one"), (8, 12, "stage one"), (12, 12, "stage one")]
+    err = capsys.readouterr().err
+    assert err.count("0/12") == 1 and "stage one" in err  # one bar, labelled, with the total
+    assert capsys.readouterr().out == ""
+
+
+def test_the_bar_closes_when_training_is_interrupted():
+    [(_, bar)] = progress_callbacks(1)
+    with pytest.raises(KeyboardInterrupt):
+        _net(callbacks=[("progress", bar), Recorder(interrupt_at=6)]).fit(X, Y)
+    assert bar.bar_ is None
+
+
+def test_a_fitted_nets_bar_pickles():
+    import pickle
+
+    net = _net(callbacks=progress_callbacks(1)).fit(X, Y)
+    copy = pickle.loads(pickle.dumps(net))
+    assert "bar_" not in vars(dict(copy.callbacks_)["progress"])
 
 
 class Batches:
