@@ -290,7 +290,7 @@ def training_callbacks(
         ),
         ("head_losses", HeadLossHistory()),
         ("non_finite_loss", StopOnNonFiniteLoss(name)),
-        *progress_callbacks(verbose, batches_per_epoch),
+        *progress_callbacks(verbose, batches_per_epoch, desc=name),
     ]
 
 

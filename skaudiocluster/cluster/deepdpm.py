@@ -353,7 +353,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
             callbacks=[
                 ("split_merge", SplitMergeSchedule(self.split_merge_every, self.alpha, seed)),
                 ("non_finite_loss", StopOnNonFiniteLoss("DeepDPMClusterer")),
-                *progress_callbacks(self.verbose, batches_per_epoch=steps),
+                *progress_callbacks(self.verbose, batches_per_epoch=steps, desc="DeepDPMClusterer"),
             ],
             verbose=int(self.verbose >= 2),
         )

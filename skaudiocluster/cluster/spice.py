@@ -470,7 +470,7 @@ class SPICEClusterer(BaseDeepClusterer):
     def _callbacks(self, stage: str, batches_per_epoch: int) -> list:
         return [
             ("non_finite_loss", StopOnNonFiniteLoss(f"{type(self).__name__} ({stage})")),
-            *progress_callbacks(self.verbose, batches_per_epoch=batches_per_epoch),
+            *progress_callbacks(self.verbose, batches_per_epoch, desc=stage),
         ]
 
     def _fit_self(self, features: np.ndarray, hidden_dims: tuple[int, ...], seed: int):

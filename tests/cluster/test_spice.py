@@ -558,7 +558,9 @@ def test_verbose_progress_bars_know_each_stage_length(blobs, capsys):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
         spice = _tiny(max_steps=1, semi_max_steps=7, verbose=1).fit(X)
-    totals = {int(total) for total in re.findall(r"\d+/(\d+) \[", capsys.readouterr().err)}
+    err = capsys.readouterr().err
+    totals = {int(total) for total in re.findall(r"\d+/(\d+) \[", err)}
+    assert "SPICE-Self:" in err and "SPICE-Semi:" in err  # each bar names its stage
     self_steps = prototype_batches_per_epoch(
         240, 3, big_batch_size=5000, batch_size=128, n_repeats=2
     )

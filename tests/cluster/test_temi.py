@@ -322,10 +322,11 @@ def test_bad_parameters_are_rejected(params, message, blobs):
         tiny_temi(**params).fit(blobs[0])
 
 
-def test_verbose_shows_one_progress_bar_per_epoch(blobs, capsys):
+def test_verbose_shows_one_labelled_progress_bar_over_all_steps(blobs, capsys):
     temi = tiny_temi(min_steps=4, min_epochs=3, verbose=1).fit(blobs[0])
     err = capsys.readouterr().err
-    assert err.count(f"0/{len(blobs[0]) // temi.batch_size_} [") == temi.n_iter_
+    assert temi.n_steps_ == temi.n_iter_ * (len(blobs[0]) // temi.batch_size_)
+    assert err.count(f"TEMIClusterer:   0%|          | 0/{temi.n_steps_} [") == 1
 
 
 # -- quality on real audio ---------------------------------------------------------------------
