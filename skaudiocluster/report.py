@@ -68,6 +68,7 @@ def write_report(
     excerpt_seconds: float = 5.0,
     audio_format: str = "flac",
     title: str = "Listening report",
+    notes: Sequence[str] = (),
     random_state: int | None = 0,
     verbose: int = 0,
 ) -> Path:
@@ -125,6 +126,10 @@ def write_report(
         slower to write on FSDD's half-second 8 kHz clips.
     title : str, default="Listening report"
         Title of the page.
+    notes : sequence of str, default=()
+        Shown at the top of the page, one item each, as plain text: e.g. the
+        warnings raised while the clusters were found (the command line puts
+        them there).
     random_state : int or None, default=0
         Seed of the default reducer.
     verbose : int, default=0
@@ -169,6 +174,8 @@ def write_report(
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if not excerpt_seconds > 0:
         raise ValueError(f"excerpt_seconds must be positive, got {excerpt_seconds!r}")
+    if isinstance(notes, str) or not all(isinstance(note, str) for note in notes):
+        raise ValueError(f"notes must be a sequence of str, got {notes!r}")
     out = Path(out)
     target = _check_out(out)  # before the costly map
     clusters = _distinct(labels)
@@ -191,6 +198,7 @@ def write_report(
         clips = _copy_clips(tmp, paths, with_thumbs, excerpt_seconds, audio_format, verbose)
         page = _page(
             title=title,
+            notes=list(notes),
             names=_display_names(paths),
             clusters=clusters,
             codes=codes,
@@ -508,6 +516,7 @@ def _truth_overview(true_labels: list, labels: list, clusters: list) -> str:
 def _page(
     *,
     title: str,
+    notes: list[str],
     names: list[str],
     clusters: list,
     codes: np.ndarray,
@@ -606,8 +615,16 @@ def _page(
         )
     )
     truth_html = "" if true_labels is None else _truth_overview(true_labels, labels, clusters)
+    notes_html = (
+        '<div class="notes"><p>Warnings while the clusters were found:</p><ul>'
+        + "".join(f"<li>{_esc(note)}</li>" for note in notes)
+        + "</ul></div>"
+        if notes
+        else ""
+    )
     return _TEMPLATE.format(
         title=_esc(title),
+        notes=notes_html,
         css=_CSS,
         js=_JS,
         data=json_script(data),
@@ -625,7 +642,8 @@ _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 auto 5em;max-width:1150px;padding:0 1em;
 color:#222}
 h1{margin:.6em 0 .2em}h2{margin:1.2em 0 .3em}h3{margin:.8em 0 .3em;font-size:1em}
-.note{color:#666}.overview{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.note{color:#666}.notes{background:#fff4d6;border:1px solid #e6c25a;padding:.2em 1em;
+margin:.6em 0}.overview{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 .sizes{flex:1 1 320px;max-height:460px;overflow:auto}
 .bar{display:flex;align-items:center;gap:.5em;margin:2px 0}
 .bar-name{flex:0 0 9em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
@@ -744,6 +762,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <title>{title}</title><style>{css}</style></head>
 <body>
 <h1>{title}</h1>
+{notes}
 <p><b>{n_clips}</b> clips in <b>{n_clusters}</b> clusters. In each cluster, clips are ordered by
 {ordered_by}.</p>
 <div class="overview"><div class="sizes"><h2>Cluster sizes</h2>{sizes}</div>

@@ -80,6 +80,23 @@ def test_names_are_escaped_and_shown_literally(tmp_path):
     assert json.loads(page.data)["names"] == NASTY
 
 
+def test_notes_are_shown_escaped_at_the_top(tmp_path):
+    paths = [_tone(tmp_path / "clips" / f"c{i}.wav", 300 + 500 * i) for i in range(2)]
+    notes = ["DeepDPMClusterer's K looks too small", "a <script>alert(1)</script> & 'b'"]
+    report = write_report(paths, [0, 1], coords=np.eye(2), notes=notes, out=tmp_path / "r")
+    text = (report / "index.html").read_text(encoding="utf-8")
+    escaped = [html.escape(note, quote=True) for note in notes]
+    assert "<script>alert" not in text
+    top = text[text.index("</h1>") : text.index("<h2>")]  # under the title, before the overview
+    assert all(f"<li>{note}</li>" in top for note in escaped)
+
+
+def test_no_notes_no_box(tmp_path):
+    paths = [_tone(tmp_path / "clips" / f"c{i}.wav", 300 + 500 * i) for i in range(2)]
+    report = write_report(paths, [0, 1], coords=np.eye(2), out=tmp_path / "r")
+    assert 'class="notes"' not in (report / "index.html").read_text(encoding="utf-8")
+
+
 @given(st.text())
 def test_json_script_round_trips_and_cannot_close_the_element(text):
     encoded = json_script({"s": text})
@@ -217,6 +234,8 @@ def test_an_old_report_is_replaced_and_other_folders_are_kept(tmp_path):
         ({"audio_format": "mp3"}, "audio_format must be one of"),
         ({"n_typical": -1}, "n_typical must be a non-negative integer"),
         ({"excerpt_seconds": 0}, "excerpt_seconds must be positive"),
+        ({"notes": "one string"}, "notes must be a sequence of str"),
+        ({"notes": [1]}, "notes must be a sequence of str"),
         ({"embeddings": np.zeros((2, 4))}, r"embeddings must have shape"),
         ({"coords": np.zeros((3, 3))}, r"coords must have shape \(3, 2\)"),
         ({"coords": np.full((3, 2), np.nan)}, "NaN or infinite"),
