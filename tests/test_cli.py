@@ -1,5 +1,6 @@
 import csv
 import os
+import re
 import shutil
 import signal
 import stat
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +66,23 @@ def no_work(monkeypatch):
     monkeypatch.setattr(cli, "_decode", fail)
 
 
+# One line per stage on stderr: "decoding 12 files... 0.1 s" (or cut short by an error).
+STAGE_LINE = re.compile(r"[^\r\n]+\.\.\.( \d+\.\d s)?")
+
+
+def _messages(err: str) -> list[str]:
+    """The lines of stderr that are not stage lines."""
+    return [line for line in err.splitlines() if not STAGE_LINE.fullmatch(line)]
+
+
 def _error_line(capsys) -> str:
+    """The one error line, last on stderr; any lines before it are stage lines."""
     err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
+    *before, last = err.strip().splitlines()
     assert "Traceback" not in err
-    return lines[0]
+    assert all(STAGE_LINE.fullmatch(line) for line in before), err
+    assert last.startswith("skaudiocluster "), err
+    return last
 
 
 class _FakeDeepClusterer(ClusterMixin, BaseEstimator):
@@ -227,9 +240,87 @@ def test_deep_clusterer_gets_embeddings_directly_with_device_and_verbose(
     assert "decode" in capsys.readouterr().err  # the progress bar
 
 
-def test_quiet_by_default(tones, tmp_path, capsys):
+def test_quiet_by_default_but_one_line_per_stage(tones, tmp_path, capsys):
     assert main(["cluster", str(tones), "--n-clusters", "2", "--out", str(tmp_path / "a.csv")]) == 0
-    assert capsys.readouterr().err == ""
+    out, err = capsys.readouterr()
+    assert out == f"12 files, 2 clusters -> {tmp_path / 'a.csv'}\n"
+    lines = err.splitlines()
+    assert all(re.fullmatch(r"[^\r]+\.\.\. \d+\.\d s", line) for line in lines), err
+    assert [line.rpartition("...")[0] for line in lines] == [
+        "loading the spectrogram embedder",
+        "decoding 12 files",
+        "embedding 12 clips with spectrogram",
+        "clustering (scale -> PCA -> kmeans)",
+    ]
+
+
+@pytest.mark.parametrize("clusterer", ["kmeans", "agglomerative"])
+def test_verbose_never_puts_scikit_learns_logs_on_stdout(tones, tmp_path, capsys, clusterer):
+    argv = ["cluster", str(tones), "--n-clusters", "2", "--clusterer", clusterer, "--verbose"]
+    assert main([*argv, "--out", str(tmp_path / "a.csv")]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"12 files, 2 clusters -> {tmp_path / 'a.csv'}\n"  # the result line alone
+    assert "Iteration" not in err and "inertia" not in err  # KMeans(verbose) is not asked
+
+
+def test_stdout_inside_a_stage_goes_to_stderr(capsys):
+    stages = cli._Stages("cluster")
+    with stages("fitting"):
+        print("Iteration 0, inertia 1.0")
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("fitting...Iteration 0, inertia 1.0\n")
+
+
+def test_verbose_stage_line_is_written_again_after_its_bars(capsys):
+    stages = cli._Stages("cluster", verbose=1)
+    with stages("decoding 3 files"):
+        sys.stderr.write("\rdecode: 100%|###| 3/3\r               \r")  # a bar, then removed
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"decoding 3 files\.\.\.\r.*\rdecoding 3 files\.\.\. \d+\.\d s\n", err)
+
+
+def test_a_failed_stage_ends_its_line(capsys):
+    stages = cli._Stages("cluster")
+    with pytest.raises(KeyboardInterrupt):
+        with stages("training temi"):
+            raise KeyboardInterrupt
+    assert capsys.readouterr().err == "training temi...\n"
+
+
+class _WarningClusterer(_FakeDeepClusterer):
+    def fit(self, X, y=None):
+        for _ in range(2):
+            warnings.warn("K = 2 looks too small <check>", UserWarning, stacklevel=2)
+        return super().fit(X)
+
+
+def test_fit_warnings_reach_the_user_once_and_the_report(tones, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_clusterers", lambda k, r: {"temi": lambda: _WarningClusterer(k)})
+    out, report = tmp_path / "a.csv", tmp_path / "r"
+    argv = ["cluster", str(tones), "--clusterer", "temi", "--n-clusters", "2", "--out", str(out)]
+    assert main([*argv, "--report", str(report)]) == 0
+    out_text, err = capsys.readouterr()
+    assert _messages(err) == ["skaudiocluster cluster: warning: K = 2 looks too small <check>"]
+    assert "too small" not in out_text
+    page = (report / "index.html").read_text()
+    assert "<li>K = 2 looks too small &lt;check&gt;</li>" in page[: page.index("<h2>")]
+
+
+def test_verbose_deep_clusterer_shows_one_labelled_bar_for_its_training(
+    tones, tmp_path, monkeypatch, capsys
+):
+    from skaudiocluster.cluster.temi import TEMIClusterer
+
+    def temi():
+        return TEMIClusterer(n_clusters=2, n_heads=2, min_steps=6, min_epochs=3, random_state=0)
+
+    monkeypatch.setattr(cli, "_clusterers", lambda k, r: {"temi": temi})
+    argv = ["cluster", str(tones), "--clusterer", "temi", "--n-clusters", "2", "--verbose"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "a.csv")]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"12 files, 2 clusters -> {tmp_path / 'a.csv'}\n"
+    assert len(re.findall(r"TEMIClusterer: +0%\|[^|]*\| 0/\d+ \[", err)) == 1  # one bar, a total
+    assert re.search(r"\rtraining temi\.\.\. \d+\.\d s\n", err)  # the stage line, timed
 
 
 def test_head_scales_and_reduces_only_for_kmeans_and_agglomerative():
@@ -323,7 +414,6 @@ def test_out_exists_read_only(tones, tmp_path, monkeypatch, capsys):
         (["--clusterer", "temi"], "--clusterer temi needs --n-clusters"),
         (["--n-clusters", "13"], "--n-clusters 13 is more than the 12 audio files"),
         (["--n-clusters", "2", "--weights", "byola-v1-d512"], "--weights does not apply to"),
-        (["--n-clusters", "2", "--device", "nonsense"], "--device 'nonsense' is not a valid"),
     ],
 )
 def test_options_that_do_not_apply_are_errors(tones, tmp_path, no_work, capsys, options, message):
@@ -333,12 +423,66 @@ def test_options_that_do_not_apply_are_errors(tones, tmp_path, no_work, capsys, 
     assert not out.exists()
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "two"])
-def test_n_clusters_must_be_a_positive_integer(tones, capsys, value):
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--n-clusters", "0"], "argument --n-clusters: expected a positive integer, got '0'"),
+        (["--n-clusters", "-1"], "expected a positive integer, got '-1'"),
+        (["--n-clusters", "two"], "expected a positive integer, got 'two'"),
+        (["--random-state", "-1"], "argument --random-state: expected an integer from 0 to"),
+        (["--random-state", str(2**32)], "expected an integer from 0 to 4294967295"),
+        (["--excerpt-seconds", "-1"], "argument --excerpt-seconds: expected a positive number"),
+        (["--excerpt-seconds", "nan"], "expected a positive number of seconds, got 'nan'"),
+        (["--n-typical", "-1"], "argument --n-typical: expected a non-negative integer"),
+        (["--n-atypical", "1.5"], "argument --n-atypical: expected a non-negative integer"),
+        (["--device", "nonsense"], "argument --device: expected auto, cpu, cuda, cuda:N"),
+    ],
+)
+def test_bad_values_are_refused_by_the_parser(tones, capsys, options, message):
     with pytest.raises(SystemExit) as info:
-        main(["cluster", str(tones), "--n-clusters", value])
+        main(["cluster", str(tones), *options])
     assert info.value.code == 2
-    assert "expected a positive integer" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_device_names_pass_the_parser():
+    for name in ["auto", "cpu", "cuda", "cuda:1", "mps", "xpu:0"]:
+        assert cli._device(name) == name
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cluster", "{folder}"],  # no --n-clusters
+        ["cluster", "{folder}", "--clusterer", "deepdpm", "--n-clusters", "3"],
+        ["cluster", "{folder}", "--n-clusters", "2", "--weights", "x.pt"],
+        ["cluster", "{folder}", "--n-clusters", "2", "--excerpt-seconds", "-1"],
+        ["cluster", "{folder}", "--n-clusters", "2", "--n-typical", "-1"],
+        ["cluster", "{folder}", "--n-clusters", "2", "--random-state", "-1"],
+        ["cluster", "{folder}", "--n-clusters", "2", "--device", "gpu"],
+        ["cluster", "{folder}", "--n-clusters", "2", "--out", "{folder}/no/a.csv"],
+        ["cluster", "{folder}", "--n-clusters", "99"],  # more than the files
+        ["report", "{folder}/a.csv", "--n-typical", "-1"],
+        ["report", "{folder}/a.csv", "--weights", "x.pt"],  # spectrogram has no weights
+        ["demo", "--n-classes", "11"],
+        ["demo", "--random-state", "-1"],
+    ],
+)
+def test_bad_options_are_refused_before_torch_is_imported(tones, argv):
+    # The user waited 6-7 s for such errors: torch was imported before the options were checked.
+    argv = [arg.format(folder=tones) for arg in argv]
+    code = (
+        "import sys\n"
+        "from skaudiocluster.cli import main\n"
+        "try:\n"
+        f"    status = main({argv!r})\n"
+        "except SystemExit as exc:\n"
+        "    status = exc.code\n"
+        "print('STATUS', status, 'TORCH', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "STATUS 2 TORCH False", result.stderr
+    assert "error:" in result.stderr
 
 
 @given(st.integers(-(10**6), 10**6))
@@ -425,6 +569,53 @@ def test_default_weights_offline_say_where_to_put_the_file(
     assert not out.exists()
 
 
+def _options_of(command: str) -> set[str]:
+    parser = cli.build_parser()
+    (commands,) = [action for action in parser._actions if action.dest == "command"]
+    return {name for action in commands.choices[command]._actions for name in action.option_strings}
+
+
+def _names_only_its_options(line: str, command: str) -> bool:
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", line))
+    assert named <= _options_of(command), f"{named - _options_of(command)} in {line!r}"
+    return True
+
+
+@pytest.mark.parametrize("embedder", ["byola", "passt"])
+def test_report_offline_suggests_its_own_weights_option(
+    tones, tmp_path, offline, no_work, capsys, embedder
+):
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(f"path,cluster\n{tones / 'c0.wav'},0\n{tones / 'c1.wav'},1\n")
+    argv = ["report", str(csv_path), "--embedder", embedder, "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert "--weights '/path/to/" in line and _names_only_its_options(line, "report")
+    # ... and report takes it: a given file or name reaches the embedder
+    assert main([*argv, "--weights", "nope"]) == 2
+    line = _error_line(capsys)
+    assert "--weights 'nope' is neither an existing file" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_decode_error_suggests_no_option_report_lacks(with_bad_files, tmp_path, capsys):
+    folder, bad = with_bad_files
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(f"path,cluster\n{folder / 'c0.wav'},0\n{bad[0]},1\n")
+    assert main(["report", str(csv_path), "--out", str(tmp_path / "r")]) == 2
+    line = _error_line(capsys)
+    assert str(bad[0]) in line and "--skip-bad-files" not in line
+    assert _names_only_its_options(line, "report")
+
+
+def test_the_option_tables_match_the_estimators():
+    # cli checks --n-clusters and --weights from these names, before any estimator is built
+    for name, make in cli._clusterers(2, 0).items():
+        assert ("n_clusters" not in make().get_params()) == (name in cli._FINDS_K), name
+    for name, make in cli._embedders().items():
+        assert ("weights" in make().get_params()) == (name in cli._WITH_WEIGHTS), name
+
+
 def test_unknown_weights_name_the_option(tones, tmp_path, no_work, capsys):
     argv = ["cluster", str(tones), "--embedder", "byola", "--weights", "nope"]
     argv += ["--n-clusters", "2", "--out", str(tmp_path / "a.csv")]
@@ -489,7 +680,7 @@ def test_skip_bad_files(with_bad_files, tmp_path, capsys):
     assert main(argv) == cli.EXIT_SKIPPED == 3
     captured = capsys.readouterr()
     assert sorted(Path(row["path"]).name for row in _rows(out)) == [f"c{i}.wav" for i in range(6)]
-    err = captured.err.strip().splitlines()
+    err = _messages(captured.err)
     assert [line.split(": ", 1)[1].split(":", 1)[0] for line in err[:2]] == [
         f"skipped {p}" for p in bad
     ]
@@ -696,7 +887,15 @@ def test_demo_prints_a_score_table(capsys, monkeypatch):
     }
     monkeypatch.setattr(cli, "_clusterers", lambda n, r: fast)
     assert main(["demo", "--n-samples", "60", "--n-classes", "3"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # each pipeline is announced on stderr as it starts, then timed
+    assert [line.rpartition("...")[0] for line in err.splitlines()] == [
+        "making 60 clips",
+        "loading torch and embedding them (log-mel mean+std)",
+        "[1/3] log-mel mean+std -> scale -> PCA -> kmeans",
+        "[2/3] log-mel mean+std -> scale -> PCA -> agglomerative",
+        "[3/3] log-mel mean+std -> temi",
+    ]
     assert "| pipeline | K found | NMI | ARI | accuracy | fit s |" in out
     assert out.count("| log-mel mean+std -> scale -> PCA -> kmeans |") == 1
     assert out.count("| log-mel mean+std -> scale -> PCA -> agglomerative |") == 1
