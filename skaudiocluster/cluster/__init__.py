@@ -3,6 +3,7 @@
 from skaudiocluster._lazy import lazy_exports
 
 _WHERE = {
+    "centroid_confidence": "_confidence",
     "DeepDPMClusterer": "deepdpm",
     "SPICEClusterer": "spice",
     "TEMIClusterer": "temi",

@@ -6,8 +6,9 @@ parameter names and validation of the shared parameters, the input transform
 (``device`` -> ``device_``), seeding through a forked torch generator (the
 caller's global random state is untouched), one CPU thread while training
 (restored after), ``KeyboardInterrupt`` and errors leaving the estimator
-unfitted, ``predict`` as the argmax of ``predict_proba``, and pickles whose
-tensors live on the CPU.
+unfitted, ``predict`` as the argmax of ``predict_proba``, the confidence of each
+assignment (``confidence_``, ``predict_confidence``), and pickles whose tensors
+live on the CPU.
 
 A subclass implements :meth:`BaseDeepClusterer._fit_features` (train on the
 preprocessed float32 features) and :meth:`BaseDeepClusterer._proba` (cluster
@@ -32,6 +33,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skaudiocluster._torch import cpu_state, draw_seed, fit_context, resolve_device, torch_threads
+from skaudiocluster.cluster._confidence import fit_centroid_confidence
 
 # Training and inference run on this many CPU threads (see _torch.torch_threads).
 FIT_THREADS = 1
@@ -204,6 +206,8 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
             del embeddings  # a float64 copy of X: not held while training
             features = self._fit_features(features, X, seed)
             self.labels_ = self._proba(features).argmax(axis=1)
+            self.confidence_model_ = fit_centroid_confidence(features, self.labels_)
+            self.confidence_ = self.confidence_model_(features, self.labels_)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -221,6 +225,29 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         check_is_fitted(self)
         with torch_threads(FIT_THREADS if self.device_.type == "cpu" else None):
             return self._proba(self._preprocess(self._embeddings(X, reset=False)))
+
+    def predict_confidence(self, X) -> np.ndarray:
+        """How surely each row of ``X`` sits in its cluster (:meth:`predict`), in [0, 1].
+
+        The soft assignment of the row to the training clusters' centres, in the
+        space the networks see (``preprocessor_``'s output), read at the
+        predicted cluster (:func:`~skaudiocluster.cluster.centroid_confidence`).
+        Unlike :meth:`predict_proba`, whose trained softmax is near 1 for almost
+        every row, it ranks the likely mistakes (rows between two clusters) last.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        confidence : ndarray of shape (n_samples,), float64
+        """
+        check_is_fitted(self)
+        with torch_threads(FIT_THREADS if self.device_.type == "cpu" else None):
+            features = self._preprocess(self._embeddings(X, reset=False))
+            labels = self._proba(features).argmax(axis=1)
+        return self.confidence_model_(features, labels)
 
     def predict(self, X) -> np.ndarray:
         """Cluster of each row of ``X``: the argmax of :meth:`predict_proba`.

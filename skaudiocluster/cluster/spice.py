@@ -211,6 +211,13 @@ class SPICEClusterer(BaseDeepClusterer):
     ----------
     labels_ : ndarray of shape (n_samples,)
         Cluster of each training sample.
+    confidence_ : ndarray of shape (n_samples,)
+        How surely each training sample sits in its cluster, in [0, 1]: its soft
+        assignment to the cluster centres (:meth:`predict_confidence`); the
+        lowest are the likely mistakes.
+    confidence_model_ : CentroidConfidence
+        The cluster centres in ``preprocessor_``'s output and their distance
+        scale, from which :meth:`predict_confidence` reads.
     labels_reliable_ : ndarray of shape (n_samples,), bool
         Training samples whose SPICE-Self label was kept as a stage-3 target.
     self_labels_ : ndarray of shape (n_samples,)

@@ -213,6 +213,13 @@ class TEMIClusterer(BaseDeepClusterer):
         Device the heads live and predict on.
     labels_ : ndarray of shape (n_samples,)
         Cluster of each training sample.
+    confidence_ : ndarray of shape (n_samples,)
+        How surely each training sample sits in its cluster, in [0, 1]: its soft
+        assignment to the cluster centres (:meth:`predict_confidence`); the
+        lowest are the likely mistakes.
+    confidence_model_ : CentroidConfidence
+        The cluster centres in ``preprocessor_``'s output and their distance
+        scale, from which :meth:`predict_confidence` reads.
     best_head_ : int
         Head with the lowest final-epoch training loss.
     head_losses_ : ndarray of shape (n_heads,)

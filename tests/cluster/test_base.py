@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from skaudiocluster import _torch
 from skaudiocluster._torch import batched_forward, to_numpy
+from skaudiocluster.cluster import centroid_confidence
 from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims, make_preprocessor
 
 
@@ -348,12 +349,29 @@ def test_getstate_moves_learned_tensors_to_the_cpu(blobs, monkeypatch):
     assert state["n_clusters"] == 3 and est.device_ == torch.device("cuda")
 
 
+def test_confidence_is_the_centroid_confidence_of_the_labels_in_the_preprocessed_space(blobs):
+    X, _ = blobs
+    est = SoftKMeans(random_state=0).fit(X)
+    features = est.preprocessor_.transform(X)
+    assert_allclose(est.confidence_, centroid_confidence(features, est.labels_), rtol=1e-5)
+    assert_allclose(est.predict_confidence(X), est.confidence_)
+    assert_allclose(est.confidence_model_.centers, est.centers_.numpy(), atol=1e-5)
+    outlier = X[:1] + 100 * (X[:1] - X.mean(0))
+    assert est.predict_confidence(np.vstack([X[:1], outlier])).shape == (2,)
+
+
+def test_unfitted_predict_confidence_raises(blobs):
+    with pytest.raises(NotFittedError):
+        SoftKMeans().predict_confidence(blobs[0])
+
+
 def test_pickle_round_trip_predicts_the_same(blobs):
     est = SoftKMeans(random_state=0).fit(blobs[0])
     state = est.__getstate__()
     assert state["device_"] == torch.device("cpu") and state["centers_"].device.type == "cpu"
     again = pickle.loads(pickle.dumps(est))
     assert_array_equal(again.predict_proba(blobs[0]), est.predict_proba(blobs[0]))
+    assert_array_equal(again.predict_confidence(blobs[0]), est.predict_confidence(blobs[0]))
 
 
 def test_unfitted_predict_raises(blobs):
