@@ -25,6 +25,7 @@ _WHERE = {
     "ClusteringScores": "metrics",
     "TransductiveSplit": "metrics",
     "get_clustering_scorer": "metrics",
+    "confidence_auroc": "metrics",
     "hungarian_accuracy": "metrics",
     "hungarian_mapping": "metrics",
     "matched_confusion_matrix": "metrics",

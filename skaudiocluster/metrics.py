@@ -18,6 +18,7 @@ from sklearn.metrics import (
     adjusted_rand_score,
     calinski_harabasz_score,
     normalized_mutual_info_score,
+    roc_auc_score,
     silhouette_score,
 )
 from sklearn.pipeline import Pipeline
@@ -26,6 +27,7 @@ __all__ = [
     "hungarian_accuracy",
     "hungarian_mapping",
     "matched_confusion_matrix",
+    "confidence_auroc",
     "ClusteringScorer",
     "ClusteringScores",
     "CLUSTERING_SCORERS",
@@ -116,6 +118,46 @@ def matched_confusion_matrix(y_true: Sequence, y_pred: Sequence) -> tuple[np.nda
     matched = [c for _, c in sorted(zip(rows, cols))]
     order = matched + [c for c in range(len(clusters)) if c not in set(matched)]
     return counts[:, order], classes, [clusters[c] for c in order]
+
+
+def confidence_auroc(y_true: Sequence, y_pred: Sequence, confidence: Sequence) -> float:
+    """How well a per-sample confidence ranks the clustering's mistakes, as a ROC AUC.
+
+    A sample is right when its cluster is matched to its class by
+    :func:`hungarian_mapping` (samples of unmatched clusters are wrong). The
+    score is the probability that a random right sample has a higher confidence
+    than a random wrong one: 1 when every mistake ranks below every right
+    sample, 0.5 for a confidence that says nothing (or is the same for all).
+
+    Parameters
+    ----------
+    y_true : sequence of hashable, length n_samples
+    y_pred : sequence of hashable, length n_samples
+    confidence : sequence of float, length n_samples
+        Higher means surer (e.g. ``TEMIClusterer().confidence_``).
+
+    Returns
+    -------
+    auroc : float in [0, 1], or NaN when every sample is right or every one wrong
+
+    Examples
+    --------
+    >>> from skaudiocluster.metrics import confidence_auroc
+    >>> confidence_auroc(["a", "a", "b", "b"], [0, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
+    1.0
+    """
+    mapping = hungarian_mapping(y_true, y_pred)
+    right = [mapping.get(cluster, _UNMATCHED) == label for label, cluster in zip(y_true, y_pred)]
+    confidence = np.asarray(confidence, dtype=np.float64)
+    if len(confidence) != len(right):
+        raise ValueError(f"confidence has {len(confidence)} values for {len(right)} samples")
+    if all(right) or not any(right):
+        return float("nan")
+    return float(roc_auc_score(right, confidence))
+
+
+# Class of the samples in a cluster that no class was matched to: equal to no label.
+_UNMATCHED = object()
 
 
 def _encoded_score(func: Callable) -> Callable[[Sequence, Sequence], float]:

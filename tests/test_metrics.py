@@ -14,6 +14,7 @@ from skaudiocluster.metrics import (
     CLUSTERING_SCORERS,
     ClusteringScores,
     TransductiveSplit,
+    confidence_auroc,
     get_clustering_scorer,
     hungarian_accuracy,
     hungarian_mapping,
@@ -168,3 +169,29 @@ def test_grid_search_over_an_audio_pipeline_on_fsdd(fsdd_dir, tmp_path):
         assert search.best_params_["kmeans__n_clusters"] in (6, 12)
         assert search.best_score_ > 0.5
         assert np.all(search.cv_results_["mean_test_hungarian_accuracy"] <= 1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), min_size=2, max_size=40),
+    st.permutations(range(5)),
+)
+def test_confidence_auroc_ranks_the_matched_samples(pairs, permutation):
+    y_true, y_pred = map(list, zip(*pairs))
+    mapping = hungarian_mapping(y_true, y_pred)
+    right = np.array([mapping.get(c) == t for t, c in zip(y_true, y_pred)])
+    auroc = confidence_auroc(y_true, y_pred, right.astype(float))
+    renamed = confidence_auroc(y_true, [permutation[c] for c in y_pred], right.astype(float))
+    if right.all() or not right.any():
+        assert np.isnan(auroc) and np.isnan(renamed)
+    else:
+        assert auroc == renamed == 1.0
+        assert confidence_auroc(y_true, y_pred, -right.astype(float)) == 0.0
+        assert confidence_auroc(y_true, y_pred, np.ones(len(right))) == 0.5
+
+
+def test_confidence_auroc_counts_unmatched_clusters_as_mistakes():
+    # cluster 2 has no class left to match: its sample is wrong
+    assert confidence_auroc(["a", "a", "b"], [0, 2, 1], [0.9, 0.1, 0.8]) == 1.0
+    with pytest.raises(ValueError, match="2 values for 3 samples"):
+        confidence_auroc(["a", "a", "b"], [0, 2, 1], [0.9, 0.1])
