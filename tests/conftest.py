@@ -148,6 +148,7 @@ def _script_fixture(name: str):
 # One fixture per script, named after it: a test asks for ``bench_quality`` and gets the module.
 for _name in (
     "bench_clusterers",
+    "bench_confidence",
     "bench_quality",
     "bench_scale",
     "bench_scale_embed",
