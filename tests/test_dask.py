@@ -1,11 +1,10 @@
 """Dask: embed_files on a two-worker LocalCluster equals local embedding; GridSearchCV on Dask.
 
-Where ``$SKAUDIOCLUSTER_SHARED`` is set (CI), a missing ``dask[distributed]`` is a failure.
+Every test needs the ``dask`` extra: the module's ``extras`` mark skips them without it (a
+failure where ``$SKAUDIOCLUSTER_EXTRAS`` is set, see tests/conftest.py).
 """
 
 from __future__ import annotations
-
-import os
 
 import joblib
 import numpy as np
@@ -22,17 +21,12 @@ from skaudiocluster import (
     load_fsdd,
 )
 
-try:
-    from dask.distributed import Client, LocalCluster
-except ImportError:  # pragma: no cover - CI installs the dask extra
-    if os.environ.get("SKAUDIOCLUSTER_SHARED"):
-        raise ImportError(
-            "dask[distributed] is not installed: pip install 'skaudiocluster[dask]'"
-        ) from None
-    pytest.skip("dask[distributed] is not installed", allow_module_level=True)
+pytestmark = pytest.mark.extras("dask")
 
 
-def local_cluster(processes: bool) -> LocalCluster:
+def local_cluster(processes: bool):
+    from dask.distributed import LocalCluster
+
     return LocalCluster(
         n_workers=2, processes=processes, threads_per_worker=1, dashboard_address=":0"
     )
@@ -41,6 +35,8 @@ def local_cluster(processes: bool) -> LocalCluster:
 @pytest.fixture(scope="module")
 def client():
     """Two in-process workers (threads): starts in a second."""
+    from dask.distributed import Client
+
     with local_cluster(processes=False) as cluster, Client(cluster) as client:
         yield client
 
@@ -70,6 +66,8 @@ def test_embeds_fsdd_on_two_workers_like_locally(client, fsdd_sample, byola_d512
 @pytest.fixture(scope="module")
 def process_client():
     """Two worker processes: real pickling, each worker with its own torch (slow to start)."""
+    from dask.distributed import Client
+
     with local_cluster(processes=True) as cluster, Client(cluster) as client:
         yield client
 

