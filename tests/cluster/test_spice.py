@@ -665,12 +665,19 @@ def _scores(y, labels) -> dict[str, float]:
     }
 
 
-def _defaults_over_seeds(fit_seeds, X, y, n_clusters: int) -> tuple[np.ndarray, float]:
-    """NMI of SPICE at its defaults over seeds 0-2, and the mean NMI of KMeans (10 inits)."""
+def _defaults_over_seeds(
+    fit_seeds, check_confidence, X, y, n_clusters: int
+) -> tuple[np.ndarray, float]:
+    """NMI of SPICE at its defaults over seeds 0-2, and the mean NMI of KMeans (10 inits).
+
+    Each fit's ``confidence_`` must rank its mistakes (``check_confidence``).
+    """
     from sklearn.cluster import KMeans
 
     nmi, kmeans = [], []
-    for seed, est in enumerate(fit_seeds(SPICEClusterer(n_clusters, device="cpu"), X)):
+    fits = fit_seeds(SPICEClusterer(n_clusters, device="cpu"), X)
+    check_confidence(y, fits, "SPICE")
+    for seed, est in enumerate(fits):
         km = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(X)
         kmeans.append(_scores(y, km)["nmi"])
         nmi.append(_scores(y, est.labels_)["nmi"])
@@ -683,20 +690,20 @@ def _defaults_over_seeds(fit_seeds, X, y, n_clusters: int) -> tuple[np.ndarray, 
 
 
 @pytest.mark.slow
-def test_fsdd_speaker_at_defaults(fit_seeds, fsdd_byola_d512):
+def test_fsdd_speaker_at_defaults(fit_seeds, check_confidence, fsdd_byola_d512):
     # bench_quality, 3 seeds: KMeans 0.818, Ward 0.926, UMAP+KMeans 0.898.
     nmi, kmeans = _defaults_over_seeds(
-        fit_seeds, fsdd_byola_d512["X"], fsdd_byola_d512["speaker"], 6
+        fit_seeds, check_confidence, fsdd_byola_d512["X"], fsdd_byola_d512["speaker"], 6
     )
     assert nmi.mean() >= FSDD_SPEAKER_NMI and nmi.std() <= 0.02
     assert nmi.min() >= kmeans + 0.05
 
 
 @pytest.mark.slow
-def test_bengalese_finch_at_defaults(fit_seeds, bengalese_byola_d512):
+def test_bengalese_finch_at_defaults(fit_seeds, check_confidence, bengalese_byola_d512):
     # bench_quality, 3 seeds: KMeans 0.920, Ward 0.941, UMAP+KMeans 0.985.
     nmi, kmeans = _defaults_over_seeds(
-        fit_seeds, bengalese_byola_d512["X"], bengalese_byola_d512["y"], 11
+        fit_seeds, check_confidence, bengalese_byola_d512["X"], bengalese_byola_d512["y"], 11
     )
     assert nmi.mean() >= BENGALESE_NMI and nmi.std() <= 0.02
     assert nmi.min() >= kmeans + 0.03

@@ -340,10 +340,17 @@ def _scores(y_true, y_pred) -> dict[str, float]:
     }
 
 
-def _three_seeds(fit_seeds, X, y, n_clusters: int, name: str) -> tuple[np.ndarray, float]:
-    """NMI of the default TEMI over seeds 0-2, and KMeans' mean NMI over the same seeds."""
+def _three_seeds(
+    fit_seeds, check_confidence, X, y, n_clusters: int, name: str
+) -> tuple[np.ndarray, float]:
+    """NMI of the default TEMI over seeds 0-2, and KMeans' mean NMI over the same seeds.
+
+    Each fit's ``confidence_`` must rank its mistakes (``check_confidence``).
+    """
     temi_nmi, kmeans_nmi = [], []
-    for seed, temi in enumerate(fit_seeds(TEMIClusterer(n_clusters=n_clusters), X)):
+    fits = fit_seeds(TEMIClusterer(n_clusters=n_clusters), X)
+    check_confidence(y, fits, f"{name} TEMI")
+    for seed, temi in enumerate(fits):
         scores = _scores(y, temi.labels_)
         temi_nmi.append(scores["nmi"])
         kmeans = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(X)
@@ -354,10 +361,15 @@ def _three_seeds(fit_seeds, X, y, n_clusters: int, name: str) -> tuple[np.ndarra
 
 
 @pytest.mark.slow
-def test_fsdd_speakers_three_seeds(fit_seeds, fsdd_byola_d512):
+def test_fsdd_speakers_three_seeds(fit_seeds, check_confidence, fsdd_byola_d512):
     """Defaults, seeds 0-2 (bench_quality): NMI 0.941 / 0.910 / 0.938, mean 0.930; KMeans 0.818."""
     nmi, kmeans = _three_seeds(
-        fit_seeds, fsdd_byola_d512["X"], fsdd_byola_d512["speaker"], 6, "FSDD speaker"
+        fit_seeds,
+        check_confidence,
+        fsdd_byola_d512["X"],
+        fsdd_byola_d512["speaker"],
+        6,
+        "FSDD speaker",
     )
     assert nmi.mean() >= 0.91
     assert nmi.mean() >= kmeans + 0.05
@@ -365,10 +377,15 @@ def test_fsdd_speakers_three_seeds(fit_seeds, fsdd_byola_d512):
 
 
 @pytest.mark.slow
-def test_bengalese_finch_syllables_three_seeds(fit_seeds, bengalese_byola_d512):
+def test_bengalese_finch_syllables_three_seeds(fit_seeds, check_confidence, bengalese_byola_d512):
     """Defaults, seeds 0-2 (bench_quality): NMI 0.941 / 0.981 / 0.981, mean 0.968; KMeans 0.920."""
     nmi, kmeans = _three_seeds(
-        fit_seeds, bengalese_byola_d512["X"], bengalese_byola_d512["y"], 11, "finch"
+        fit_seeds,
+        check_confidence,
+        bengalese_byola_d512["X"],
+        bengalese_byola_d512["y"],
+        11,
+        "finch",
     )
     assert nmi.mean() >= 0.95
     assert nmi.mean() >= kmeans
