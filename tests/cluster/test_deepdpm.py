@@ -100,7 +100,8 @@ def test_pickle_round_trip_keeps_no_training_data(fitted, blobs):
     np.testing.assert_array_equal(restored.predict_proba(X), fitted.predict_proba(X))
     assert not hasattr(fitted, "net_")
     for name, value in vars(fitted).items():
-        if name != "labels_" and isinstance(value, (np.ndarray, torch.Tensor)):
+        # one label and one confidence per training row; nothing else the size of X
+        if name not in ("labels_", "confidence_") and isinstance(value, (np.ndarray, torch.Tensor)):
             assert len(value) != len(X), name
     assert all(len(t) != len(X) for t in fitted.module_.state_dict().values() if t.dim())
 
