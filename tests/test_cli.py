@@ -894,12 +894,20 @@ def test_demo_prints_a_score_table(capsys, monkeypatch):
         "loading torch and embedding them (log-mel mean+std)",
         "[1/3] log-mel mean+std -> scale -> PCA -> kmeans",
         "[2/3] log-mel mean+std -> scale -> PCA -> agglomerative",
-        "[3/3] log-mel mean+std -> temi",
+        "[3/3] log-mel mean+std -> temi (min_steps=1500)",
     ]
     assert "| pipeline | K found | NMI | ARI | accuracy | fit s |" in out
     assert out.count("| log-mel mean+std -> scale -> PCA -> kmeans |") == 1
     assert out.count("| log-mel mean+std -> scale -> PCA -> agglomerative |") == 1
-    assert out.count("| log-mel mean+std -> temi |") == 1
+    assert out.count("| log-mel mean+std -> temi (min_steps=1500) |") == 1
+
+
+def test_demo_budgets_are_parameters_of_the_deep_clusterers():
+    # the demo shows them in its rows: each must reach the estimator
+    clusterers = cli._clusterers(3, 0)
+    for name, budget in cli._DEMO_BUDGETS.items():
+        params = clusterers[name]().get_params()
+        assert all(key in params and params[key] > value for key, value in budget.items())
 
 
 # ---------------------------------------------------------------------------------------------
