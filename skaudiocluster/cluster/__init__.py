@@ -5,6 +5,7 @@ from skaudiocluster._lazy import lazy_exports
 _WHERE = {
     "centroid_confidence": "_confidence",
     "DeepDPMClusterer": "deepdpm",
+    "KCheckWarning": "_k_check",
     "SPICEClusterer": "spice",
     "TEMIClusterer": "temi",
 }

@@ -39,6 +39,7 @@ from skaudiocluster.cluster._deepdpm_net import (
     SplitMergeSchedule,
 )
 from skaudiocluster.cluster._dpm_mixture import DPMixture
+from skaudiocluster.cluster._k_check import KCheckWarning, check_n_clusters
 from skaudiocluster.cluster._niw import prior_from_data, sufficient_stats
 
 # Above this dimension covariance_type="auto" uses diagonal covariances: a full
@@ -163,6 +164,12 @@ class DeepDPMClusterer(BaseDeepClusterer):
         untouched.
     verbose : int, default=0
         1 shows a progress bar per epoch, 2 also skorch's epoch table.
+    check_k : bool, default=True
+        After training, score k-means partitions of the features the mixture saw
+        for K around ``n_clusters_`` by their silhouette and warn
+        (:class:`~skaudiocluster.cluster.KCheckWarning`) when another K, at least
+        2 away, separates them clearly better (``_k_check.check_n_clusters``;
+        it scores at most 2,000 rows, a few seconds).
 
     Attributes
     ----------
@@ -188,6 +195,11 @@ class DeepDPMClusterer(BaseDeepClusterer):
         One row per epoch: ``epoch``, ``train_loss``, ``dur``, ``n_clusters`` and
         ``event`` (``"split 2"``, ``"merge 1"`` or ``""``), e.g.
         ``history_[:, "n_clusters"]``.
+    k_check_ : KCheck or None
+        The check's outcome (``check_k``): the K scored (``candidates``), their
+        mean silhouettes (``scores``), the ``suggested`` K and whether it
+        warned (``warn``); None when ``check_k=False`` or the data are too few
+        to score K against a K 2 away.
     n_features_in_ : int
 
     Notes
@@ -255,6 +267,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "sub_lr": [Interval(Real, 0, None, closed="neither")],
+        "check_k": ["boolean"],
     }
 
     def __init__(
@@ -280,6 +293,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         device: str | torch.device = "auto",
         random_state=None,
         verbose: int = 0,
+        check_k: bool = True,
     ):
         self.n_clusters_init = n_clusters_init
         self.max_clusters = max_clusters
@@ -301,6 +315,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.check_k = check_k
 
     def _n_components(self, n_samples: int) -> int | None:
         if self.n_components == "auto":
@@ -361,17 +376,26 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.module_ = net.module_
         self.history_ = epoch_history([net])
         self._drop_unused_units(mixture, features)
+        self.k_check_ = (
+            check_n_clusters(features, self.n_clusters_, random_state=seed)
+            if self.check_k
+            else None
+        )
+        check = self.k_check_
         if self.n_clusters_ == 1 and self.n_clusters_init > 1:
+            structure = f" Yet {check.finding()}." if check is not None and check.warn else ""
             warnings.warn(
                 f"DeepDPMClusterer found a single cluster in {n_samples} samples: every split "
                 f"was rejected. On small or weakly separated collections the split test cannot "
                 f"pay for a {n_features}-d {self.covariance_type_} covariance per cluster; "
                 f"n_components sets that dimension (fewer dimensions make splits cheaper), or "
-                f"give K to a clusterer that takes it (e.g. SPICEClusterer).",
-                UserWarning,
+                f"give K to a clusterer that takes it (e.g. SPICEClusterer).{structure}",
+                KCheckWarning,
                 # _fit_features <- fit <- _fit_context <- caller
                 stacklevel=4,
             )
+        elif check is not None and check.warn:
+            warnings.warn(check.message("DeepDPMClusterer"), KCheckWarning, stacklevel=4)
         return features
 
     def _initial_mixture(self, data: torch.Tensor, seed: int, diagonal: bool) -> DPMixture:

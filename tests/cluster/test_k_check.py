@@ -1,0 +1,142 @@
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.utils._param_validation import InvalidParameterError
+
+from skaudiocluster.cluster import KCheckWarning
+from skaudiocluster.cluster._k_check import KCheck, candidate_ks, check_n_clusters
+from skaudiocluster.cluster.deepdpm import DeepDPMClusterer
+
+
+@pytest.fixture(scope="module")
+def eight_blobs():
+    return make_blobs(n_samples=600, centers=8, cluster_std=0.5, random_state=0)[0]
+
+
+def test_an_obvious_under_split_is_flagged_with_the_right_k(eight_blobs):
+    check = check_n_clusters(eight_blobs, 3, random_state=0)
+    assert (check.suggested, check.warn) == (8, True)
+    assert check.candidates == tuple(range(2, 10))
+    assert check.score_of(8) == max(check.scores) > check.score_of(3) * 1.1
+    message = check.message("DeepDPMClusterer")
+    for part in ("found 3 clusters", "K=8", f"{check.score_of(8):.3f}", "n_clusters", "TEMI"):
+        assert part in message
+    assert "n_clusters_init" in message and "larger alpha" in message
+
+
+@pytest.mark.parametrize("k", [7, 8, 9])
+def test_the_right_k_and_its_neighbours_pass(eight_blobs, k):
+    check = check_n_clusters(eight_blobs, k, random_state=0)
+    assert check.suggested == 8
+    assert not check.warn
+
+
+@pytest.mark.parametrize("n_features", [6, 32])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_structureless_data_never_warn(n_features, k):
+    # the silhouette falls with K on one Gaussian blob (and on points of a sphere):
+    # the reference discounts that trend, so neither a smaller nor a larger K is suggested
+    rng = np.random.default_rng(0)
+    blob = rng.normal(size=(600, n_features))
+    sphere = blob / np.linalg.norm(blob, axis=1, keepdims=True)
+    assert not check_n_clusters(blob, k, random_state=0).warn
+    assert not check_n_clusters(sphere, k, random_state=0).warn
+
+
+def test_a_single_cluster_is_flagged_only_when_the_data_separate(eight_blobs):
+    check = check_n_clusters(eight_blobs, 1, random_state=0)
+    assert (check.suggested, check.warn) == (7, True)  # 1 + 6: the top of the range
+    assert check.score_of(1) is None and 0 < check.reference_gain < check.score_of(7)
+    assert "one Gaussian" in check.finding()
+
+
+def test_too_few_rows_are_not_checked():
+    X = np.random.default_rng(0).normal(size=(59, 2))
+    assert candidate_ks(3, len(X) // 2 // 10) == range(2, 3)
+    assert check_n_clusters(X, 3, random_state=0) is None  # no K two away from 3 to score
+    assert check_n_clusters(X, 9, random_state=0) is None  # 9 itself cannot be scored
+
+
+def test_duplicated_rows_are_scored_quietly():
+    # six distinct rows: K stops at 6, and k-means' ConvergenceWarnings stay inside
+    X = np.repeat(np.eye(6), 50, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check = check_n_clusters(X, 2, random_state=0)
+    assert check.candidates == (2, 3, 4, 5, 6)
+    assert (check.suggested, check.warn) == (6, True)
+
+
+def test_seeded_checks_repeat_and_leave_numpy_alone(eight_blobs):
+    state = np.random.get_state()
+    first = check_n_clusters(eight_blobs, 4, random_state=1)
+    assert np.random.get_state()[1].tolist() == state[1].tolist()
+    assert check_n_clusters(eight_blobs, 4, random_state=1) == first
+    assert pickle.loads(pickle.dumps(first)) == first
+
+
+def test_checks_are_cheap_next_to_a_fit():
+    import time
+
+    X = make_blobs(n_samples=3000, centers=10, n_features=32, random_state=0)[0]
+    start = time.perf_counter()
+    check = check_n_clusters(X, 10, random_state=0)
+    assert check.n_rows == 2000
+    assert time.perf_counter() - start < 20  # a few seconds on one busy core
+
+
+# --- DeepDPMClusterer ----------------------------------------------------------------------
+
+
+def _dpm(**params):
+    defaults = dict(
+        n_clusters_init=2,
+        split_merge_every=3,
+        steps_per_epoch=4,
+        batch_size=32,
+        lr=0.02,
+        sub_lr=0.02,
+        preprocessing="standardize",
+        random_state=0,
+    )
+    return DeepDPMClusterer(**{**defaults, **params})
+
+
+@pytest.fixture(scope="module")
+def four_blobs():
+    return make_blobs(n_samples=400, centers=4, n_features=3, cluster_std=0.6, random_state=3)[0]
+
+
+def test_deepdpm_warns_of_an_under_split_and_keeps_the_check(four_blobs):
+    # two epochs: no split round has run, so the two initial clusters remain
+    with pytest.warns(KCheckWarning, match="found 2 clusters.*K=4") as record:
+        dpm = _dpm(max_epochs=2).fit(four_blobs)
+    assert dpm.n_clusters_ == 2
+    assert (dpm.k_check_.n_clusters, dpm.k_check_.suggested, dpm.k_check_.warn) == (2, 4, True)
+    assert {w.filename for w in record if w.category is KCheckWarning} == {__file__}
+
+
+def test_deepdpm_is_silent_when_it_finds_the_clusters(four_blobs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KCheckWarning)
+        dpm = _dpm(max_epochs=18, steps_per_epoch=8).fit(four_blobs)
+    assert dpm.n_clusters_ == 4
+    assert dpm.k_check_.suggested == 4 and not dpm.k_check_.warn
+
+
+def test_check_k_false_skips_the_check(four_blobs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KCheckWarning)
+        dpm = _dpm(max_epochs=2, check_k=False).fit(four_blobs)
+    assert dpm.n_clusters_ == 2 and dpm.k_check_ is None
+    with pytest.raises(InvalidParameterError, match="check_k"):
+        _dpm(check_k="yes").fit(four_blobs)
+
+
+def test_kcheck_is_a_plain_record():
+    check = KCheck(2, (2, 3, 4), (0.1, 0.2, 0.3), (0.0, 0.0, 0.0), 4, True, 100, -0.01)
+    assert check.score_of(4) == 0.3 and check.score_of(9) is None
+    assert issubclass(KCheckWarning, UserWarning)
