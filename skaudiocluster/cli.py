@@ -174,6 +174,7 @@ class _Stages:
     @contextlib.contextmanager
     def __call__(self, message: str) -> Iterator[None]:
         print(f"{message}...", end="", file=sys.stderr, flush=True)
+        again = f"\r{message}..." if self.verbose else ""  # over what the bars left
         start = time.perf_counter()
         caught: list = []
         try:
@@ -181,11 +182,10 @@ class _Stages:
                 with contextlib.redirect_stdout(sys.stderr):
                     yield
         except BaseException:
-            print(file=sys.stderr, flush=True)
+            print(again, file=sys.stderr, flush=True)
             raise
         else:
             seconds = time.perf_counter() - start
-            again = f"\r{message}..." if self.verbose else ""
             print(f"{again} {seconds:.1f} s", file=sys.stderr, flush=True)
         finally:
             self._show(caught)

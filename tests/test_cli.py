@@ -279,12 +279,14 @@ def test_verbose_stage_line_is_written_again_after_its_bars(capsys):
     assert re.fullmatch(r"decoding 3 files\.\.\.\r.*\rdecoding 3 files\.\.\. \d+\.\d s\n", err)
 
 
-def test_a_failed_stage_ends_its_line(capsys):
-    stages = cli._Stages("cluster")
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_a_failed_stage_ends_its_line(capsys, verbose):
+    stages = cli._Stages("cluster", verbose)
     with pytest.raises(KeyboardInterrupt):
         with stages("training temi"):
             raise KeyboardInterrupt
-    assert capsys.readouterr().err == "training temi...\n"
+    err = capsys.readouterr().err
+    assert err == ("training temi...\rtraining temi...\n" if verbose else "training temi...\n")
 
 
 class _WarningClusterer(_FakeDeepClusterer):
