@@ -267,7 +267,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def cluster(args: argparse.Namespace) -> int:
-    """Cluster the audio files under a folder and write ``path,cluster[,confidence]`` rows.
+    """Cluster the audio files under a folder and write ``path,cluster,confidence`` rows.
 
     Every option is checked before torch is imported and the first clip is
     decoded: the combinations of options, the output file, the number of
@@ -310,19 +310,18 @@ def cluster(args: argparse.Namespace) -> int:
             _configure(model, device=args.device, verbose=args.verbose)
         head = _head(features, model, args.clusterer)
         labels = head.fit_predict(features)
-        confidence = None
-        if hasattr(head, "predict_proba"):
-            import numpy as np
-
-            proba = head.predict_proba(features)
-            confidence = proba[np.arange(len(labels)), labels]
-    header = ["path", "cluster"] + ([] if confidence is None else ["confidence"])
-    rows = [[path, int(label)] for path, label in zip(kept, labels)]
-    if confidence is not None:
-        for row, value in zip(rows, confidence):
-            row.append(f"{value:.4f}")
-    if args.report is not None:
         seen = head[:-1].transform(features) if hasattr(head, "steps") else features
+        if deep:
+            confidence = model.confidence_
+        else:
+            from skaudiocluster.cluster import centroid_confidence
+
+            confidence = centroid_confidence(seen, labels)
+    header = ["path", "cluster", "confidence"]
+    rows = [
+        [path, int(label), f"{value:.4f}"] for path, label, value in zip(kept, labels, confidence)
+    ]
+    if args.report is not None:
         _write_report(args, stages, kept, labels, seen, confidence, notes=stages.notes)
     # The list first, so that a written CSV always has its list of skipped files.
     if skipped:
@@ -673,10 +672,9 @@ def _device(text: str) -> str:
 
 
 _CLUSTER_EPILOG = f"""\
-The CSV has one row per file: path, cluster and, for the clusterers with
-predict_proba (temi, spice, deepdpm), confidence (the probability of the
-assigned cluster). kmeans and agglomerative give no probabilities, so their
-CSV has no confidence column.
+The CSV has one row per file: path, cluster and confidence, in [0, 1]: the
+clip's soft assignment to the cluster centres in the space the clusterer saw
+(lowest: the likely mistakes; the report shows them as the least typical).
 
 exit status:
   0    the CSV was written
@@ -765,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="write the HTML listening report of an assignments CSV",
         description="Write an HTML page to hear the clusters of an assignments CSV\n"
-        "(path,cluster[,confidence]) written by `skaudiocluster cluster`; open\n"
+        "(path,cluster,confidence) written by `skaudiocluster cluster`; open\n"
         "DIR/index.html in a browser. The clips are embedded again (--embedder) for the map.",
         formatter_class=_HelpFormatter,
     )

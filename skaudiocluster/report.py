@@ -95,14 +95,19 @@ def write_report(
     labels : sequence of length n_clips
         Cluster of each clip (any hashable values; sorted when they can be).
     embeddings : array-like of shape (n_clips, n_features), default=None
-        Features the clusters were found in; they order clips by distance to
-        their cluster's centre (when ``proba`` is not given) and give the map
-        (when ``coords`` is not given). Best: the features the clusterer saw,
+        Features the clusters were found in; they give the map (when
+        ``coords`` is not given) and, when ``proba`` is not given, each clip's
+        confidence in its cluster
+        (:func:`~skaudiocluster.cluster.centroid_confidence`), which orders
+        the clips. Best: the features the clusterer saw,
         ``pipeline[:-1].transform(X)``.
-    proba : array-like of shape (n_clips, n_clusters) or (n_clips,), default=None
-        ``predict_proba`` of the clusterer (columns are the integer labels
-        ``0 .. n_clusters - 1``), or each clip's confidence in its own
-        cluster. Clips with the highest value are the most typical.
+    proba : array-like of shape (n_clips,) or (n_clips, n_clusters), default=None
+        Each clip's confidence in its own cluster (e.g. ``confidence_`` of
+        the deep clusterers), or a ``predict_proba`` whose columns are the
+        integer labels ``0 .. n_clusters - 1``. Clips with the highest value
+        are the most typical and the lowest are shown as possible mistakes;
+        a trained network's ``predict_proba`` sits near 1 for almost every
+        clip and orders them poorly.
     true_labels : sequence of length n_clips, default=None
         Known classes, for the label mix and the matched confusion matrix.
     out : str or path-like
@@ -189,7 +194,12 @@ def write_report(
                 f"embeddings must have shape (n_clips, n_features) = ({n}, ...); "
                 f"got {embeddings.shape}"
             )
-    members = typical_order(codes, confidence=confidence, embeddings=embeddings)
+    ordered_by = _ordered_by(confidence, embeddings)
+    if confidence is None and embeddings is not None:
+        from skaudiocluster.cluster import centroid_confidence
+
+        confidence = centroid_confidence(embeddings, codes)
+    members = typical_order(codes, confidence=confidence)
     points = _map_points(coords, embeddings, reducer, random_state, n)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -204,7 +214,7 @@ def write_report(
             codes=codes,
             members=members,
             confidence=confidence,
-            ordered_by=_ordered_by(confidence, embeddings),
+            ordered_by=ordered_by,
             true_labels=true_labels,
             labels=labels,
             points=points,
@@ -223,11 +233,10 @@ def write_report(
     return target
 
 
-def typical_order(codes: np.ndarray, *, confidence=None, embeddings=None) -> list[np.ndarray]:
+def typical_order(codes: np.ndarray, *, confidence=None) -> list[np.ndarray]:
     """Indices of each cluster's clips, most typical first.
 
-    Typical means the highest ``confidence`` when given, else the smallest
-    Euclidean distance to the cluster's mean embedding, else input order.
+    Typical means the highest ``confidence`` when given, else input order.
 
     Examples
     --------
@@ -235,20 +244,11 @@ def typical_order(codes: np.ndarray, *, confidence=None, embeddings=None) -> lis
     >>> codes = np.array([0, 0, 0, 1])
     >>> [m.tolist() for m in typical_order(codes, confidence=np.array([0.2, 0.9, 0.5, 1.0]))]
     [[1, 2, 0], [3]]
-    >>> E = np.array([[0.0], [10.0], [1.0], [5.0]])
-    >>> [m.tolist() for m in typical_order(codes, embeddings=E)]
-    [[2, 0, 1], [3]]
     """
     order = []
     for c in range(int(codes.max()) + 1):
         rows = np.flatnonzero(codes == c)
-        if confidence is not None:
-            key = -confidence[rows]
-        elif embeddings is not None:
-            part = embeddings[rows]
-            key = np.linalg.norm(part - part.mean(axis=0), axis=1)
-        else:
-            key = np.zeros(len(rows))
+        key = np.zeros(len(rows)) if confidence is None else -confidence[rows]
         order.append(rows[np.argsort(key, kind="stable")])
     return order
 
@@ -285,10 +285,13 @@ def _confidence(proba, labels: list, n: int) -> np.ndarray | None:
 
 def _ordered_by(confidence, embeddings) -> str:
     if confidence is not None:
-        return "the clusterer's probability of the cluster (predict_proba), highest first"
+        return "the confidence given with the clusters, highest first"
     if embeddings is not None:
-        return "distance to the cluster's centre in the embeddings, closest first"
-    return "input order (neither embeddings nor probabilities were given)"
+        return (
+            "confidence in the cluster (the clip's soft assignment to the cluster centres "
+            "in the embeddings), highest first"
+        )
+    return "input order (neither embeddings nor confidences were given)"
 
 
 def _map_points(coords, embeddings, reducer, random_state, n: int) -> np.ndarray | None:

@@ -98,13 +98,8 @@ class _FakeDeepClusterer(ClusterMixin, BaseEstimator):
         self.seen_shape_ = X.shape
         self.seen_mean_ = X.mean(axis=0)
         self.labels_ = (X[:, 0] > np.median(X[:, 0])).astype(int)
+        self.confidence_ = np.full(len(X), 0.75)
         return self
-
-    def predict_proba(self, X):
-        labels = (X[:, 0] > np.median(X[:, 0])).astype(int)
-        proba = np.full((len(X), 2), 0.25)
-        proba[np.arange(len(X)), labels] = 0.75
-        return proba
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,12 +143,10 @@ def test_readme_cluster_line_on_fsdd_clips(fsdd_clips, tmp_path, clusterer):
     assert sorted(Path(row["path"]).name for row in rows) == sorted(
         p.name for p in fsdd_clips.iterdir()
     )
-    deep = clusterer != "kmeans"
-    assert list(rows[0]) == ["path", "cluster", "confidence"][: 3 if deep else 2]
+    assert list(rows[0]) == ["path", "cluster", "confidence"]
     labels = [int(row["cluster"]) for row in rows]
-    if deep:
-        assert all(0.0 <= float(row["confidence"]) <= 1.0 for row in rows)
-    else:
+    assert all(0.0 <= float(row["confidence"]) <= 1.0 for row in rows)
+    if clusterer == "kmeans":
         assert set(labels) == {0, 1, 2}
     speakers = [Path(row["path"]).stem.split("_")[1] for row in rows]
     # Log-mel statistics separate these three speakers well (NMI 0.77-0.88 measured).
@@ -184,8 +177,7 @@ def test_cluster_writes_one_row_per_file(tmp_path, capsys):
     out = tmp_path / "assignments.csv"
     assert main(["cluster", str(folder), "--n-clusters", "2", "--out", str(out)]) == 0
     rows = _rows(out)
-    # k-means has no predict_proba: no confidence column
-    assert len(rows) == 12 and list(rows[0]) == ["path", "cluster"]
+    assert len(rows) == 12 and list(rows[0]) == ["path", "cluster", "confidence"]
     by_freq = {}
     for row in rows:
         index = int(row["path"].rsplit("c", 1)[1].split(".")[0])
@@ -939,7 +931,7 @@ def test_report_from_the_csv_with_true_labels(tones, tmp_path, capsys):
     assert main(["report", str(out), "--out", str(report), "--true-labels", str(truth)]) == 0
     text = (report / "index.html").read_text()
     assert "Hungarian accuracy 1.000" in text
-    assert "ordered by\ndistance to the cluster" in text  # kmeans: no confidence column
+    assert "ordered by\nthe confidence given with the clusters" in text  # the CSV's column
 
 
 def test_report_refuses_a_folder_that_is_not_a_report_before_any_work(
@@ -992,3 +984,19 @@ def test_birdnet_clusters_two_tones(tones, tmp_path):
     rows = _rows(out)
     truth = [int(Path(row["path"]).stem[1:]) % 2 for row in rows]
     assert normalized_mutual_info_score(truth, [row["cluster"] for row in rows]) == 1.0
+
+
+def test_kmeans_confidence_is_the_centroid_confidence_of_what_it_clustered(tones, tmp_path):
+    from sklearn.cluster import KMeans
+
+    from skaudiocluster.cluster import centroid_confidence
+    from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
+
+    out = tmp_path / "a.csv"
+    assert main(["cluster", str(tones), "--n-clusters", "2", "--out", str(out)]) == 0
+    rows = _rows(out)
+    features = SpectrogramTransformer().fit_transform([row["path"] for row in rows])
+    head = cli._head(features, KMeans(2, n_init=10, random_state=0), "kmeans")
+    labels = head.fit_predict(features)
+    expected = centroid_confidence(head[:-1].transform(features), labels)
+    np.testing.assert_allclose([float(row["confidence"]) for row in rows], expected, atol=1e-4)

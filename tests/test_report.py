@@ -120,12 +120,14 @@ def test_players_per_cluster_and_typical_order(tmp_path):
     assert "No map" in (report / "index.html").read_text()
 
 
-def test_distance_order_and_default_map(tmp_path):
+def test_centroid_confidence_order_and_default_map(tmp_path):
     paths = [_tone(tmp_path / f"c{i}.wav", 200 + 50 * i) for i in range(6)]
     embeddings = np.array([[0, 0, 5], [0, 0, 0.1], [0, 0, 1], [9, 9, 9], [9, 9, 8], [9, 9, 0]])
     report = write_report(paths, [0, 0, 0, 1, 1, 1], embeddings=embeddings, out=tmp_path / "r")
     page = _parse(report)
-    assert page.sections[0][0] == 2 and page.sections[0][-1] == 0
+    # without proba, clips are ordered by their soft assignment to the cluster centres:
+    # the clip leaning towards the other cluster (z=5) is last, the one leaning away first
+    assert page.sections[0] == [1, 2, 0]
     data = json.loads(page.data)
     assert len(data["x"]) == 6 and np.isfinite(data["x"] + data["y"]).all()
 
