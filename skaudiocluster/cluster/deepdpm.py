@@ -176,6 +176,13 @@ class DeepDPMClusterer(BaseDeepClusterer):
     n_clusters_ : int
         Number of clusters found (units of the head selected by some training point).
     labels_ : ndarray of shape (n_samples,)
+    confidence_ : ndarray of shape (n_samples,)
+        How surely each training sample sits in its cluster, in [0, 1]: its soft
+        assignment to the cluster centres (:meth:`predict_confidence`); the
+        lowest are the likely mistakes.
+    confidence_model_ : CentroidConfidence
+        The cluster centres in ``preprocessor_``'s output and their distance
+        scale, from which :meth:`predict_confidence` reads.
     means_ : ndarray of shape (n_clusters_, n_dims)
         Component means in the space the mixture sees (``preprocessor_``'s
         output, ``n_dims`` features).
