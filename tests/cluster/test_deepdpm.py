@@ -364,18 +364,24 @@ def test_pointed_sub_nets_cut_between_the_sub_cluster_means():
     assert sub_logits.argmax(1).tolist() == [0, 0, 1, 1]
 
 
-def _default_fits(fit_seeds, X, y):
-    """K, NMI and ARI of DeepDPM at its defaults on three seeds, and KMeans' NMI at the true K."""
+def _default_fits(fit_seeds, X, y, check_confidence=None):
+    """K, NMI and ARI of DeepDPM at its defaults on three seeds, and KMeans' NMI at the true K.
+
+    With ``check_confidence``, each fit's ``confidence_`` must rank its mistakes.
+    """
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
+    dpms = fit_seeds(DeepDPMClusterer(), X)
+    if check_confidence is not None:
+        check_confidence(y, dpms, "DeepDPM")
     fits = [
         (
             dpm.n_clusters_,
             normalized_mutual_info_score(y, dpm.labels_),
             adjusted_rand_score(y, dpm.labels_),
         )
-        for dpm in fit_seeds(DeepDPMClusterer(), X)
+        for dpm in dpms
     ]
     n_classes = len(np.unique(y))
     kmeans = KMeans(n_classes, n_init=10, random_state=0).fit_predict(X)
@@ -395,11 +401,16 @@ def test_finds_the_fsdd_speakers_at_the_defaults(fit_seeds, fsdd_byola_d512):
 
 
 @pytest.mark.slow
-def test_finds_the_bengalese_finch_syllables_at_the_defaults(fit_seeds, bengalese_byola_d512):
+def test_finds_the_bengalese_finch_syllables_at_the_defaults(
+    fit_seeds, check_confidence, bengalese_byola_d512
+):
     # 11 syllable classes +/- 20 % on every seed; NMI above UMAP + HDBSCAN's 0.941
-    # (measured: K 10, 10, 10; NMI 0.953, ARI 0.864; KMeans given K 0.920)
+    # (measured: K 10, 10, 10; NMI 0.953, ARI 0.864; KMeans given K 0.920). The
+    # confidence is checked here, not on the speakers: where DeepDPM merges two of
+    # them (K 5, seed 0), the merged speaker is a cluster-level mistake that no
+    # per-clip confidence sees (AUROC 0.33)
     data = bengalese_byola_d512
-    fits, kmeans_nmi = _default_fits(fit_seeds, data["X"], data["y"])
+    fits, kmeans_nmi = _default_fits(fit_seeds, data["X"], data["y"], check_confidence)
     assert ((fits[:, 0] >= 9) & (fits[:, 0] <= 13)).all(), fits[:, 0]
     assert fits[:, 1].mean() >= max(kmeans_nmi + 0.02, 0.94)
     assert fits[:, 2].mean() >= 0.84  # UMAP + HDBSCAN: 0.869, the DP mixture: 0.701
