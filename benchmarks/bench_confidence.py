@@ -120,7 +120,8 @@ def markdown(runs: list[dict]) -> str:
             if np.isnan(values).all():
                 cells.append("")
             else:
-                cells.append(f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}")
+                digits = 1 if metric == "k" else 3
+                cells.append(f"{np.nanmean(values):.{digits}f} ± {np.nanstd(values):.{digits}f}")
         lines.append(f"| {set_name} | {method} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
