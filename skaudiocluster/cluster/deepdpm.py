@@ -166,10 +166,11 @@ class DeepDPMClusterer(BaseDeepClusterer):
         1 shows a progress bar per epoch, 2 also skorch's epoch table.
     check_k : bool, default=True
         After training, score k-means partitions of the features the mixture saw
-        for K around ``n_clusters_`` by their silhouette and warn
-        (:class:`~skaudiocluster.cluster.KCheckWarning`) when another K, at least
-        2 away, separates them clearly better (``_k_check.check_n_clusters``;
-        it scores at most 2,000 rows, a few seconds).
+        for K from ``n_clusters_ - 3`` to ``n_clusters_ + 6`` by their
+        silhouette less that of one Gaussian of the same mean and covariance,
+        and warn (:class:`~skaudiocluster.cluster.KCheckWarning`) when another
+        K, at least 2 away, separates them clearly better
+        (``_k_check.check_n_clusters``; at most 2,000 rows, a few seconds).
 
     Attributes
     ----------
@@ -204,9 +205,10 @@ class DeepDPMClusterer(BaseDeepClusterer):
         ``history_[:, "n_clusters"]``.
     k_check_ : KCheck or None
         The check's outcome (``check_k``): the K scored (``candidates``), their
-        mean silhouettes (``scores``), the ``suggested`` K and whether it
-        warned (``warn``); None when ``check_k=False`` or the data are too few
-        to score K against a K 2 away.
+        mean silhouettes (``scores``) and the reference's
+        (``reference_scores``), the ``suggested`` K and whether it warned
+        (``warn``); None when ``check_k=False`` or the data are too few to
+        score K against a K 2 away.
     n_features_in_ : int
 
     Notes

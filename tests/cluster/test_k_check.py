@@ -21,8 +21,9 @@ def test_an_obvious_under_split_is_flagged_with_the_right_k(eight_blobs):
     assert (check.suggested, check.warn) == (8, True)
     assert check.candidates == tuple(range(2, 10))
     assert check.score_of(8) == max(check.scores) > check.score_of(3) * 1.1
+    assert check.excess_of(8) - check.excess_of(3) > 0.1 * check.score_of(8)
     message = check.message("DeepDPMClusterer")
-    for part in ("found 3 clusters", "K=8", f"{check.score_of(8):.3f}", "n_clusters", "TEMI"):
+    for part in ("found 3 clusters", "K=8 than at K=3", f"{check.score_of(8):.3f}", "TEMI"):
         assert part in message
     assert "n_clusters_init" in message and "larger alpha" in message
 
@@ -37,20 +38,33 @@ def test_the_right_k_and_its_neighbours_pass(eight_blobs, k):
 @pytest.mark.parametrize("n_features", [6, 32])
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_structureless_data_never_warn(n_features, k):
-    # the silhouette falls with K on one Gaussian blob (and on points of a sphere):
-    # the reference discounts that trend, so neither a smaller nor a larger K is suggested
+    # the silhouette falls with K on one Gaussian blob (and on points of a sphere): the
+    # reference has the same trend, so it suggests neither a smaller nor a larger K
     rng = np.random.default_rng(0)
     blob = rng.normal(size=(600, n_features))
     sphere = blob / np.linalg.norm(blob, axis=1, keepdims=True)
-    assert not check_n_clusters(blob, k, random_state=0).warn
-    assert not check_n_clusters(sphere, k, random_state=0).warn
+    for X in (blob, sphere):
+        check = check_n_clusters(X, k, random_state=0)
+        assert not check.warn
+        assert abs(check.excess_of(check.suggested)) < 0.1 * max(check.scores)
+
+
+def test_the_raw_silhouette_would_cry_wolf_where_the_reference_does_not():
+    # anisotropic Gaussian: its silhouette is highest at K=2 (one cut along the long
+    # axis), which says nothing of clusters; the reference falls the same way
+    X = np.random.default_rng(0).normal(size=(1000, 8)) * [5, 3, 2, 1, 1, 1, 1, 1]
+    check = check_n_clusters(X, 5, random_state=0)
+    assert check.score_of(2) > 1.2 * check.score_of(5)
+    assert not check.warn
 
 
 def test_a_single_cluster_is_flagged_only_when_the_data_separate(eight_blobs):
     check = check_n_clusters(eight_blobs, 1, random_state=0)
     assert (check.suggested, check.warn) == (7, True)  # 1 + 6: the top of the range
-    assert check.score_of(1) is None and 0 < check.reference_gain < check.score_of(7)
-    assert "one Gaussian" in check.finding()
+    assert check.score_of(1) == check.excess_of(1) == 0
+    assert "K=7 or more than at K=1" in check.finding()
+    blob = np.random.default_rng(0).normal(size=(600, 2))
+    assert not check_n_clusters(blob, 1, random_state=0).warn
 
 
 def test_too_few_rows_are_not_checked():
@@ -68,6 +82,7 @@ def test_duplicated_rows_are_scored_quietly():
         check = check_n_clusters(X, 2, random_state=0)
     assert check.candidates == (2, 3, 4, 5, 6)
     assert (check.suggested, check.warn) == (6, True)
+    assert check.score_of(6) == pytest.approx(1.0)
 
 
 def test_seeded_checks_repeat_and_leave_numpy_alone(eight_blobs):
@@ -137,6 +152,23 @@ def test_check_k_false_skips_the_check(four_blobs):
 
 
 def test_kcheck_is_a_plain_record():
-    check = KCheck(2, (2, 3, 4), (0.1, 0.2, 0.3), (0.0, 0.0, 0.0), 4, True, 100, -0.01)
+    check = KCheck(2, (2, 3, 4), (0.1, 0.2, 0.3), (0.1, 0.1, 0.1), (0.0,) * 3, 4, True, 100)
     assert check.score_of(4) == 0.3 and check.score_of(9) is None
+    assert check.excess_of(4) == 0.2 and check.excess_of(9) is None
     assert issubclass(KCheckWarning, UserWarning)
+
+
+def test_silhouette_matches_scikit_learn():
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    from skaudiocluster.cluster._k_check import silhouette
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    D = pairwise_distances(X)
+    for n_labels in (2, 7, 60):  # 60: many clusters of one row, which score 0
+        labels = rng.integers(0, n_labels, len(X))
+        expected = silhouette_score(D, labels, metric="precomputed")
+        assert silhouette(D, labels) == pytest.approx(expected, abs=1e-12)
+        assert silhouette(D.astype(np.float32), labels) == pytest.approx(expected, abs=1e-5)
+    assert silhouette(D, np.zeros(len(X))) == 0.0
