@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from skaudiocluster import __version__
+from skaudiocluster._io import atomic_write, create_temp
 
 EXIT_ERROR = 2
 # Written, but some input files were skipped (--skip-bad-files).
@@ -479,7 +480,7 @@ def _check_out(out: str) -> str:
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise ValueError(f"--out {out!r} exists and is not writable")
     try:  # the only reliable test (read-only mounts, ACLs, root): create a file there
-        fd, probe = _create_temp(folder, os.path.basename(path))
+        fd, probe = create_temp(path)
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
@@ -591,44 +592,18 @@ def _find_audio(folder: str) -> list[str]:
     return paths
 
 
-def _create_temp(folder: str, name: str) -> tuple[int, str]:
-    """Create ``folder/.name.<random>.tmp`` exclusively, with the umask's mode.
-
-    (:func:`tempfile.mkstemp` would make it 0600, and the rename keeps that mode.)
-    """
-    import secrets
-
-    for _ in range(100):
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary file name in {folder!r}")
-
-
 def _write_csv(out: str, header: Sequence[str], rows) -> None:
-    """Write atomically: a temporary file in the target folder, then a rename.
+    """Write atomically (:func:`skaudiocluster._io.atomic_write`): a temporary file, a rename.
 
     The temporary file is removed on any exception, ``KeyboardInterrupt``
     included; :func:`main` turns ``SIGTERM`` and ``SIGHUP`` into one.
     """
     import csv
 
-    folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = _create_temp(folder, os.path.basename(out))
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(out, newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

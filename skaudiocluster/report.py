@@ -10,15 +10,13 @@ from __future__ import annotations
 import html
 import json
 import os
-import secrets
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from skaudiocluster._io import atomic_folder
 from skaudiocluster._report_media import (
     AUDIO_FORMATS,
     loudest_window,
@@ -201,8 +199,7 @@ def write_report(
         confidence = centroid_confidence(embeddings, codes)
     members = typical_order(codes, confidence=confidence)
     points = _map_points(coords, embeddings, reducer, random_state, n)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(target) as tmp:
         shown = [_shown(rows, n_typical, n_atypical) for rows in members]
         with_thumbs = {int(i) for parts in shown for part in parts for i in part}
         clips = _copy_clips(tmp, paths, with_thumbs, excerpt_seconds, audio_format, verbose)
@@ -223,13 +220,6 @@ def write_report(
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
         (tmp / _MARKER).write_text("written by skaudiocluster.report.write_report\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700
-        _replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -363,21 +353,6 @@ def _check_out(out: str | os.PathLike) -> Path:
                 "choose a new folder (an existing report is replaced)"
             )
     return target
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Move the finished folder into place; an old report there is removed after."""
-    if not target.exists():
-        os.rename(tmp, target)
-        return
-    old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _copy_clips(

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import joblib
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
+
+from skaudiocluster._io import atomic_write, create_temp, remove_stale_temps
 
 __all__ = ["embed_files"]
 
@@ -142,9 +142,9 @@ def embed_files(
         folder = Path(cache_dir) / embedder_key(embedder)
         folder.mkdir(parents=True, exist_ok=True)
         files = [folder / f"{chunk_key(chunk)}.npy" for chunk in chunks]
-        _remove_stale_temps(folder, "*.tmp")
+        remove_stale_temps(folder, "*.tmp")
     if memmap is not None:
-        _remove_stale_temps(Path(memmap).parent, f".{Path(memmap).name}.*.tmp")
+        remove_stale_temps(Path(memmap).parent, f".{Path(memmap).name}.*.tmp")
     starts = np.cumsum([0] + [len(chunk) for chunk in chunks])
     out = None
 
@@ -285,53 +285,23 @@ def _load_chunk(file: Path, n_rows: int) -> np.ndarray | None:
     return features if len(features) == n_rows else None
 
 
-def _temp_tag() -> str:
-    """``host.pid`` of this process: names its temporary files so a later run can tell
-    those of a killed process (same host, pid gone) from those of a live one."""
-    return f"{_host()}.{os.getpid()}"
-
-
-def _host() -> str:
-    return socket.gethostname().replace(".", "-")  # a dot would split the name's fields
-
-
-def _remove_stale_temps(folder: Path, pattern: str) -> None:
-    """Delete temporary files under ``folder`` that a process killed on this host left behind."""
-    host = _host()
-    for temp in folder.glob(pattern):
-        fields = temp.name.split(".")
-        if len(fields) < 4 or fields[-3] != host or not fields[-2].isdigit():
-            continue  # another naming, or another host's: not ours to judge
-        try:
-            os.kill(int(fields[-2]), 0)
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-        except OSError:
-            pass  # alive, owned by another user
-
-
 def _save_chunk(file: Path, features: np.ndarray) -> None:
-    descriptor, temp = tempfile.mkstemp(
-        dir=file.parent, prefix=f"{file.stem}.", suffix=f".{_temp_tag()}.tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.save(handle, features)
-        os.replace(temp, file)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    with atomic_write(file, "wb") as handle:
+        np.save(handle, features)
 
 
 def _allocate(shape: tuple, memmap) -> np.ndarray:
     """The output: in memory, or a ``.npy`` memmap beside ``memmap`` renamed at the end."""
     if memmap is None:
         return np.empty(shape, dtype=np.float32)
-    target = Path(memmap)
-    temp = target.with_name(f".{target.name}.{_temp_tag()}.tmp")
-    return np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=shape)
+    descriptor, temp = create_temp(memmap)  # the umask's mode; open_memmap keeps it
+    os.close(descriptor)
+    try:
+        return np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=shape)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def _finish_memmap(out: np.memmap, memmap) -> np.memmap:

@@ -268,20 +268,21 @@ def _dead_pid() -> int:
 
 
 def test_temporary_files_of_killed_runs_are_removed(wav_paths, spectrogram, tmp_path):
-    from skaudiocluster.streaming import _host, embedder_key
+    from skaudiocluster._io import host
+    from skaudiocluster.streaming import embedder_key
 
     target = tmp_path / "embeddings.npy"
     folder = tmp_path / "cache" / embedder_key(spectrogram)
     folder.mkdir(parents=True)
     dead, alive = _dead_pid(), os.getppid()
     stale = [
-        folder / f"abc.x1.{_host()}.{dead}.tmp",
-        tmp_path / f".embeddings.npy.{_host()}.{dead}.tmp",
+        folder / f"abc.x1.{host()}.{dead}.tmp",
+        tmp_path / f".embeddings.npy.{host()}.{dead}.tmp",
     ]
     kept = [
-        folder / f"abc.x2.{_host()}.{alive}.tmp",  # a live process's
+        folder / f"abc.x2.{host()}.{alive}.tmp",  # a live process's
         folder / f"abc.x3.otherhost.{dead}.tmp",  # another machine's (shared folder)
-        tmp_path / f".other.npy.{_host()}.{dead}.tmp",  # not this output's
+        tmp_path / f".other.npy.{host()}.{dead}.tmp",  # not this output's
     ]
     for file in stale + kept:
         file.write_bytes(b"partial")
