@@ -4,9 +4,10 @@ Every pipeline embeds the clips, optionally reduces the embeddings and clusters
 them; it is scored against the true labels by NMI, ARI and Hungarian accuracy,
 with its fit time and the number of clusters K it produced. The table is
 printed as markdown and written with a CSV of the same rows to ``--out``, next
-to PNG plots of the best pipeline (a 2-D UMAP map of its embeddings coloured by
-cluster and by true label, the Hungarian-matched confusion matrix and, for a
-deep clusterer, its training history)::
+to PNG plots of the best pipeline (a 2-D map of its embeddings,
+``skaudiocluster.plot.default_map``, coloured by cluster and by true label, the
+Hungarian-matched confusion matrix and, for a deep clusterer, its training
+history)::
 
     python benchmarks/run_dcase.py                                # synthetic sounds
     python benchmarks/run_dcase.py --fsdd ../shared/data/fsdd/recordings \\

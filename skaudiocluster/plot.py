@@ -1,10 +1,11 @@
 """Figures for clustering results: cluster maps, matched confusion matrices, training curves.
 
 matplotlib is an optional dependency (``pip install "skaudiocluster[plot]"``);
-it is imported when a function here is first called. Every function draws on
-the ``ax`` it is given, or on a new figure, and returns the figure. New figures
-use matplotlib's constrained layout and grow with the number and length of the
-labels, so no text falls outside them.
+it and scikit-learn are imported when a function here is first called, so the
+listening report takes its map (:func:`default_map`) from here at no import
+cost. Every ``plot_*`` function draws on the ``ax`` it is given, or on a new
+figure, and returns the figure. New figures use matplotlib's constrained layout
+and grow with the number and length of the labels, so no text falls outside them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from skaudiocluster.metrics import hungarian_accuracy, matched_confusion_matrix
+__all__ = ["TSNE_BELOW", "default_map", "plot_cluster_map", "plot_confusion_matrix", "plot_history"]
 
-__all__ = ["plot_cluster_map", "plot_confusion_matrix", "plot_history"]
-
-#: Below this many samples the default cluster map uses t-SNE instead of UMAP. UMAP's
-#: cost there is a fixed 20-60 s per process of importing umap and numba-compiling its
-#: functions (umap-learn caches few of them), while t-SNE takes under a second on a
-#: hundred points and about ten on a thousand; from here on UMAP is the faster.
+#: Below this many samples :func:`default_map` is t-SNE (after PCA to at most 50
+#: dimensions, on one thread), from here on PCA. Measured on FSDD (2 cores shared, load
+#: 5-6): t-SNE on one thread 2.6 s for 220 clips, 15 s for 1,000 and 45 s for 3,000 (with
+#: OpenMP's default threads on the loaded machine 24 s and 79 s for 220 and 1,000); UMAP
+#: 100 s for 3,000 in a fresh process (import and numba compilation) and 39 s once
+#: compiled, 20-60 s of that whatever the size; PCA 0.02 s.
 TSNE_BELOW = 1000
 # Approximate width of one character, in inches, at matplotlib's default 10 pt font.
 _CHAR_INCHES = 0.085
@@ -85,13 +86,59 @@ def _text_inches(labels) -> float:
     return _CHAR_INCHES * max((len(str(label)) for label in labels), default=0)
 
 
-def _default_reducer(n_samples: int, n_features: int, random_state):
-    """t-SNE (after PCA to at most 50 dimensions) below ``TSNE_BELOW`` samples, else UMAP."""
-    if n_samples >= TSNE_BELOW:
-        from umap import UMAP
+def default_map(X, random_state: int | None = 0) -> np.ndarray:
+    """The default 2-D map of ``X``: of :func:`plot_cluster_map` and the listening report.
 
-        return UMAP(n_components=2, random_state=random_state, n_jobs=1)
+    Below :data:`TSNE_BELOW` (1,000) samples it is PCA to at most 50
+    dimensions then scikit-learn's t-SNE (perplexity ``min(30, (n - 1) / 3)``,
+    one thread), from there on PCA to 2 dimensions. Not UMAP: it costs 20-60 s
+    of import and numba compilation in every new process, whatever the size,
+    and 100 s for 3,000 samples in all, past the report's one-minute budget
+    (t-SNE would take 45 s there, PCA 0.02 s); one rule for the figure and
+    the report draws the same data the same way in both. For a UMAP map,
+    compute it and pass the coordinates, or pass ``reducer=umap.UMAP()``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Two columns are returned as they are. Fewer than 3 samples or a
+        single feature give the first column against zeros.
+    random_state : int or None, default=0
+        Seed of PCA and t-SNE.
+
+    Returns
+    -------
+    points : ndarray of shape (n_samples, 2), float64
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> X, _ = make_blobs(n_samples=40, n_features=8, random_state=0)
+    >>> default_map(X).shape
+    (40, 2)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features); got shape {X.shape}")
+    if X.shape[1] == 2:
+        return X
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # see TSNE_BELOW
+        points = _default_reducer(*X.shape, random_state).fit_transform(X)
+    return np.asarray(points, dtype=np.float64)
+
+
+def _default_reducer(n_samples: int, n_features: int, random_state):
+    """t-SNE (after PCA to at most 50 dimensions) below ``TSNE_BELOW`` samples, else PCA."""
     from sklearn.decomposition import PCA
+
+    if n_samples < 3 or n_features < 2:
+        from sklearn.preprocessing import FunctionTransformer
+
+        return FunctionTransformer(lambda X: np.column_stack([X[:, 0], np.zeros(len(X))]))
+    if n_samples >= TSNE_BELOW:
+        return PCA(2, random_state=random_state)
     from sklearn.manifold import TSNE
     from sklearn.pipeline import make_pipeline
 
@@ -132,11 +179,10 @@ def plot_cluster_map(
     y_true : sequence of length n_samples, default=None
         True label of each sample; when given, a second panel is coloured by it.
     reducer : estimator with ``fit_transform``, default=None
-        Maps X to 2-D. ``None`` uses ``umap.UMAP(n_components=2)`` from
-        :data:`TSNE_BELOW` (1,000) samples on, and below that PCA to at most 50
-        dimensions then scikit-learn's t-SNE (perplexity ``min(30, (n - 1) / 3)``),
-        which is faster there: UMAP spends 20-60 s compiling itself in each new
-        process whatever the size of X.
+        Maps X to 2-D. ``None`` uses :func:`default_map`, the listening
+        report's map too: t-SNE below :data:`TSNE_BELOW` (1,000) samples, PCA
+        from there on (``umap.UMAP()`` costs 20-60 s of compilation in each new
+        process whatever the size of X; pass it here for a UMAP map).
     random_state : int or None, default=0
         Seed of the default reducer.
     ax : matplotlib Axes or sequence of Axes, default=None
@@ -171,9 +217,9 @@ def plot_cluster_map(
         raise ValueError(f"X needs at least 2 samples and 2 features to map; got shape {X.shape}")
     if X.shape[1] == 2:
         points = X
+    elif reducer is None:
+        points = default_map(X, random_state)
     else:
-        if reducer is None:
-            reducer = _default_reducer(*X.shape, random_state)
         points = np.asarray(reducer.fit_transform(X))
     panels = [set(np.asarray(v).tolist()) for v in (labels, y_true) if v is not None]
     with_legend = [names for names in panels if len(names) <= max_legend]
@@ -182,6 +228,8 @@ def plot_cluster_map(
     n_clusters = len(set(np.asarray(labels).tolist()))
     classes = clusters = None
     if y_true is not None:
+        from skaudiocluster.metrics import matched_confusion_matrix
+
         _, classes, clusters = matched_confusion_matrix(y_true, labels)
     title = f"clusters (K={n_clusters})"
     _scatter_by_label(axes[0], points, labels, title, max_legend, clusters)
@@ -230,6 +278,8 @@ def plot_confusion_matrix(
     >>> fig.axes[0].get_title()
     'Hungarian accuracy 0.75'
     """
+    from skaudiocluster.metrics import hungarian_accuracy, matched_confusion_matrix
+
     matrix, classes, clusters = matched_confusion_matrix(y_true, y_pred)
     values = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
     # cells of about 0.4 inch, plus room for the (rotated) tick labels and the colour bar

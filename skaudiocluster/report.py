@@ -24,16 +24,14 @@ from skaudiocluster._report_media import (
     spectrogram_image,
     write_audio,
 )
+from skaudiocluster.plot import TSNE_BELOW, default_map
 
 __all__ = ["write_report", "MAP_TSNE_BELOW", "CHROMIUM_FLAGS"]
 
-#: Below this many clips the default map is t-SNE (after PCA to 50 dimensions, on one
-#: thread), from here on PCA. Measured on FSDD (2 cores shared, load 5-6): t-SNE on one
-#: thread 2.6 s for 220 clips, 15 s for 1,000 and 45 s for 3,000 (with OpenMP's default
-#: threads on the loaded machine 24 s and 79 s for 220 and 1,000); UMAP 100 s for 3,000 in a
-#: fresh process (import and numba compilation) and 39 s once compiled; PCA 0.02 s. The
-#: report's budget is 60 s for 3,000 clips. Pass ``coords`` or ``reducer=UMAP()`` for more.
-MAP_TSNE_BELOW = 1000
+#: :data:`skaudiocluster.plot.TSNE_BELOW`, under the name this module has always given it:
+#: below this many clips the default map (:func:`skaudiocluster.plot.default_map`) is
+#: t-SNE, from here on PCA.
+MAP_TSNE_BELOW = TSNE_BELOW
 #: Flags the report is tested and benchmarked under in headless Chromium (no sandbox: root
 #: in containers; no network; autoplay allowed, so a script may start playback).
 CHROMIUM_FLAGS = (
@@ -114,9 +112,12 @@ def write_report(
         Map coordinates, e.g. a UMAP you computed; by default they come from
         ``embeddings`` (used as they are when they have two columns).
     reducer : estimator with ``fit_transform``, default=None
-        Maps ``embeddings`` to 2-D. ``None``: PCA to 50 dimensions then
-        t-SNE below :data:`MAP_TSNE_BELOW` clips, plain PCA from there on
-        (fast: ``umap.UMAP()`` costs a minute or more in a new process).
+        Maps ``embeddings`` to 2-D. ``None`` uses
+        :func:`skaudiocluster.plot.default_map`, the map of
+        :func:`~skaudiocluster.plot.plot_cluster_map` too: PCA to 50 dimensions
+        then t-SNE below :data:`MAP_TSNE_BELOW` (1,000) clips, plain PCA from
+        there on (fast: ``umap.UMAP()`` costs a minute or more in a new process,
+        past the report's one-minute budget for 3,000 clips).
     n_typical, n_atypical : int, default=6, 3
         Players shown per cluster: its ``n_typical`` most typical clips and
         its ``n_atypical`` least typical ones (fewer when it is smaller);
@@ -291,43 +292,13 @@ def _map_points(coords, embeddings, reducer, random_state, n: int) -> np.ndarray
             raise ValueError(f"coords must have shape ({n}, 2); got {points.shape}")
     elif embeddings is None:
         return None
-    elif embeddings.shape[1] == 2 and reducer is None:
-        points = embeddings
+    elif reducer is None:
+        points = default_map(embeddings, random_state)
     else:
-        if reducer is None:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(1):  # see MAP_TSNE_BELOW
-                points = _default_reducer(*embeddings.shape, random_state).fit_transform(embeddings)
-        else:
-            points = reducer.fit_transform(embeddings)
-        points = np.asarray(points, dtype=np.float64)
+        points = np.asarray(reducer.fit_transform(embeddings), dtype=np.float64)
     if not np.isfinite(points).all():
         raise ValueError("the map coordinates contain NaN or infinite values")
     return points
-
-
-def _default_reducer(n_samples: int, n_features: int, random_state):
-    from sklearn.decomposition import PCA
-
-    if n_samples < 3 or n_features < 2:
-        from sklearn.preprocessing import FunctionTransformer
-
-        return FunctionTransformer(lambda X: np.column_stack([X[:, 0], np.zeros(len(X))]))
-    if n_samples >= MAP_TSNE_BELOW:
-        return PCA(2, random_state=random_state)
-    from sklearn.manifold import TSNE
-    from sklearn.pipeline import make_pipeline
-
-    return make_pipeline(
-        PCA(min(50, n_samples, n_features), random_state=random_state),
-        TSNE(
-            2,
-            perplexity=min(30.0, max((n_samples - 1) / 3, 1.0)),
-            init="pca",
-            random_state=random_state,
-        ),
-    )
 
 
 def _shown(rows: np.ndarray, n_typical: int, n_atypical: int) -> tuple[np.ndarray, np.ndarray]:

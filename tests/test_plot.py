@@ -78,18 +78,17 @@ def test_cluster_map_on_given_axes_and_errors(blobs):
         plot_cluster_map(X, y, y[:-1])
 
 
-@pytest.mark.slow
-def test_cluster_map_default_umap_from_the_threshold(tmp_path, monkeypatch):
+def test_cluster_map_default_is_pca_from_the_threshold(tmp_path, monkeypatch):
     from skaudiocluster import plot
 
-    made = []
-    default = plot._default_reducer
-    monkeypatch.setattr(plot, "_default_reducer", lambda *a: made.append(default(*a)) or made[0])
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
     X, y = make_blobs(n_samples=plot.TSNE_BELOW, centers=3, n_features=6, random_state=0)
-    fig = plot_cluster_map(X, y, y_true=y)
-    assert type(made[0]).__name__ == "UMAP"
-    fig.savefig(tmp_path / "umap.png")
-    assert_valid_png(tmp_path / "umap.png")
+    fig = plot_cluster_map(X, y)
+    points = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    order = np.concatenate([np.flatnonzero(y == label) for label in dict.fromkeys(y.tolist())])
+    np.testing.assert_allclose(points, PCA(2, random_state=0).fit_transform(X)[order])
+    fig.savefig(tmp_path / "pca.png")
+    assert_valid_png(tmp_path / "pca.png")
 
 
 def test_confusion_matrix_matches_and_counts(tmp_path):
@@ -302,7 +301,7 @@ def test_count_colour_bar_has_integer_ticks():
 # --- the default reducer -------------------------------------------------------------------
 
 
-def test_default_reducer_is_tsne_below_the_threshold_and_umap_from_it(monkeypatch):
+def test_default_reducer_is_tsne_below_the_threshold_and_pca_from_it():
     from sklearn.manifold import TSNE
 
     from skaudiocluster import plot
@@ -310,9 +309,26 @@ def test_default_reducer_is_tsne_below_the_threshold_and_umap_from_it(monkeypatc
     small = plot._default_reducer(plot.TSNE_BELOW - 1, 512, 0)
     assert isinstance(small[-1], TSNE) and small[-1].perplexity == 30
     assert plot._default_reducer(10, 512, 0)[-1].perplexity == 3
-    fake_umap = SimpleNamespace(UMAP=lambda **kwargs: ("UMAP", kwargs))
-    monkeypatch.setitem(sys.modules, "umap", fake_umap)
-    assert plot._default_reducer(plot.TSNE_BELOW, 512, 0)[0] == "UMAP"
+    large = plot._default_reducer(plot.TSNE_BELOW, 512, 0)
+    assert isinstance(large, PCA) and large.n_components == 2
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (2, 5), (6, 1)])
+def test_default_map_of_tiny_inputs_is_the_first_column(shape):
+    from skaudiocluster.plot import default_map
+
+    X = np.arange(np.prod(shape), dtype=float).reshape(shape)
+    np.testing.assert_array_equal(default_map(X), np.column_stack([X[:, 0], np.zeros(len(X))]))
+
+
+def test_default_map_keeps_two_columns_and_repeats():
+    from skaudiocluster.plot import default_map
+
+    X, _ = make_blobs(n_samples=40, centers=3, n_features=8, random_state=0)
+    np.testing.assert_array_equal(default_map(X[:, :2]), X[:, :2])
+    np.testing.assert_array_equal(default_map(X, 3), default_map(X, 3))
+    with pytest.raises(ValueError, match="2-D"):
+        default_map(X[0])
 
 
 def test_default_cluster_map_of_60_points_needs_no_umap(monkeypatch):

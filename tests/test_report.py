@@ -132,6 +132,17 @@ def test_centroid_confidence_order_and_default_map(tmp_path):
     assert len(data["x"]) == 6 and np.isfinite(data["x"] + data["y"]).all()
 
 
+def test_the_default_map_is_the_plots(tmp_path):
+    from skaudiocluster.plot import default_map
+
+    paths = [_tone(tmp_path / f"c{i}.wav", 200 + 50 * i) for i in range(8)]
+    embeddings = np.random.default_rng(0).normal(size=(8, 5))
+    report = write_report(paths, [0, 1] * 4, embeddings=embeddings, out=tmp_path / "r")
+    data = json.loads(_parse(report).data)
+    points = default_map(embeddings, 0)
+    np.testing.assert_allclose(np.column_stack([data["x"], data["y"]]), points, atol=1e-5)
+
+
 def test_long_clips_are_previewed_by_their_loudest_excerpt(tmp_path):
     rng = np.random.default_rng(0)
     signal = 0.01 * rng.standard_normal(20 * RATE)
