@@ -9,13 +9,12 @@ import warnings
 import numpy as np
 import torch
 
-#: Above this many rows ``method="auto"`` searches approximately. Exact search is
-#: O(N ** 2 * D): ~4 min at 100k x 512 on 2 cores, ~7 h at 1M; the IVF index is
-#: ~2.5 min at 100k and near-linear beyond, at recall@50 >= 0.99 on clustered data
-#: (benchmarks/bench_scale.py).
+#: Above this many rows ``method="auto"`` searches approximately: exact search is
+#: O(N ** 2 * D), the IVF index near-linear and nearly exact on clustered data
+#: (timings in docs/benchmark.rst, "Large collections"; benchmarks/bench_scale.py).
 EXACT_MAX_SAMPLES = 50_000
-#: Inverted lists probed per query (of ``4 * sqrt(N)``): 16 gave recall@50 = 1.000 and
-#: 8 gave 0.995 on a 100k x 512 Gaussian mixture.
+#: Inverted lists probed per query (of ``4 * sqrt(N)``): enough to find every one of
+#: 50 neighbours on clustered data, where half as many miss some (docs/benchmark.rst).
 IVF_NPROBE = 16
 _ROWS = 65_536  # rows normalised, added or searched at a time: bounded temporaries
 
@@ -93,9 +92,9 @@ def umap_knn(
     (``UMAP(n_components, min_dist=0)`` on ``X``, one thread, seeded):
     UMAP's fuzzy graph pulls a manifold's points together, so neighbours in the
     layout follow it where raw cosine neighbours cross into another manifold. Cost:
-    UMAP's fit, 23 s for 3,000 x 512 on one thread, after 30 s of import and numba
-    compilation once per process; memory stays O(N * k) (UMAP's own neighbour
-    search is approximate).
+    UMAP's fit, tens of seconds per few thousand rows plus its import and numba
+    compilation once per process (:ref:`bench-temi-neighbors`); memory stays
+    O(N * k) (UMAP's own neighbour search is approximate).
 
     Parameters
     ----------

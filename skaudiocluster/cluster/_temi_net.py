@@ -329,3 +329,50 @@ def training_budget(
     steps_per_epoch = max(n_samples // batch_size, 1)
     n_epochs = max(min_epochs, math.ceil(min_steps / steps_per_epoch))
     return n_epochs, n_epochs * steps_per_epoch
+
+
+def make_net(est, n_features: int, seed: int, *, batches_per_epoch: int) -> TEMINet:
+    """The :class:`TEMINet` a fitting :class:`~skaudiocluster.cluster.TEMIClusterer` trains.
+
+    Reads ``est``'s parameters and the sizes its ``fit`` has set (``n_head_clusters_``,
+    ``n_steps_``, ``n_iter_``, ``batch_size_``, ``device_``).
+    """
+    heads = MultiHead(
+        n_features,
+        est.n_head_clusters_,
+        est.n_heads,
+        tuple(est.hidden_dims),
+        est.bottleneck_dim,
+        cosine_last_layer=True,
+    )
+    callbacks = training_callbacks(
+        teacher_momentum=est.teacher_momentum,
+        total_steps=est.n_steps_,
+        warmup_steps=max(int(est.warmup * est.n_steps_), 1),
+        name=type(est).__name__,
+        verbose=est.verbose,
+        batches_per_epoch=batches_per_epoch,
+    )
+    no_decay = {"weight_decay": 0.0}
+    return TEMINet(
+        TEMIModule(heads),
+        criterion=TEMICriterion,
+        criterion__beta=est.beta,
+        criterion__student_temperature=est.student_temperature,
+        criterion__teacher_temperature=est.teacher_temperature,
+        criterion__prior_momentum=est.prior_momentum,
+        optimizer=torch.optim.AdamW,
+        optimizer__weight_decay=est.weight_decay,
+        optimizer__param_groups=[("*bias", no_decay), ("*magnitude", no_decay)],
+        lr=est.lr,
+        max_epochs=est.n_iter_,
+        batch_size=est.batch_size_,
+        iterator_train__shuffle=True,
+        iterator_train__drop_last=True,
+        iterator_train__collate_fn=keep_batch,
+        iterator_train__generator=make_generator(seed + 1),
+        train_split=None,
+        callbacks=callbacks,
+        device=est.device_,
+        verbose=0,
+    )

@@ -65,11 +65,10 @@ def auto_n_components(n_samples: int) -> int:
     a full covariance in ``D`` dimensions costs about ``D**2 / 2`` parameters per
     cluster. With too many dimensions for the clips no split pays and one cluster
     is found; with too few, classes that are not Gaussian are cut into pieces.
-    Measured on BYOL-A embeddings of FSDD speakers and Bengalese finch
-    syllables, 150 to 3,000 clips: about 50 clips per dimension, between 6 and 32.
-    Below 128 clips (fewer than four per dimension at 32) the two sets disagree:
-    6 dimensions found the finch syllables better and lost the speakers (one
-    cluster on 60 clips, where 32 found them), so the dimension stays 32 there.
+    One dimension per 50 clips, between 6 and 32, is what worked on speech and
+    bird-song embeddings from 150 clips up; below 128 clips (fewer than four per
+    dimension at 32) the sets disagreed, so the dimension stays 32 there
+    (:ref:`DeepDPM's dimension <bench-deepdpm-auto>`).
 
     Examples
     --------
@@ -119,13 +118,11 @@ class DeepDPMClusterer(BaseDeepClusterer):
     n_components : int, "auto" or None, default="auto"
         Inputs with more features than this are standardised and reduced with
         PCA to ``n_components`` dimensions before ``preprocessing``; ``None``
-        keeps every feature. A Gaussian mixture needs few dimensions: on FSDD's
-        512-d BYOL-A embeddings it finds the 6 speakers after PCA to 32 (full
-        covariances) but 24 clusters on all 512 (diagonal ones). ``"auto"`` grows
-        the dimension with the collection (:func:`auto_n_components`): one per 50
-        clips, between 6 and 32, from 128 clips up (32 below). A fixed 32 found
-        one cluster on 200-600 FSDD clips of 6 speakers, where 6-12 dimensions
-        find 3-5 (NMI 0.65-0.86).
+        keeps every feature. A Gaussian mixture needs few dimensions, the fewer
+        the smaller the collection, as every split must pay for a covariance:
+        ``"auto"`` grows the dimension with the collection
+        (:func:`auto_n_components`: one per 50 clips, between 6 and 32, from 128
+        clips up; 32 below), see :ref:`bench-deepdpm-dims`.
     covariance_type : {"auto", "full", "diag"}, default="auto"
         ``"auto"`` uses full covariances up to 64 features (after
         ``n_components``) and diagonal ones above, where a full model has too
@@ -139,16 +136,14 @@ class DeepDPMClusterer(BaseDeepClusterer):
         Hidden layer widths of the clustering net. Each sub-clustering net has
         one hidden layer of width ``hidden_dims[0]`` (at least 2).
     max_epochs : int, default=150
-        Passes over the data (the official runs use 500). A split round is only
-        held if a merge round follows it within ``max_epochs``.
+        Passes over the data (the official runs use 500; see
+        ``split_merge_every``). A split round is only held if a merge round
+        follows it within ``max_epochs``.
     split_merge_every : int, default=15
         Epochs between split and merge rounds; the whole schedule scales with it
         (see :class:`~skaudiocluster.cluster._deepdpm_net.SplitMergeSchedule`).
-        The defaults were 300 and 30 (the official schedule); halved, a fit on
-        3,000 clips takes half as long (~100 s on one busy core) and scores as
-        well (BYOL-A, 3 seeds: FSDD speakers K 5-6, NMI 0.911; Bengalese finch
-        K 10, NMI 0.953; the official schedule before the counting and Adam
-        fixes of the Notes: K 5, NMI 0.871 and K 10, NMI 0.952).
+        Half the official schedule (300 epochs, a round every 30): it takes half
+        the time and scored as well (:ref:`bench-deepdpm-schedule`).
     batch_size : int, default=128
     steps_per_epoch : int or None, default=None
         Batches drawn per epoch (reshuffling as needed); ``None`` means one pass

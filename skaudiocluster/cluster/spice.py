@@ -97,12 +97,8 @@ class SPICEClusterer(BaseDeepClusterer):
     ``n_repeats=2`` (the paper: 8) refreshes them every 48 steps at 3,000 clips (31
     refreshes) and every 2-6 steps at 60-300 clips; ``semi_max_steps=1000`` with the
     official EMA evaluation model (decay 0.99 here against 0.999 over FixMatch's 2**20
-    steps). Measured with these defaults by ``benchmarks/bench_quality.py`` (BYOL-A
-    d512, NMI, mean +- sd of 3 seeds): FSDD speaker 0.920 +- 0.001, FSDD digit
-    0.147 +- 0.008, Bengalese finch 0.975 +- 0.001, Arabic commands 0.443 +- 0.031
-    (0.440 +- 0.106 with the lowest-loss head); on stratified 300-clip FSDD speaker
-    subsets 0.923 against 0.803 for k-means, and 0.908 against 0.748 on 60-clip subsets
-    (seed 0-2; before the step budgets, 0.058 on 60 clips of 3 speakers).
+    steps). What these budgets score, small collections included:
+    :ref:`bench-spice-budget`.
 
     Departure from the paper: SPICE makes its weak and strong views by augmenting images
     and re-running the frozen encoder at every step. On fixed embeddings there is no
@@ -124,12 +120,10 @@ class SPICEClusterer(BaseDeepClusterer):
     head_selection : {"consensus", "best"}, default="consensus"
         How SPICE-Self's heads give the pseudo-labels of stage 2: the k-means consensus
         of all heads at the lowest-loss epoch, or that epoch's lowest-loss head (the
-        paper). The loss picks the best of ten heads on the finch syllables, but on the
-        Arabic keywords its pick is no better than a random head (Spearman correlation of
-        -0.4 to 0.4 between loss and NMI over a fit's heads; heads range from NMI 0.27 to
-        0.55), so the result followed the seed: 0.406 +- 0.081 over 8 seeds with
-        ``"best"`` against 0.412 +- 0.034 with the consensus (BYOL-A, NMI after stage 3).
-        The joint stage on raw audio needs stage 3 with ``"consensus"``.
+        paper). The label-free loss does not always rank the heads, so the consensus
+        follows the seed less than any one head does
+        (:ref:`head selection <bench-spice-head-selection>`). The joint stage on raw
+        audio needs stage 3 with ``"consensus"``.
     hidden_dims : tuple of int, default=(512,)
         Hidden widths of the heads and of the stage-3 classifier.
     preprocessing : {"l2", "standardize"} or None, default="l2"
@@ -140,7 +134,8 @@ class SPICEClusterer(BaseDeepClusterer):
         components (at most ``n_samples``); ``None`` skips the projection.
     max_steps : int, default=1500
         SPICE-Self optimiser steps, rounded up to whole epochs (an epoch labels every big
-        batch and replays its labels ``n_repeats`` times), whatever ``n_samples``.
+        batch and replays its labels ``n_repeats`` times), whatever ``n_samples``, so
+        that small collections train as long as large ones (:ref:`bench-spice-budget`).
     max_epochs : int or None, default=None
         Epoch budget of SPICE-Self instead of ``max_steps`` (the budget before the
         step-based one, kept for compatibility; the steps then grow with ``n_samples``).

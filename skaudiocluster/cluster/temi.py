@@ -1,10 +1,7 @@
 """TEMI: an ensemble of self-distilled cluster heads on frozen embeddings.
 
 Adaloglou et al., "Exploring the Limits of Deep Image Clustering using Pretrained
-Models" (BMVC 2023). Each sample is paired with one of its cosine nearest
-neighbours; student heads learn to agree with an EMA teacher on the pair through
-a teacher-ensemble-weighted beta pointwise mutual information (``_temi_loss``).
-The skorch net, its module and callbacks live in ``_temi_net``.
+Models" (BMVC 2023). The loss lives in ``_temi_loss``, the skorch net in ``_temi_net``.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import torch
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skaudiocluster._torch import batched_forward, make_generator, to_numpy
+from skaudiocluster._torch import batched_forward, to_numpy
 from skaudiocluster._training import epoch_history
 from skaudiocluster.cluster._base import BaseDeepClusterer
 from skaudiocluster.cluster._consensus import (
@@ -25,18 +22,8 @@ from skaudiocluster.cluster._consensus import (
     consensus_partition,
     head_agreement,
 )
-from skaudiocluster.cluster._heads import MultiHead
 from skaudiocluster.cluster._neighbors import cosine_knn, umap_knn
-from skaudiocluster.cluster._temi_net import (
-    NeighborPairs,
-    TEMICriterion,
-    TEMIModule,
-    TEMINet,
-    keep_batch,
-    training_budget,
-    training_callbacks,
-)
-from skaudiocluster.metrics import hungarian_mapping
+from skaudiocluster.cluster._temi_net import NeighborPairs, make_net, training_budget
 
 __all__ = ["TEMIClusterer"]
 
@@ -44,211 +31,105 @@ __all__ = ["TEMIClusterer"]
 class TEMIClusterer(BaseDeepClusterer):
     """TEMI deep clustering heads trained on fixed embeddings.
 
-    Every sample ``x`` is paired with one of its ``n_neighbors`` cosine nearest
-    neighbours ``x'``. ``n_heads`` student MLP heads are trained so that their
-    assignments of ``x`` agree with those of ``x'`` by an EMA teacher copy,
-    through the beta pointwise mutual information over an EMA cluster prior,
-    symmetrised over the pair and weighted by the teacher ensemble's agreement
-    ``w(x, x')`` (Adaloglou et al., BMVC 2023). Clusters are the consensus of
-    the heads: k-means on the concatenated teacher probabilities of all heads
-    (:func:`~skaudiocluster.cluster._consensus.consensus_partition`), which
-    needs no labels and does not depend on any one head.
-
-    Why a consensus: heads of one fit land at very different optima (NMI
-    0.61-0.89 on FSDD speakers, BYOL-A, seed 0) and the lowest final loss, the
-    label-free rule of the official code, picked a 0.871 head there (0.789 among
-    the first 8 heads) where the consensus of the same heads scored 0.902 (0.903
-    with 8 heads). ``predict_with="best"`` keeps the lowest-loss head. At the
-    defaults (consensus of 8 heads) FSDD speakers score NMI 0.941 / 0.910 /
-    0.938 over seeds 0-2 (mean 0.930; it was 0.861 +- 0.024 with the lowest-loss
-    head of 16), 0.895 on stratified 300-clip subsets (KMeans 0.803) and 0.881
-    on 60-clip ones (KMeans 0.748); Bengalese finch syllables 0.941 / 0.981 /
-    0.981 (0.948 before, 1 seed).
-
-    Over-clustering (``overclustering`` > 1): every head then has
-    ``round(overclustering * n_clusters)`` clusters, and the consensus merges
-    them into ``n_clusters`` by their co-association -- two samples are as close
-    as the fraction of heads that put them together, cut by average linkage
-    (:func:`~skaudiocluster.cluster._consensus.coassociation_partition`).
-    Heads with K clusters can settle in a local optimum that cuts one class in
-    two and merges one half with another class (seen on Bengalese finch
-    syllables, seed 0: NMI 0.941); heads with 2K clusters cut classes in
-    different places, and the pieces of a class stay together in the
-    co-association.
-
-    Neighbours are mined once, before training, by cosine similarity among the
-    rows of ``X`` themselves (as TEMI mines them on the pretrained embeddings;
-    ``neighbors="umap"`` mines them in a UMAP layout of those rows instead);
-    the heads then train on the preprocessed features (``preprocessing`` and
-    ``n_components``: by default the 64 standardised principal components,
-    L2-normalised). The pairs stay fixed during training. (Mining after the PCA
-    gave the same neighbour label purity on FSDD speakers: 0.964 vs 0.965.)
-
-    Training budget: runs last ``max(min_epochs, ceil(min_steps / (n_samples //
-    batch_size)))`` epochs, so a small collection still gets ``min_steps``
-    optimizer steps (on 3,000 clips an epoch is only ~11 steps, and TEMI needs
-    thousands) while a large one is seen ``min_epochs`` times. The learning rate
-    warms up linearly over the first ``warmup`` fraction of the steps, then
-    decays along a cosine to a tenth of ``lr``; the teacher momentum rises from
-    ``teacher_momentum`` to 1 along a cosine. The last layer of every head gets
-    no update during the first epoch (DINO's trick, kept by TEMI).
+    Every sample ``x`` is paired with one of its ``n_neighbors`` nearest neighbours
+    ``x'``, mined once on the rows of ``X``. ``n_heads`` student MLP heads learn to
+    agree on ``x`` with an EMA teacher's assignment of ``x'``, through the beta
+    pointwise mutual information over an EMA cluster prior, weighted by the teacher
+    ensemble's agreement on the pair (Adaloglou et al., BMVC 2023). The clusters are
+    the heads' label-free consensus: k-means on their concatenated teacher
+    probabilities (:func:`~skaudiocluster.cluster._consensus.consensus_partition`)
+    or, with ``overclustering`` > 1, an average-linkage cut of how often the heads
+    put two samples together (:func:`~skaudiocluster.cluster._consensus.coassociation_partition`).
+    A fit lasts ``max(min_epochs, ceil(min_steps / (n_samples // batch_size)))``
+    epochs; the learning rate warms up over ``warmup`` of the steps, then decays
+    along a cosine to ``lr / 10``; the teacher momentum rises to 1 along a cosine;
+    the heads' last layers are frozen for the first epoch (DINO's trick). Measured
+    figures behind the defaults: :ref:`bench-temi`.
 
     Parameters
     ----------
     n_clusters : int, default=8
         Number of clusters; ``fit`` needs at least that many samples.
     n_heads : int, default=8
-        Independent heads trained together (TEMI's README uses 16). With the
-        consensus, 8 heads score as 16 do (NMI 0.903 vs 0.902 on FSDD speakers)
-        in half the time.
+        Heads trained together; their consensus is steadier than any one head, and
+        8 score as TEMI's 16 in half the time (:ref:`bench-temi-heads`).
     overclustering : float, default=1.0
-        Clusters of each head per wanted cluster: the heads have
-        ``round(overclustering * n_clusters)`` clusters (at most ``n_samples``) and
-        the consensus merges them into ``n_clusters`` (see above); 1 trains heads
-        of ``n_clusters`` and takes the k-means consensus. Measured by
-        ``benchmarks/bench_quality.py`` (row ``temi-over``, BYOL-A, NMI, 3 seeds),
-        ``overclustering=2`` against the default: Bengalese finch syllables
-        0.983 +- 0.001 against 0.968 +- 0.019 (UMAP + k-means: 0.985), Arabic
-        keywords 0.406 +- 0.009 against 0.359 +- 0.008 (UMAP + k-means: 0.377),
-        FSDD digits 0.177 +- 0.005 against 0.189 +- 0.023, FSDD speakers
-        0.911 +- 0.025 against 0.930 +- 0.014 (Ward: 0.926). It helps
-        collections of many small classes and costs speakers, whose heads of
-        12 clusters cut speakers across one another (1.5 kept the speakers,
-        0.931, and lost the finch's seed 0, 0.930; 3 lost the speakers,
-        0.75-0.85), so it is not the default. It needs
-        ``predict_with="consensus"``.
+        Each head has ``round(overclustering * n_clusters)`` clusters (at most
+        ``n_samples``), merged by co-association; above 1 it helps many small classes
+        and cuts large ones apart (:ref:`bench-temi-overclustering`).
     n_neighbors : int or "auto", default="auto"
-        Neighbours to draw partners from. ``"auto"`` is
-        ``clip(n_samples // (4 * n_head_clusters_), 5, 50)``, so that the
-        neighbourhood stays well inside a head's cluster on small collections (50
-        is TEMI's default). At most ``n_samples - 1``.
+        Neighbours to draw partners from (at most ``n_samples - 1``); ``"auto"``,
+        ``clip(n_samples // (4 * n_head_clusters_), 5, 50)``, keeps them in one
+        cluster on small collections (50 is TEMI's).
     neighbors : {"cosine", "umap"}, default="cosine"
-        Where the neighbours are mined. ``"cosine"``: cosine similarity among the
-        rows of ``X``. ``"umap"``: Euclidean distance in the 10-D UMAP layout of
-        ``X`` that UMAP + k-means clusters (``min_dist=0``, seeded by
-        ``random_state``;
-        :func:`~skaudiocluster.cluster._neighbors.umap_knn`), whose graph keeps
-        neighbours on their manifold. On BYOL-A embeddings (``bench_quality``,
-        NMI, 3 seeds) it raised TEMI on FSDD speakers from 0.930 to 0.938, FSDD
-        digits from 0.189 to 0.212 and Arabic keywords from 0.359 to 0.396, ahead
-        of the best classical pipeline on all three (0.926, 0.161, 0.377), and
-        lowered it on Bengalese finch syllables from 0.968 to 0.949 (UMAP +
-        k-means: 0.985). It is not the default for that set and for its cost:
-        UMAP's fit adds 23 s to a fit on 3,000 x 512 on one thread (plus 30 s of
-        import and numba compilation once per process) and grows to hours on a
-        million rows.
+        Mine by cosine among the rows of ``X``, or in their 10-D UMAP layout
+        (:func:`~skaudiocluster.cluster._neighbors.umap_knn`), which follows
+        manifolds but costs hours on a million rows (:ref:`bench-temi-neighbors`).
     beta : float, default=0.6
-        Exponent of the joint ``(q_s q_t)^beta`` in the pmi (TEMI default). On
-        BYOL-A embeddings (NMI, seeds 0-2; the default 0.6 scores FSDD speakers
-        0.930, FSDD digits 0.189, Bengalese finch syllables 0.968 +- 0.019 and
-        Arabic keywords 0.359), 1.0 (the plain pmi) raised the finch to
-        0.981 +- 0.001 and the keywords to 0.377 and lowered the speakers to
-        0.922 and the digits to 0.165 (with ``min_steps=2000`` it too missed the
-        finch at one seed, 0.940, where 0.6 found it at all three); 0.8 gave the
-        finch 0.968 +- 0.020 and the keywords 0.367; 0.4 gave 0.954 and 0.320
-        (heads of NMI ~0.7 on the finch).
+        Exponent of the joint ``(q_s q_t)^beta`` in the pmi: TEMI's default, which no
+        other value beat on every set (:ref:`bench-temi-beta`).
     student_temperature, teacher_temperature : float, default=0.1
-        Softmax temperatures (TEMI defaults).
-    prior_momentum : float, default=0.9
-        EMA momentum of the cluster prior (TEMI default).
-    teacher_momentum : float, default=0.996
-        Initial EMA momentum of the teacher (TEMI default), raised to 1 along a cosine.
+        Softmax temperatures (TEMI's defaults).
+    prior_momentum, teacher_momentum : float, default=0.9, 0.996
+        EMA momenta of the cluster prior and (initially) of the teacher (TEMI's).
     hidden_dims : tuple of int, default=(128,)
-        Hidden layer widths of each head (GELU after each). TEMI's heads are
-        ``(512,)`` with a 256 bottleneck, sized for 768-d image features on GPUs;
-        on 64 PCA dimensions a quarter of that per head lets 16 heads train on a
-        CPU in about the time 4 large heads take.
+        Hidden widths of each head (GELU after each); TEMI's 512 suit 768-d image
+        features on GPUs, a quarter lets many heads train on a CPU.
     bottleneck_dim : int, default=64
         Width of the linear bottleneck before the cosine last layer.
     preprocessing : {"l2", "standardize"} or None, default="l2"
-        Input transform after the optional projection (see ``n_components``):
-        ``"l2"`` normalises the rows (after the projection it helped every head
-        on audio embeddings); ``"standardize"`` is TEMI's ``--embed_norm``;
-        ``None`` adds nothing.
+        Row L2 normalisation (the cosine geometry the neighbours are mined in),
+        TEMI's ``--embed_norm`` standardisation, or nothing; after ``n_components``.
     n_components : int or None, default=64
-        Inputs with more features than this are standardised and projected on
-        their first ``n_components`` principal components (at most
-        ``n_samples``) before ``preprocessing``; ``None`` never projects. 128
-        components (NMI, seeds 0-2) moved the finch to 0.960 +- 0.014 and the
-        keywords to 0.376 +- 0.019 (64: 0.968 +- 0.019, 0.359 +- 0.008), within
-        the seeds' spread, and fit 10-15% slower.
+        Wider inputs are standardised and projected on this many principal
+        components (at most ``n_samples``), which keeps small heads fast; ``None``
+        never projects (:ref:`bench-temi-n-components`).
     batch_size : int or "auto", default="auto"
         ``"auto"`` is ``min(256, max(32, n_samples // 8), n_samples)``.
-    lr : float, default=3e-3
-        Peak AdamW learning rate (TEMI's README value, 1e-4 per 256, learned
-        nothing within a practical number of steps on audio embeddings).
-    weight_decay : float, default=1e-4
-        AdamW weight decay on weights (not on biases and weight-norm magnitudes).
-    min_steps : int, default=4000
-        Minimum number of optimizer steps (see the training budget above). On
-        FSDD the loss still falls after 1,600 steps (NMI 0.67) and heads reach
-        NMI 0.88-0.90 after 4,000.
-    min_epochs : int, default=20
-        Minimum number of epochs (see the training budget above).
+    lr, weight_decay : float, default=3e-3, 1e-4
+        Peak AdamW learning rate (TEMI's 1e-4 per 256 learns too slowly on audio
+        embeddings) and weight decay (not on biases and weight-norm magnitudes).
+    min_steps, min_epochs : int, default=4000, 20
+        Least optimizer steps, so that a small collection trains as long as a large
+        one (:ref:`bench-temi-budget`), and least epochs.
     warmup : float, default=0.1
         Fraction of the steps with a linear learning-rate warm-up.
-    predict_with : {"consensus", "best", "ensemble"}, default="consensus"
-        ``"consensus"`` assigns a sample to the nearest consensus centre of its
-        concatenated teacher probabilities (soft assignments: softmax of minus
-        the squared distances over the mean squared training distance), or, with
-        ``overclustering`` > 1, to the cluster it is most co-associated with;
-        ``"best"`` uses the teacher of the lowest-loss head; ``"ensemble"``
-        averages all teacher heads after matching their cluster indices to the
-        best head's on the training data.
+    predict_with : {"consensus", "best"}, default="consensus"
+        ``"consensus"``: soft assignment to the consensus clusters (with
+        ``overclustering`` > 1, by co-association); ``"best"``: the lowest-loss
+        head's teacher, the official rule, which picks worse heads
+        (:ref:`bench-temi-heads`).
     device : "auto", str or torch.device, default="auto"
         ``"auto"`` is CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
-        Seeds initialisation, pair sampling and shuffling: CPU runs repeat exactly.
-        torch's global random state is left untouched.
+        Seeds initialisation, pairs and shuffling: CPU runs repeat exactly; torch's
+        global random state is left untouched.
     verbose : int, default=0
         ``> 0`` shows a progress bar per epoch.
 
     Attributes
     ----------
-    module_ : TEMIModule
-        Trained student and teacher heads and the EMA priors, on ``device_``.
-    preprocessor_ : sklearn Pipeline
-        Fitted input transform.
-    device_ : torch.device
-        Device the heads live and predict on.
-    labels_ : ndarray of shape (n_samples,)
-        Cluster of each training sample.
-    confidence_ : ndarray of shape (n_samples,)
-        How surely each training sample sits in its cluster, in [0, 1]: its soft
-        assignment to the cluster centres (:meth:`predict_confidence`); the
-        lowest are the likely mistakes.
+    labels_, confidence_ : ndarray of shape (n_samples,)
+        Cluster of each training sample, and how surely it sits there, in [0, 1]
+        (:meth:`predict_confidence`: the lowest are the likely mistakes).
     confidence_model_ : CentroidConfidence
-        The cluster centres in ``preprocessor_``'s output and their distance
-        scale, from which :meth:`predict_confidence` reads.
-    best_head_ : int
-        Head with the lowest final-epoch training loss.
-    head_losses_ : ndarray of shape (n_heads,)
-        Final-epoch training loss of each head.
-    n_head_clusters_ : int
-        Clusters of each head: ``round(overclustering * n_clusters)``, at most
-        ``n_samples``.
-    head_permutations_ : ndarray of shape (n_heads, n_head_clusters_)
-        Column order mapping each head's clusters onto the best head's.
-    head_agreement_ : ndarray of shape (n_heads,)
-        Mean NMI of each head's training partition with the other heads'.
+        Cluster centres in ``preprocessor_``'s output and their distance scale.
     consensus_ : Consensus or CoAssociation
-        k-means centres of the concatenated teacher probabilities, or (with
-        ``overclustering`` > 1) the co-association clusters of the heads, and
-        the training partition they define.
+        The heads' consensus and the training partition it defines.
+    module_, preprocessor_, device_ : TEMIModule, Pipeline, torch.device
+        Student and teacher heads with their EMA priors, the fitted input transform,
+        and the device the heads live on.
+    best_head_, n_head_clusters_ : int
+        Head of the lowest final-epoch loss; clusters of each head.
+    head_losses_, head_agreement_ : ndarray of shape (n_heads,)
+        Final-epoch loss of each head; its mean NMI with the other heads.
     prior_ : ndarray of shape (n_head_clusters_,)
-        EMA cluster prior of the best head.
-    n_effective_clusters_ : float
-        ``exp(entropy(prior_))``: how many clusters the prior actually spreads over.
+        EMA cluster prior of the best head; ``n_effective_clusters_`` is
+        ``exp(entropy(prior_))``.
     history_ : skorch.History
-        One row per epoch: ``epoch``, ``train_loss`` (mean over heads),
-        ``head_losses`` (epoch mean of each head), ``dur`` and
-        ``train_batch_count``.
-    n_neighbors_, batch_size_ : int
-        Values used.
-    n_iter_ : int
-        Epochs run.
-    n_steps_ : int
-        Optimizer steps run.
+        Per epoch: ``train_loss`` (mean over heads), ``head_losses``, ``dur``, ...
+    n_neighbors_, batch_size_, n_iter_, n_steps_ : int
+        Neighbours, batch size, epochs and optimizer steps used.
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when ``X`` has string feature names.
@@ -289,7 +170,7 @@ class TEMIClusterer(BaseDeepClusterer):
         "min_steps": [Interval(Integral, 1, None, closed="left")],
         "min_epochs": [Interval(Integral, 1, None, closed="left")],
         "warmup": [Interval(Real, 0, 1, closed="left")],
-        "predict_with": [StrOptions({"consensus", "best", "ensemble"})],
+        "predict_with": [StrOptions({"consensus", "best"})],
     }
 
     def __init__(
@@ -380,8 +261,8 @@ class TEMIClusterer(BaseDeepClusterer):
         self.n_iter_, self.n_steps_ = training_budget(
             n_samples, self.batch_size_, self.min_steps, self.min_epochs
         )
-        net = self._make_net(
-            features.shape[1], seed, batches_per_epoch=n_samples // self.batch_size_
+        net = make_net(
+            self, features.shape[1], seed, batches_per_epoch=n_samples // self.batch_size_
         )
         net.fit(NeighborPairs(torch.from_numpy(features), torch.from_numpy(neighbors), seed), None)
 
@@ -395,7 +276,6 @@ class TEMIClusterer(BaseDeepClusterer):
 
         head_probs = self._head_probs(features)
         self.head_agreement_ = head_agreement(head_probs)
-        self.head_permutations_ = _match_heads(head_probs, self.best_head_)
         if self.n_head_clusters_ > self.n_clusters:
             self.consensus_ = coassociation_partition(
                 head_probs, self.n_clusters, random_state=seed
@@ -408,47 +288,6 @@ class TEMIClusterer(BaseDeepClusterer):
     def _proba(self, features: np.ndarray) -> np.ndarray:
         """Teacher probabilities (``predict_with`` decides which heads), ``(n, n_clusters)``."""
         return self._combine(self._head_probs(features))
-
-    def _make_net(self, n_features: int, seed: int, *, batches_per_epoch: int) -> TEMINet:
-        heads = MultiHead(
-            n_features,
-            self.n_head_clusters_,
-            self.n_heads,
-            tuple(self.hidden_dims),
-            self.bottleneck_dim,
-            cosine_last_layer=True,
-        )
-        callbacks = training_callbacks(
-            teacher_momentum=self.teacher_momentum,
-            total_steps=self.n_steps_,
-            warmup_steps=max(int(self.warmup * self.n_steps_), 1),
-            name=type(self).__name__,
-            verbose=self.verbose,
-            batches_per_epoch=batches_per_epoch,
-        )
-        no_decay = {"weight_decay": 0.0}
-        return TEMINet(
-            TEMIModule(heads),
-            criterion=TEMICriterion,
-            criterion__beta=self.beta,
-            criterion__student_temperature=self.student_temperature,
-            criterion__teacher_temperature=self.teacher_temperature,
-            criterion__prior_momentum=self.prior_momentum,
-            optimizer=torch.optim.AdamW,
-            optimizer__weight_decay=self.weight_decay,
-            optimizer__param_groups=[("*bias", no_decay), ("*magnitude", no_decay)],
-            lr=self.lr,
-            max_epochs=self.n_iter_,
-            batch_size=self.batch_size_,
-            iterator_train__shuffle=True,
-            iterator_train__drop_last=True,
-            iterator_train__collate_fn=keep_batch,
-            iterator_train__generator=make_generator(seed + 1),
-            train_split=None,
-            callbacks=callbacks,
-            device=self.device_,
-            verbose=0,
-        )
 
     def _head_probs(self, features: np.ndarray) -> np.ndarray:
         """Teacher probabilities of every head, ``(n_heads, n_samples, n_head_clusters_)``."""
@@ -463,13 +302,7 @@ class TEMIClusterer(BaseDeepClusterer):
     def _combine(self, head_probs: np.ndarray) -> np.ndarray:
         if self.predict_with == "consensus":
             return self.consensus_.predict_proba(head_probs).astype(np.float32)
-        if self.predict_with == "best":
-            return head_probs[self.best_head_]
-        aligned = [
-            probs[:, order]
-            for probs, order in zip(head_probs, self.head_permutations_, strict=True)
-        ]
-        return np.mean(aligned, axis=0)
+        return head_probs[self.best_head_]
 
     def _warn_if_collapsed(self, labels: np.ndarray) -> None:
         n_used = len(np.unique(labels))
@@ -483,24 +316,3 @@ class TEMIClusterer(BaseDeepClusterer):
                 # _warn_if_collapsed <- _fit_features <- fit <- _fit_context <- caller
                 stacklevel=5,
             )
-
-
-def _match_heads(head_probs: np.ndarray, reference: int) -> np.ndarray:
-    """Per head, the column order that best matches its clusters to the reference head's.
-
-    ``order[c]`` is the head's cluster matched to the reference's cluster ``c``
-    (:func:`~skaudiocluster.metrics.hungarian_mapping` on the argmax labels);
-    clusters that either head leaves empty are paired in increasing order.
-    """
-    n_heads, _, n_clusters = head_probs.shape
-    reference_labels = head_probs[reference].argmax(axis=1)
-    orders = np.empty((n_heads, n_clusters), dtype=np.int64)
-    for head in range(n_heads):
-        mapping = hungarian_mapping(reference_labels, head_probs[head].argmax(axis=1))
-        order = np.full(n_clusters, -1, dtype=np.int64)
-        for cluster, matched in mapping.items():
-            order[matched] = cluster
-        unmatched = np.setdiff1d(np.arange(n_clusters), order)
-        order[order < 0] = unmatched
-        orders[head] = order
-    return orders

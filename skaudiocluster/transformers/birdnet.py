@@ -70,18 +70,15 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     short : {"tile", "centre", "pad"}, default="tile"
         How a clip shorter than 3 s fills its one window: ``"tile"`` repeats it
         back to back, ``"centre"`` zero-pads it on both sides, ``"pad"`` zero-pads
-        it on the right (birdnetlib's padding). On 2,170 Bengalese finch syllables
-        (10-130 ms, 11 types), k-means NMI (K=11, 3 seeds) was 0.989 with
-        ``"tile"``, 0.946 with ``"pad"`` and 0.925 with ``"centre"`` (BYOL-A:
-        0.920; see the "Which embedder for which sounds" page).
+        it on the right (birdnetlib's padding). Tiling is the default because a
+        repeated call looks like the song the model was trained on, and it
+        clustered short syllables best (:ref:`bench-birdnet`).
     batch_size : int, default=1
-        Windows per interpreter call. On 2 CPU cores a larger batch gave no more
-        clips per CPU-second (17.8 at batch 1, 16.3 at batch 16, one thread) and
-        takes more memory (about 0.9 GB at batch 32); see
-        ``benchmarks/bench_embedders.py --birdnet-vs-birdnetlib``.
+        Windows per interpreter call. On a CPU a larger batch gives no more clips
+        per CPU-second and takes more memory (:ref:`bench-birdnet`).
     n_threads : int, default=1
-        Threads of the LiteRT interpreter. Two threads gave about 25% more clips
-        per wall-second and 15% fewer per CPU-second than one (2 busy cores).
+        Threads of the LiteRT interpreter. More threads trade CPU time for wall
+        time: one leaves the other cores to parallel jobs (:ref:`bench-birdnet`).
     verbose : int, default=0
         0 is silent; otherwise a progress bar while embedding.
 

@@ -84,7 +84,8 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     batch_size : int, default=1
         Work per forward pass, in 10 s windows: short clips are grouped by
         length and packed until they hold as many patches as ``batch_size``
-        windows of 10 s. On a CPU, 1 or 2 is fastest for 10 s clips.
+        windows of 10 s. On a CPU a larger batch is no faster per clip
+        (:ref:`bench-passt`), so the default is 1.
     patchout_time, patchout_freq : int, default=0
         Structured patchout: patch columns / rows dropped at random, only
         while ``module_`` is in training mode (fine-tuning by a caller);
@@ -116,17 +117,12 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     Notes
     -----
-    Cost grows with the number of patches. A 10 s clip is 12 x 99 patches
-    (1190 tokens, about 250 GFLOP) at stride 10 and 8 x 62 (498 tokens) at
-    stride 16. On a CPU about 62% of the time goes to the linear layers, 27%
-    to attention, 8% to the GELUs and the rest to copies, layer norms and
-    residual sums; the log-mel front end takes under 0.5%. Attention uses
-    :func:`torch.nn.functional.scaled_dot_product_attention`, which never
-    stores the token-by-token score matrix. Measured side by side with
-    ``hear21passt`` 0.0.26 in one thread, a 10 s clip took 2.5 / 2.7 / 3.0
-    CPU seconds at batch 1 / 4 / 8 (``hear21passt``: 4.6 / 5.6 / 5.2) and
-    0.9 / 0.9 / 1.1 with the stride-16 network
-    (``benchmarks/bench_embedders.py`` measures clips per second).
+    Cost grows with the number of patches: a 10 s clip is 12 x 99 patches at
+    stride 10 and 8 x 62 at stride 16. On a CPU most of the time goes to the
+    linear layers, then attention; the log-mel front end costs next to nothing.
+    Attention uses :func:`torch.nn.functional.scaled_dot_product_attention`,
+    which never stores the token-by-token score matrix. Profile and CPU seconds
+    per clip against ``hear21passt``: :ref:`bench-passt`.
 
     Examples
     --------

@@ -7,7 +7,6 @@ scikit-learn estimator checks in tests/test_common.py.
 from __future__ import annotations
 
 import copy
-import itertools
 import pickle
 
 import numpy as np
@@ -22,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from skaudiocluster._training import NonFiniteLossError
 from skaudiocluster.cluster import temi as temi_module
-from skaudiocluster.cluster.temi import TEMIClusterer, _match_heads
+from skaudiocluster.cluster.temi import TEMIClusterer
 from skaudiocluster.metrics import hungarian_accuracy
 
 
@@ -179,36 +178,6 @@ def test_default_prediction_is_the_consensus_of_all_heads(fitted, blobs):
     assert np.all((fitted.head_agreement_ >= 0) & (fitted.head_agreement_ <= 1))
 
 
-def test_ensemble_matching_is_the_best_permutation_of_each_head(fitted, blobs):
-    ensemble = copy.deepcopy(fitted).set_params(predict_with="ensemble")
-    head_probs = ensemble._head_probs(training_features(fitted, blobs[0]))
-    best = head_probs[fitted.best_head_].argmax(axis=1)
-    np.testing.assert_array_equal(ensemble.head_permutations_[fitted.best_head_], [0, 1, 2])
-    for probs, order in zip(head_probs, ensemble.head_permutations_, strict=True):
-        labels = probs.argmax(axis=1)
-        agreement = np.mean(order[best] == labels)
-        best_agreement = max(
-            np.mean(np.asarray(perm)[best] == labels) for perm in itertools.permutations(range(3))
-        )
-        assert agreement == best_agreement
-    expected = np.mean(
-        [probs[:, order] for probs, order in zip(head_probs, ensemble.head_permutations_)], axis=0
-    )
-    proba = ensemble.predict_proba(blobs[0])
-    np.testing.assert_allclose(proba, expected, rtol=1e-6)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
-
-
-def test_head_matching_completes_the_order_when_a_head_leaves_clusters_empty():
-    eye = np.eye(4, dtype=np.float32)
-    reference = eye[[0, 0, 1, 1, 2, 3]]
-    other = eye[[2, 2, 0, 0, 0, 0]]  # clusters 1 and 3 are empty
-    orders = _match_heads(np.stack([reference, other]), reference=0)
-    np.testing.assert_array_equal(orders[0], [0, 1, 2, 3])
-    assert sorted(orders[1]) == [0, 1, 2, 3]
-    assert orders[1][0] == 2 and orders[1][1] == 0  # the two matched clusters
-
-
 def test_pickle_round_trip_predicts_identically(fitted, blobs):
     restored = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(restored.predict_proba(blobs[0]), fitted.predict_proba(blobs[0]))
@@ -270,10 +239,9 @@ def test_overclustering_round_trips_through_pickle(overclustered, blobs):
     np.testing.assert_array_equal(restored.predict(blobs[0]), overclustered.predict(blobs[0]))
 
 
-@pytest.mark.parametrize("predict_with", ["best", "ensemble"])
-def test_overclustering_needs_the_consensus_and_leaves_it_unfitted(predict_with, blobs):
-    temi = tiny_temi(overclustering=2.0, predict_with=predict_with)
-    with pytest.raises(ValueError, match=f"predict_with='{predict_with}' reads one head"):
+def test_overclustering_needs_the_consensus_and_leaves_it_unfitted(blobs):
+    temi = tiny_temi(overclustering=2.0, predict_with="best")
+    with pytest.raises(ValueError, match="predict_with='best' reads one head"):
         temi.fit(blobs[0])
     with pytest.raises(NotFittedError):
         check_is_fitted(temi)
@@ -313,6 +281,7 @@ def test_non_finite_loss_raises_a_clear_error(blobs):
         ({"n_components": 0}, "n_components"),
         ({"hidden_dims": ()}, "hidden_dims"),
         ({"predict_with": "mean"}, "predict_with"),
+        ({"predict_with": "ensemble"}, "predict_with"),  # removed: no benchmark or page used it
         ({"neighbors": "pca"}, "neighbors"),
         ({"overclustering": 0.5}, "overclustering"),
     ],
