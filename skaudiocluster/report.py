@@ -26,7 +26,7 @@ from skaudiocluster._report_media import (
 )
 from skaudiocluster.plot import TSNE_BELOW, default_map
 
-__all__ = ["write_report", "MAP_TSNE_BELOW", "CHROMIUM_FLAGS"]
+__all__ = ["write_report", "check_report_folder", "MAP_TSNE_BELOW", "CHROMIUM_FLAGS"]
 
 #: :data:`skaudiocluster.plot.TSNE_BELOW`, under the name this module has always given it:
 #: below this many clips the default map (:func:`skaudiocluster.plot.default_map`) is
@@ -181,7 +181,7 @@ def write_report(
     if isinstance(notes, str) or not all(isinstance(note, str) for note in notes):
         raise ValueError(f"notes must be a sequence of str, got {notes!r}")
     out = Path(out)
-    target = _check_out(out)  # before the costly map
+    target = check_report_folder(out)  # before the costly map
     clusters = _distinct(labels)
     index = {value: c for c, value in enumerate(clusters)}
     codes = np.array([index[value] for value in labels], dtype=np.int64)
@@ -308,8 +308,37 @@ def _shown(rows: np.ndarray, n_typical: int, n_atypical: int) -> tuple[np.ndarra
     return typical, rest[len(rest) - min(n_atypical, len(rest)) :]
 
 
-def _check_out(out: str | os.PathLike) -> Path:
-    """The report's absolute folder, or a ``ValueError`` if it cannot be written there."""
+def check_report_folder(out: str | os.PathLike) -> Path:
+    """The absolute folder a report at ``out`` goes to; a ``ValueError`` if it cannot.
+
+    :func:`write_report` checks this first; the command line checks it before
+    any costly work. ``out`` may be absent, an empty folder or an earlier
+    report (which is replaced), and its parent folder must exist.
+
+    Parameters
+    ----------
+    out : str or path-like
+        The report's folder.
+
+    Returns
+    -------
+    target : pathlib.Path
+        ``out`` as an absolute path.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> check_report_folder(folder / "report") == folder / "report"
+    True
+    >>> (folder / "notes.txt").write_text("mine")
+    4
+    >>> check_report_folder(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: '...' is a non-empty folder that is not a report; ...
+    """
     target = Path(out).absolute()
     if not target.parent.is_dir():
         raise ValueError(
@@ -331,13 +360,13 @@ def _copy_clips(
 ) -> list[dict]:
     """Copy every clip (its loudest excerpt when long) and draw the shown ones' thumbnails."""
     from skaudiocluster._torch import progress
-    from skaudiocluster.audio import _read_file
+    from skaudiocluster.audio import read_file
 
     (folder / "audio").mkdir()
     (folder / "thumbs").mkdir()
     clips = []
     for i, path in progress(enumerate(paths), verbose=verbose, desc="report", total=len(paths)):
-        samples, rate = _read_file(path)
+        samples, rate = read_file(path)
         if len(samples) == 0:
             raise ValueError(f"audio file {path!r} is empty")
         start, stop = loudest_window(samples, rate, seconds)

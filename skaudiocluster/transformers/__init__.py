@@ -7,6 +7,8 @@ _WHERE = {
     "BirdNETEmbedder": "birdnet",
     "PaSSTEmbedder": "passt",
     "SpectrogramTransformer": "spectrogram",
+    "resolve_birdnet_weights": "_birdnet_model",
+    "resolve_weights": "_weights",
 }
 
 __all__ = list(_WHERE)
