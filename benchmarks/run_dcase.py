@@ -87,7 +87,7 @@ def _spectrogram(args, seed):
 
 
 def _byola(args, seed):
-    from skaudiocluster.transformers._weights import resolve_weights
+    from skaudiocluster.transformers import resolve_weights
     from skaudiocluster.transformers.byola import BYOLAEmbedder
 
     weights = str(resolve_weights(args.byola_weights))
@@ -103,7 +103,7 @@ def _byola_random(args, seed):
 
 
 def _passt(args, seed):
-    from skaudiocluster.transformers._weights import resolve_weights
+    from skaudiocluster.transformers import resolve_weights
     from skaudiocluster.transformers.passt import PaSSTEmbedder
 
     weights = str(resolve_weights(args.passt_weights))
