@@ -80,7 +80,7 @@ def spice_reliable_stage(estimator, X: np.ndarray) -> None:
 
     rng = np.random.RandomState(0)
     proba = rng.dirichlet(np.full(estimator.n_clusters, 0.05), size=len(X))
-    reliable_labels(X, proba, n_neighbors=estimator.n_neighbors, random_state=rng)
+    reliable_labels(X, proba, n_neighbors=estimator.n_neighbors)
 
 
 def make_deepdpm(n_clusters: int, random_state: int, **params):

@@ -144,7 +144,6 @@ def reliable_labels(
     min_agreement: float = 0.9,
     min_confidence: float = 0.99,
     min_per_cluster: int = 10,
-    random_state: np.random.RandomState | None = None,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """SPICE's reliable pseudo-labels, every reliable sample kept, with a guard for collapse.
@@ -174,8 +173,6 @@ def reliable_labels(
     min_agreement : float, default=0.9
     min_confidence : float, default=0.99
     min_per_cluster : int, default=10
-    random_state : numpy RandomState or None, default=None
-        Unused (kept for backward compatibility: the set is no longer subsampled).
     device : torch device, default="cpu"
 
     Returns
@@ -189,7 +186,7 @@ def reliable_labels(
     >>> rng = np.random.RandomState(0)
     >>> features = np.vstack([rng.normal([5, 0], 1, (20, 2)), rng.normal([0, 5], 1, (20, 2))])
     >>> proba = np.repeat([[1.0, 0.0], [0.0, 1.0]], 20, axis=0)
-    >>> mask = reliable_labels(features, proba, n_neighbors=5, random_state=rng)
+    >>> mask = reliable_labels(features, proba, n_neighbors=5)
     >>> int(mask[:20].sum()), int(mask[20:].sum())
     (20, 20)
     """

@@ -432,7 +432,6 @@ class SPICEClusterer(BaseDeepClusterer):
             min_agreement=self.min_agreement,
             min_confidence=self.min_confidence,
             min_per_cluster=self.min_reliable,
-            random_state=np.random.RandomState(seed),
             device=self.device_,
         )
         targets = np.where(self.labels_reliable_, self.self_labels_, IGNORE).astype(np.int64)

@@ -139,9 +139,7 @@ def test_reliability_rule_drops_inconsistent_and_unconfident_samples():
     proba[1] = [0.98, 0.02]  # consistent but not confident enough
     agreement = neighbour_agreement(features, proba.argmax(axis=1), 10)
     assert agreement[0] <= 0.1 and np.median(agreement) == 1.0
-    mask = reliable_labels(
-        features, proba, n_neighbors=10, min_per_cluster=1, random_state=np.random.RandomState(0)
-    )
+    mask = reliable_labels(features, proba, n_neighbors=10, min_per_cluster=1)
     assert not mask[0] and not mask[1]
     # Nothing discarded to balance: cluster 0 keeps its 18 reliable samples, cluster 1 its 20.
     assert mask[:20].sum() == 18 and mask[20:].sum() == 20
@@ -156,7 +154,6 @@ def test_reliable_guard_tops_up_a_cluster_without_reliable_samples():
             proba,
             n_neighbors=10,
             min_per_cluster=5,
-            random_state=np.random.RandomState(0),
         )
     assert mask[20:].sum() == 5
     # The weak cluster no longer cuts the other one down to the guaranteed size.
@@ -173,6 +170,5 @@ def test_reliable_guard_with_an_unpredicted_cluster_and_tiny_clusters():
             proba,
             n_neighbors=100,
             min_per_cluster=10,
-            random_state=np.random.RandomState(0),
         )
     assert mask.sum() == 6  # everything available, no crash, no empty set
