@@ -67,14 +67,13 @@ class HeadCosineLinear(nn.Module):
 
     Each output unit's weight is ``magnitude * direction / ||direction||`` and the
     input rows are L2-normalised, so logits are scaled cosines. ``magnitude``
-    starts at 1 and is trained unless ``fixed_magnitude``.
+    starts at 1 and is trained.
 
     Parameters
     ----------
     n_heads : int
     in_features : int
     out_features : int
-    fixed_magnitude : bool, default=False
     init_std : float or None, default=0.02
 
     Examples
@@ -91,14 +90,11 @@ class HeadCosineLinear(nn.Module):
         in_features: int,
         out_features: int,
         *,
-        fixed_magnitude: bool = False,
         init_std: float | None = 0.02,
     ):
         super().__init__()
         self.direction = nn.Parameter(torch.empty(n_heads, in_features, out_features))
-        self.magnitude = nn.Parameter(
-            torch.ones(n_heads, 1, out_features), requires_grad=not fixed_magnitude
-        )
+        self.magnitude = nn.Parameter(torch.ones(n_heads, 1, out_features))
         _init_weight(self.direction, in_features, init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +106,7 @@ class HeadCosineLinear(nn.Module):
 class MultiHead(nn.Module):
     """``n_heads`` independent MLP cluster heads on a shared input.
 
-    Each head is ``[Linear -> (BatchNorm) -> activation -> (Dropout)] * len(hidden_dims)``,
+    Each head is ``[Linear -> activation] * len(hidden_dims)``,
     then an optional linear ``bottleneck_dim`` projection without activation, then
     the last layer to ``n_clusters`` logits: a plain linear layer, or with
     ``cosine_last_layer`` TEMI's (DINO's) L2-normalised features times a bias-free
@@ -124,12 +120,7 @@ class MultiHead(nn.Module):
     hidden_dims : sequence of int, default=(512,)
     bottleneck_dim : int or None, default=None
     cosine_last_layer : bool, default=False
-    fixed_magnitude : bool, default=False
-        With ``cosine_last_layer``, keep the last layer's weight norms at 1.
     activation : {"gelu", "relu"}, default="gelu"
-    batch_norm : bool, default=False
-        BatchNorm after each hidden linear layer (statistics kept per head).
-    dropout : float, default=0.0
     init_std : float or None, default=0.02
         Truncated-normal std for weights; ``None`` for :class:`torch.nn.Linear`'s init.
 
@@ -156,10 +147,7 @@ class MultiHead(nn.Module):
         bottleneck_dim: int | None = None,
         *,
         cosine_last_layer: bool = False,
-        fixed_magnitude: bool = False,
         activation: str = "gelu",
-        batch_norm: bool = False,
-        dropout: float = 0.0,
         init_std: float | None = 0.02,
     ):
         super().__init__()
@@ -169,20 +157,14 @@ class MultiHead(nn.Module):
         width = in_features
         for hidden in hidden_dims:
             layers.append(HeadLinear(n_heads, width, hidden, init_std=init_std))
-            if batch_norm:
-                layers.append(_HeadBatchNorm(n_heads, hidden))
             layers.append(ACTIVATIONS[activation]())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
             width = hidden
         if bottleneck_dim is not None:
             layers.append(HeadLinear(n_heads, width, bottleneck_dim, init_std=init_std))
             width = bottleneck_dim
         self.body = nn.Sequential(*layers)
         if cosine_last_layer:
-            self.last_layer = HeadCosineLinear(
-                n_heads, width, n_clusters, fixed_magnitude=fixed_magnitude, init_std=init_std
-            )
+            self.last_layer = HeadCosineLinear(n_heads, width, n_clusters, init_std=init_std)
         else:
             self.last_layer = HeadLinear(n_heads, width, n_clusters, init_std=init_std)
 
@@ -201,30 +183,11 @@ def copy_head(heads: MultiHead, index: int, **head_kwargs) -> MultiHead:
     """
     first = heads.body[0].weight
     single = MultiHead(first.shape[1], heads.n_clusters, n_heads=1, **head_kwargs)
-    # Stacked parameters lead with the head axis; batch-norm ones are flat
-    # (n_heads * features); counters are scalars shared by all heads.
+    # Every parameter is stacked along a leading head axis.
     single.load_state_dict(
-        {
-            name: value.clone()
-            if value.dim() == 0
-            else value.reshape(heads.n_heads, -1, *value.shape[1:])[index].clone()
-            for name, value in heads.state_dict().items()
-        }
+        {name: value[index : index + 1].clone() for name, value in heads.state_dict().items()}
     )
     return single.to(first.device)
-
-
-class _HeadBatchNorm(nn.Module):
-    """BatchNorm1d over ``(n_heads, batch, features)`` with statistics per head and feature."""
-
-    def __init__(self, n_heads: int, n_features: int):
-        super().__init__()
-        self.norm = nn.BatchNorm1d(n_heads * n_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n_heads, batch, n_features = x.shape
-        flat = x.transpose(0, 1).reshape(batch, n_heads * n_features)
-        return self.norm(flat).view(batch, n_heads, n_features).transpose(0, 1)
 
 
 def _init_weight(weight: torch.Tensor, fan_in: int, init_std: float | None) -> None:

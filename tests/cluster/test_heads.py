@@ -1,17 +1,22 @@
+import pytest
 import torch
 
 from skaudiocluster.cluster._heads import HeadCosineLinear, HeadLinear, MultiHead, copy_head
 
 
-def test_copy_head_computes_what_the_copied_head_computes():
+@pytest.mark.parametrize("cosine_last_layer", [False, True])
+def test_copy_head_computes_what_the_copied_head_computes(cosine_last_layer):
     torch.manual_seed(0)
-    heads = MultiHead(6, n_clusters=3, n_heads=4, hidden_dims=(8,), batch_norm=True).eval()
+    kwargs = {"hidden_dims": (8, 8), "bottleneck_dim": 4, "cosine_last_layer": cosine_last_layer}
+    heads = MultiHead(6, n_clusters=3, n_heads=4, **kwargs)
     x = torch.randn(5, 6)
-    single = copy_head(heads, 2, hidden_dims=(8,), batch_norm=True).eval()
+    single = copy_head(heads, 2, **kwargs)
     assert single.n_heads == 1
-    torch.testing.assert_close(single(x)[0], heads(x)[2])
-    single.last_layer.weight.data.zero_()  # a copy: the source head is untouched
-    assert heads.last_layer.weight.abs().sum() > 0
+    before = heads(x).detach()
+    torch.testing.assert_close(single(x)[0], before[2])
+    for parameter in single.parameters():  # a copy: the source head is untouched
+        parameter.data.add_(1.0)
+    torch.testing.assert_close(heads(x), before)
 
 
 def test_head_linear_applies_each_heads_own_affine_map():
