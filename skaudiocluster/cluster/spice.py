@@ -13,8 +13,8 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import clone
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from skaudiocluster._torch import batched_forward, draw_seed
 from skaudiocluster._training import StopOnNonFiniteLoss, epoch_history, progress_callbacks
@@ -34,7 +34,6 @@ from skaudiocluster.cluster._spice_net import (
     fixmatch_batches_per_epoch,
     prototype_batches_per_epoch,
 )
-from skaudiocluster.transformers.byola import BYOLAEmbedder
 
 __all__ = ["SPICEClusterer"]
 
@@ -113,8 +112,11 @@ class SPICEClusterer(BaseDeepClusterer):
     ----------
     n_clusters : int, default=8
         Number of clusters; the training set needs at least ``2 * n_clusters`` samples.
-    encoder : BYOLAEmbedder or None, default=None
-        Audio encoder; ``None`` means ``X`` holds embeddings already.
+    encoder : embedder or None, default=None
+        Audio encoder with the encoder-training interface of
+        :class:`~skaudiocluster.transformers._base.BaseAudioEmbedder` (``waveforms``,
+        ``log_mel``, ``module_``), such as a ``BYOLAEmbedder``; ``None`` means ``X``
+        holds embeddings already.
     n_heads : int, default=10
         SPICE-Self heads trained together.
     head_selection : {"consensus", "best"}, default="consensus"
@@ -239,7 +241,7 @@ class SPICEClusterer(BaseDeepClusterer):
         One row per epoch of every stage run (``stage`` is ``"self"``, ``"semi"`` or
         ``"joint"``) with ``train_loss`` and ``dur``; SPICE-Self rows also hold
         ``head_losses``.
-    encoder_ : BYOLAEmbedder
+    encoder_ : embedder
         With ``encoder``: the fitted (and jointly trained) encoder.
     n_features_in_ : int
         Without ``encoder``: number of features seen in ``fit``.
@@ -264,7 +266,7 @@ class SPICEClusterer(BaseDeepClusterer):
     _parameter_constraints: dict = {
         **BaseDeepClusterer._parameter_constraints,
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
-        "encoder": [BYOLAEmbedder, None],
+        "encoder": [HasMethods(["fit", "transform", "waveforms", "log_mel"]), None],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "head_selection": [StrOptions({"consensus", "best"})],
         "max_steps": [Interval(Integral, 1, None, closed="left")],
@@ -301,7 +303,7 @@ class SPICEClusterer(BaseDeepClusterer):
         self,
         n_clusters: int = 8,
         *,
-        encoder: BYOLAEmbedder | None = None,
+        encoder: BaseEstimator | None = None,
         n_heads: int = 10,
         head_selection: str = "consensus",
         hidden_dims: tuple[int, ...] = (512,),
@@ -392,7 +394,7 @@ class SPICEClusterer(BaseDeepClusterer):
                     'semi_max_epochs=0) it needs head_selection="best"'
                 )
             encoder = clone(self.encoder)
-            if encoder.random_state is None:
+            if getattr(encoder, "random_state", 0) is None:
                 encoder.set_params(random_state=draw_seed(seed))
             self.encoder_ = encoder.fit(X)
         embeddings = np.asarray(self.encoder_.transform(X), dtype=np.float64)

@@ -6,17 +6,11 @@ import os
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import (
-    BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-    _fit_context,
-)
+from sklearn.base import ClassNamePrefixFeaturesOutMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from skaudiocluster._torch import progress
-from skaudiocluster.audio import check_audio, check_finite_output
+from skaudiocluster.transformers._base import BaseAudioEmbedder
 from skaudiocluster.transformers._birdnet_model import (
     DEFAULT_WEIGHTS,
     SAMPLE_RATE,
@@ -32,7 +26,7 @@ EMBEDDING_DIM = 1024
 N_SPECIES = 6522
 
 
-class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     """Embed raw audio clips with BirdNET, the bird-sound classifier of the Cornell Lab.
 
     BirdNET GLOBAL 6K V2.4 (Kahl et al., "BirdNET: A deep learning solution for
@@ -116,16 +110,15 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     model_sample_rate: int = SAMPLE_RATE
 
     _parameter_constraints: dict = {
+        **BaseAudioEmbedder._parameter_constraints,
         "weights": [str, os.PathLike],
         "output": [StrOptions({"embedding", "logits", "both"})],
-        "sample_rate": [Interval(Integral, 1, None, closed="left")],
         "hop": [Interval(Real, 0, None, closed="neither")],
         "pooling": [StrOptions({"mean", "max"})],
         "short": [StrOptions(set(SHORT_MODES))],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_threads": [Interval(Integral, 1, None, closed="left")],
-        "verbose": ["verbose"],
     }
+    _transient = ("_model",)  # a LiteRT interpreter does not pickle: reloaded on use
 
     def __init__(
         self,
@@ -150,30 +143,6 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.n_threads = n_threads
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Validate the clips, find the model file and load it (nothing is learned).
-
-        Parameters
-        ----------
-        X : list of clips or paths, or 2-D array
-            Raw audio, in any form :func:`skaudiocluster.audio.check_audio` takes.
-        y : None
-            Unused: the model is pretrained.
-
-        Returns
-        -------
-        self : BirdNETEmbedder
-        """
-        self._fit(self._clips(X))
-        return self
-
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit_transform(self, X, y=None) -> np.ndarray:
-        """Fit and embed ``X``, decoding and resampling it once."""
-        clips = self._clips(X)
-        return self._fit(clips)._embed(clips, X)
-
     def transform(self, X) -> np.ndarray:
         """Embed clips.
 
@@ -188,19 +157,7 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             One row per clip, in input order: 1,024, 6,522 or 7,546 columns
             (``output``).
         """
-        check_is_fitted(self, "weights_path_")
-        return self._embed(self._clips(X), X)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        tags.non_deterministic = False
-        return tags
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_model", None)  # a LiteRT interpreter does not pickle: reloaded on use
-        return state
+        return super().transform(X)
 
     @property
     def _n_features_out(self) -> int:
@@ -208,19 +165,15 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             self.output
         ]
 
-    def _clips(self, X) -> list[np.ndarray]:
-        return check_audio(X, sample_rate=self.sample_rate, target_rate=SAMPLE_RATE)
-
-    def _fit(self, clips: list[np.ndarray]) -> BirdNETEmbedder:
+    def _fit_clips(self, clips: list[np.ndarray], seed: int) -> None:
+        """Find the model file and load it (nothing is learned)."""
         path = resolve_birdnet_weights(self.weights, owner=type(self).__name__)
         self._model = load_model(path, self.n_threads)
         self.weights_path_ = os.fspath(path)
-        self.n_clips_ = len(clips)
-        return self
 
-    def _embed(self, clips: list[np.ndarray], X) -> np.ndarray:
+    def _transform_clips(self, clips: list[np.ndarray]) -> np.ndarray:
         model = getattr(self, "_model", None)
-        if model is None:
+        if model is None:  # unpickled: the interpreter is loaded again
             model = self._model = load_model(self.weights_path_, self.n_threads)
         hop = max(1, round(self.hop * SAMPLE_RATE))
         counts = [n_windows(len(clip), WINDOW, hop) for clip in clips]
@@ -236,8 +189,7 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         if self.output != "embedding":
             logits = model.logits(embeddings).astype(np.float32)
             rows = logits if self.output == "logits" else np.hstack([embeddings, logits])
-        out = _pool(rows, counts, self.pooling)
-        return check_finite_output(out, X, type(self).__name__)
+        return _pool(rows, counts, self.pooling)
 
     def _windows(self, clips, hop):
         for clip in clips:

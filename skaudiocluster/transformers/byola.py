@@ -8,19 +8,15 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import (
-    BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-    _fit_context,
-)
+from sklearn.base import ClassNamePrefixFeaturesOutMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 from torch.nn import functional as F
 
-from skaudiocluster._torch import cpu_state, draw_seed, fit_context, progress, resolve_device
-from skaudiocluster.audio import check_audio, check_finite_output, length_batches
+from skaudiocluster._torch import progress
+from skaudiocluster.audio import length_batches
+from skaudiocluster.transformers._base import BaseAudioEmbedder
 from skaudiocluster.transformers._byola_net import (
     LOG_EPS,
     MIN_SAMPLES,
@@ -43,7 +39,7 @@ __all__ = ["BYOLAEmbedder"]
 MIN_STD = 1e-3
 
 
-class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     """Embed raw audio clips with the BYOL-A v1 encoder (``AudioNTT2020``).
 
     Each clip is resampled to 16 kHz, turned into a 64-band log-mel (n_fft 1024,
@@ -162,12 +158,11 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     min_samples: int = MIN_SAMPLES
 
     _parameter_constraints: dict = {
+        **BaseAudioEmbedder._parameter_constraints,
         "weights": [str, os.PathLike, None],
         "d": [Interval(Integral, 1, None, closed="left"), None],
-        "sample_rate": [Interval(Integral, 1, None, closed="left")],
         "unit_sec": [Interval(Real, 0, None, closed="neither"), None],
         "norm_stats": ["array-like", None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
         "pretrain_epochs": [Interval(Integral, 0, None, closed="left")],
         "pretrain_batch_size": [Interval(Integral, 2, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -175,7 +170,6 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         "checkpoint_dir": [str, os.PathLike, None],
         "device": [str, torch.device],
         "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -211,66 +205,34 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.random_state = random_state
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Load the encoder, learn the normalisation statistics and optionally pretrain.
+    def _check_params(self) -> None:
+        self._check_norm_stats()
 
-        Parameters
-        ----------
-        X : list of 1-D arrays, 2-D array or list of paths
-            Raw audio clips (see :func:`skaudiocluster.audio.check_audio`).
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : BYOLAEmbedder
-            The fitted embedder.
-        """
-        clips = self._clips(X)
-        device = resolve_device(self.device)
-        seed = draw_seed(self.random_state)
+    def _fit_clips(self, clips: list[np.ndarray], seed: int) -> None:
+        """Load the encoder, learn the normalisation statistics and optionally pretrain."""
+        module = self._load_module()
         norm_stats = self._check_norm_stats()
-        with fit_context(self, seed, device, n_threads=None):
-            self.device_ = device
-            module = self._load_module()
-            if norm_stats is None:
-                norm_stats = self._learn_norm_stats(clips, device)
-            self.mean_, self.std_ = norm_stats
-            self.n_clips_ = len(clips)
-            self.pretrain_history_ = History()
-            if self.pretrain_epochs > 0:
-                self.pretrain_history_ = pretrain(
-                    module,
-                    self._normalised_log_mels(clips),
-                    floor=(float(np.log(LOG_EPS)) - self.mean_) / self.std_,
-                    epochs=self.pretrain_epochs,
-                    batch_size=self.pretrain_batch_size,
-                    lr=self.lr,
-                    ema_decay=self.ema_decay,
-                    checkpoint_dir=self.checkpoint_dir,
-                    device=device,
-                    seed=seed,
-                    verbose=self.verbose,
-                )
-            self.module_ = module.to(device).eval()
-        return self
+        if norm_stats is None:
+            norm_stats = self._learn_norm_stats(clips, self.device_)
+        self.mean_, self.std_ = norm_stats
+        self.pretrain_history_ = History()
+        if self.pretrain_epochs > 0:
+            self.pretrain_history_ = pretrain(
+                module,
+                self._normalised_log_mels(clips),
+                floor=(float(np.log(LOG_EPS)) - self.mean_) / self.std_,
+                epochs=self.pretrain_epochs,
+                batch_size=self.pretrain_batch_size,
+                lr=self.lr,
+                ema_decay=self.ema_decay,
+                checkpoint_dir=self.checkpoint_dir,
+                device=self.device_,
+                seed=seed,
+                verbose=self.verbose,
+            )
+        self.module_ = module.to(self.device_).eval()
 
-    def transform(self, X) -> np.ndarray:
-        """Embed clips.
-
-        Parameters
-        ----------
-        X : list of 1-D arrays, 2-D array or list of paths
-            Raw audio clips.
-
-        Returns
-        -------
-        X_new : ndarray of shape (n_clips, d), dtype float32
-            One embedding per clip, in input order.
-        """
-        check_is_fitted(self, "module_")
-        clips = self._clips(X)
+    def _transform_clips(self, clips: list[np.ndarray]) -> np.ndarray:
         net = self.module_
         was_training = net.training
         net.eval()
@@ -282,22 +244,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     out[index] = net(lms, lengths, fold=True).cpu().numpy()
         finally:
             net.train(was_training)
-        return check_finite_output(out, X, type(self).__name__)
-
-    def waveforms(self, X) -> list[np.ndarray]:
-        """The clips of ``X`` as the encoder takes them: mono float32 at 16 kHz, framed.
-
-        Parameters
-        ----------
-        X : list of 1-D arrays, 2-D array or list of paths
-            Raw audio clips (rate ``sample_rate`` for arrays).
-
-        Returns
-        -------
-        clips : list of ndarray
-            One 1-D array per clip, at least :attr:`min_samples` long.
-        """
-        return self._clips(X)
+        return out
 
     def log_mel(
         self, waveforms: torch.Tensor | list, lengths: torch.Tensor | None = None
@@ -339,21 +286,13 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         lms = LogMelFrontend().to(device)(padded)
         return ((lms - self.mean_) / self.std_).unsqueeze(1), frames.to(device)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        return tags
-
-    def __getstate__(self):
-        # learned modules and devices to the CPU: a GPU fit unpickles anywhere
-        return cpu_state(super().__getstate__())
-
     @property
     def _n_features_out(self) -> int:
         return self.module_.fc[3].out_features
 
-    def _clips(self, X) -> list[np.ndarray]:
-        clips = check_audio(X, sample_rate=self.sample_rate, target_rate=SAMPLE_RATE)
+    def _check_clips(self, X) -> list[np.ndarray]:
+        """Decoded at 16 kHz, zero-padded (centred) to 70 ms or ``unit_sec``, cropped to it."""
+        clips = super()._check_clips(X)
         unit = MIN_SAMPLES if self.unit_sec is None else round(self.unit_sec * SAMPLE_RATE)
         if unit < MIN_SAMPLES:
             raise ValueError(f"unit_sec={self.unit_sec} is shorter than the encoder's 70 ms")
@@ -433,7 +372,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 "so every clip will embed alike; std_ is set to 1 instead (no scaling). Fit "
                 "on clips with sound, or pass norm_stats=(mean, std)",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=6,  # the caller of fit
             )
             std = 1.0
         return float(np.float32(mean)), std

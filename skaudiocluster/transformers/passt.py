@@ -7,25 +7,13 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import (
-    BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-    _fit_context,
-)
+from sklearn.base import ClassNamePrefixFeaturesOutMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skaudiocluster._torch import (
-    cpu_state,
-    draw_seed,
-    forked_rng,
-    progress,
-    resolve_device,
-    to_numpy,
-    unfitted_on_error,
-)
-from skaudiocluster.audio import check_audio, check_finite_output
+from skaudiocluster._torch import progress, to_numpy
+from skaudiocluster.audio import check_finite_output
+from skaudiocluster.transformers._base import BaseAudioEmbedder
 from skaudiocluster.transformers._passt_frontend import (
     SAMPLE_RATE,
     PaSSTFrontend,
@@ -44,7 +32,7 @@ TIMESTAMP_HOP = SAMPLE_RATE * 50 // 1000
 MIN_FRAMES = 16  # one patch
 
 
-class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     """Clip embeddings from PaSST, the patchout audio spectrogram transformer.
 
     PaSST-S (Koutini et al., "Efficient Training of Audio Transformers with
@@ -110,6 +98,8 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         The log-mel front end (no parameters).
     device_ : torch.device
         Device the network lives and runs on (the CPU after unpickling).
+    n_clips_ : int
+        Number of clips seen in ``fit``.
 
     See Also
     --------
@@ -134,16 +124,17 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     (2, 768)
     """
 
+    #: Rate of the audio the network takes.
+    model_sample_rate: int = SAMPLE_RATE
+
     _parameter_constraints: dict = {
+        **BaseAudioEmbedder._parameter_constraints,
         "weights": [str, os.PathLike, None],
         "embedding": [StrOptions({"features", "logits", "all"})],
-        "sample_rate": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
         "patchout_time": [Interval(Integral, 0, None, closed="left")],
         "patchout_freq": [Interval(Integral, 0, None, closed="left")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -168,79 +159,19 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y=None) -> PaSSTEmbedder:
-        """Build the network and load the weights; X is validated, not learned from.
+    def _fit_clips(self, clips: list[np.ndarray], seed: int) -> None:
+        """Build the network and load the weights; the clips are checked, not learned from."""
+        module = self._random_module() if self.weights is None else self._load_module()
+        if self.config_.n_time_patches(n_frames(WINDOW)) > self.config_.n_time_positions:
+            raise ValueError(
+                f"checkpoint has {self.config_.n_time_positions} time positions, "
+                "fewer than a 10 s window needs"
+            )
+        self.module_ = module.eval().to(self.device_)
+        self.frontend_ = PaSSTFrontend().to(self.device_)
 
-        Parameters
-        ----------
-        X : raw audio
-            Anything :func:`skaudiocluster.audio.check_audio` accepts; checked (and
-            decoded, for files) like the input of :meth:`transform`, so bad clips
-            fail here. :meth:`fit_transform` decodes them once.
-        y : ignored
-            Present for API consistency.
-
-        Returns
-        -------
-        self : PaSSTEmbedder
-        """
-        self._fit_clips(X)
-        return self
-
-    def fit_transform(self, X, y=None) -> np.ndarray:
-        """Fit, then embed ``X``, decoding each clip once.
-
-        Parameters
-        ----------
-        X : raw audio
-            As for :meth:`transform`.
-        y : ignored
-            Present for API consistency.
-
-        Returns
-        -------
-        X_new : ndarray of shape (n_clips, n_features), dtype float32
-        """
-        return self._scene_embeddings(self._fit_clips(X), X)
-
-    @_fit_context(prefer_skip_nested_validation=True)
-    def _fit_clips(self, X) -> list[np.ndarray]:
-        clips = check_audio(X, sample_rate=self.sample_rate, target_rate=SAMPLE_RATE)
-        self._build_network()
-        return clips
-
-    def _build_network(self) -> None:
-        device = resolve_device(self.device)
-        with unfitted_on_error(self):
-            self.device_ = device
-            module = self._random_module() if self.weights is None else self._load_module()
-            if self.config_.n_time_patches(n_frames(WINDOW)) > self.config_.n_time_positions:
-                raise ValueError(
-                    f"checkpoint has {self.config_.n_time_positions} time positions, "
-                    "fewer than a 10 s window needs"
-                )
-            self.module_ = module.eval().to(device)
-            self.frontend_ = PaSSTFrontend().to(device)
-
-    def transform(self, X) -> np.ndarray:
-        """Scene embeddings: one vector per clip.
-
-        Parameters
-        ----------
-        X : raw audio
-            Anything :func:`skaudiocluster.audio.check_audio` accepts: a list
-            of 1-D arrays at ``sample_rate``, a 2-D array of equal-length clips,
-            or audio file paths. Any length.
-
-        Returns
-        -------
-        X_new : ndarray of shape (n_clips, n_features), dtype float32
-        """
-        check_is_fitted(self)
-        clips = check_audio(X, sample_rate=self.sample_rate, target_rate=SAMPLE_RATE)
-        return self._scene_embeddings(clips, X)
-
-    def _scene_embeddings(self, clips: list[np.ndarray], X) -> np.ndarray:
+    def _transform_clips(self, clips: list[np.ndarray]) -> np.ndarray:
+        """Scene embeddings: the mean of each clip's windows (:func:`_scene_windows`)."""
         segments, owners = [], []
         for index, clip in enumerate(clips):
             pieces = _scene_windows(clip)
@@ -251,9 +182,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         counts = np.bincount(owners, minlength=len(clips))
         sums = np.zeros((len(clips), out.shape[1]))
         np.add.at(sums, owners, out)
-        return check_finite_output(
-            (sums / counts[:, None]).astype(np.float32), X, type(self).__name__
-        )
+        return (sums / counts[:, None]).astype(np.float32)
 
     def timestamp_embeddings(self, X) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Embeddings every 50 ms, each of a 160 ms window centred there (HEAR 2021).
@@ -276,7 +205,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             Centre of each window in milliseconds.
         """
         check_is_fitted(self)
-        clips = check_audio(X, sample_rate=self.sample_rate, target_rate=SAMPLE_RATE)
+        clips = self._check_clips(X)
         windows = [_timestamp_windows(clip) for clip in clips]
         out = self._embed(
             [w for clip_windows in windows for w in clip_windows], "PaSST timestamp embeddings"
@@ -294,15 +223,6 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         dims["all"] = dims["features"] + dims["logits"]
         return dims[self.embedding]
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        return tags
-
-    def __getstate__(self):
-        # learned modules and devices to the CPU: a GPU fit unpickles anywhere
-        return cpu_state(super().__getstate__())
-
     def _build(self, config: PaSSTConfig) -> PaSSTNet:
         """An uninitialised network (on the meta device: its tensors are replaced next)."""
         with torch.device("meta"):
@@ -314,8 +234,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         """The official random init, drawn from ``random_state`` (torch's global RNG untouched)."""
         self.config_ = PaSSTConfig()
         module = self._build(self.config_).to_empty(device="cpu")
-        with forked_rng(draw_seed(self.random_state), torch.device("cpu")):
-            module.reset_parameters()
+        module.reset_parameters()  # from torch's generator, forked and seeded by fit
         return module
 
     def _load_module(self) -> PaSSTNet:

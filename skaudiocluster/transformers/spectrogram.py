@@ -7,17 +7,16 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 import torchaudio
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
-from skaudiocluster._torch import cpu_state, progress, resolve_device
-from skaudiocluster.audio import check_audio, check_finite_output, length_batches
+from skaudiocluster._torch import progress
+from skaudiocluster.audio import length_batches
+from skaudiocluster.transformers._base import BaseAudioEmbedder
 
 __all__ = ["SpectrogramTransformer", "chroma_filterbank"]
 
 
-class SpectrogramTransformer(TransformerMixin, BaseEstimator):
+class SpectrogramTransformer(BaseAudioEmbedder):
     """Log-mel spectrograms of raw audio, standardised per mel band.
 
     ``fit`` learns each band's mean and standard deviation over all frames of
@@ -71,6 +70,8 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         Per-band standard deviation of the training log-mels (1 where zero).
     n_frames_seen_ : int
         Number of frames the statistics were computed from.
+    n_clips_ : int
+        Number of clips seen in ``fit``.
     device_ : torch.device
         Where the log-mels are computed (``device`` resolved in ``fit``; the CPU
         after unpickling).
@@ -86,7 +87,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "sample_rate": [Interval(Integral, 1, None, closed="left")],
+        **BaseAudioEmbedder._parameter_constraints,
         "n_fft": [Interval(Integral, 2, None, closed="left")],
         "hop_length": [Interval(Integral, 1, None, closed="left")],
         "n_mels": [Interval(Integral, 1, None, closed="left")],
@@ -95,9 +96,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         "kind": [StrOptions({"mel", "chroma"})],
         "pooling": [StrOptions({"meanstd"}), None],
         "n_frames": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -128,28 +127,16 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None) -> SpectrogramTransformer:
-        """Learn the per-band standardisation statistics from the clips in X.
-
-        Parameters
-        ----------
-        X : raw audio
-            Anything :func:`skaudiocluster.audio.check_audio` accepts.
-        y : ignored
-
-        Returns
-        -------
-        self : SpectrogramTransformer
-        """
+    def _check_params(self) -> None:
         f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
         if not self.f_min < f_max <= self.sample_rate / 2:
             raise ValueError(
                 f"need f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, "
                 f"f_max={f_max}, sample_rate={self.sample_rate}"
             )
-        clips = check_audio(X, sample_rate=self.sample_rate)
-        self.device_ = resolve_device(self.device)
+
+    def _fit_clips(self, clips: list[np.ndarray], seed: int) -> None:
+        """Learn the per-band standardisation statistics from the clips."""
         total = np.zeros(self._n_bands)
         total_sq = np.zeros(self._n_bands)
         count = 0
@@ -164,7 +151,6 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
         scale = np.sqrt(variance)
         self.scale_ = np.where(scale > 1e-8, scale, 1.0).astype(np.float32)
         self.n_frames_seen_ = count
-        return self
 
     def transform(self, X) -> np.ndarray:
         """Standardised log-mel features of the clips in X.
@@ -180,8 +166,9 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
             Shape (n_clips, 2 * n_mels) with ``pooling="meanstd"``, else
             (n_clips, n_mels, n_frames).
         """
-        check_is_fitted(self, "mean_")
-        clips = check_audio(X, sample_rate=self.sample_rate)
+        return super().transform(X)
+
+    def _transform_clips(self, clips: list[np.ndarray]) -> np.ndarray:
         width = 2 * self._n_bands if self.pooling == "meanstd" else self.n_frames
         out = np.zeros(
             (len(clips), width) if self.pooling else (len(clips), self._n_bands, width),
@@ -197,11 +184,7 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
                 standard = standard * _frame_mask(n_valid, standard.shape[-1]).unsqueeze(1)
                 kept = min(self.n_frames, standard.shape[-1])
                 out[indices, :, :kept] = standard[..., :kept].cpu().numpy()
-        return check_finite_output(out, X, type(self).__name__)
-
-    def __getstate__(self) -> dict:
-        # fitted on a GPU, transforms on the CPU after unpickling on a machine without one
-        return cpu_state(super().__getstate__())
+        return out
 
     @property
     def _n_bands(self) -> int:
@@ -239,12 +222,6 @@ class SpectrogramTransformer(TransformerMixin, BaseEstimator):
                     [1 + lengths[i] // self.hop_length for i in indices], device=device
                 )
                 yield indices, power if self.kind == "chroma" else torch.log(power + 1e-6), n_valid
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = True
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        return tags
 
 
 def chroma_filterbank(
