@@ -20,6 +20,7 @@ from scipy import signal, sparse
 
 __all__ = [
     "MAX_AMPLITUDE",
+    "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
     "check_audio",
     "check_finite_output",
@@ -32,6 +33,12 @@ _PCM_SCALE = {1: 2.0**7, 2: 2.0**15, 4: 2.0**31}
 #: Lowest sample rate accepted, in Hz, for files and in-memory arrays alike: below it a
 #: header is corrupt (a 4 KB WAV declaring 1 Hz would be upsampled 16,000 times).
 MIN_SAMPLE_RATE = 1000
+#: Highest sample rate accepted, in Hz (the highest rate audio interfaces record): above
+#: it a header is corrupt (an 8 KB WAV declaring 2**31 - 1 Hz would need 320 GiB to resample).
+MAX_SAMPLE_RATE = 768_000
+# A downmix whose RMS is below this fraction of its channels' RMS cancelled (opposite
+# channels averaged to near-silence).
+_CANCELLED_DOWNMIX = 0.1
 #: Largest absolute sample value accepted: the int32 PCM scale. Larger values come from
 #: no audio format, and their power spectra overflow float32 into inf and NaN features.
 MAX_AMPLITUDE = 2.0**31
@@ -64,7 +71,8 @@ def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[
         -1, 0 and 1 (float audio truncated by ``astype(int)``?) warns.
     sample_rate : int
         Rate of the in-memory arrays in ``X``, in Hz; at least
-        :data:`MIN_SAMPLE_RATE` (1 kHz), as is the rate a file declares.
+        :data:`MIN_SAMPLE_RATE` (1 kHz) and at most :data:`MAX_SAMPLE_RATE`
+        (768 kHz), as is the rate a file declares.
     target_rate : int, default=None
         Rate of the returned clips; ``None`` keeps ``sample_rate``.
         Resampling uses :class:`torchaudio.transforms.Resample`.
@@ -80,10 +88,17 @@ def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[
         If ``X`` is empty or 3-D, or a clip is empty, contains NaN or inf or a
         sample beyond :data:`MAX_AMPLITUDE` (``2 ** 31``) in absolute value,
         has a non-numeric dtype or int64 values beyond the int16 range, or is a
-        file that is missing, unreadable or declares a rate below 1 kHz.
-        The message names the clip index or the file.
+        file that is missing, unreadable or declares a rate outside 1 kHz - 768 kHz,
+        or resampling fails. The message names the clip index or the file.
     TypeError
         If ``X`` is a single path or a scalar rather than a collection of clips.
+
+    Warns
+    -----
+    UserWarning
+        For a file shorter than its header declares (truncated), and for a
+        multichannel clip whose channels cancel when averaged (e.g. opposite
+        polarity), naming the clip or file.
 
     Examples
     --------
@@ -115,13 +130,19 @@ def check_audio(X, *, sample_rate: int, target_rate: int | None = None) -> list[
                 f"{where} has a sample of absolute value {peak:.3g}, beyond any audio scale "
                 f"(at most 2**31); audio samples are expected in [-1, 1]"
             )
-        if rate < MIN_SAMPLE_RATE:
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
             raise ValueError(
-                f"{where} declares a sample rate of {rate} Hz, below the {MIN_SAMPLE_RATE} Hz "
-                "minimum (a corrupt header?)"
+                f"{where} declares a sample rate of {rate} Hz, outside the {MIN_SAMPLE_RATE} - "
+                f"{MAX_SAMPLE_RATE} Hz range (a corrupt header?)"
             )
         if rate != target_rate:
-            samples = resample(samples, rate, target_rate)
+            try:
+                samples = resample(samples, rate, target_rate)
+            except (MemoryError, RuntimeError, OverflowError) as exc:
+                raise ValueError(
+                    f"{where} could not be resampled from {rate} Hz to {target_rate} Hz: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
         clips.append(np.ascontiguousarray(samples, dtype=np.float32))
     return clips
 
@@ -167,6 +188,8 @@ def _check_rate(rate, name: str) -> int:
         raise ValueError(
             f"{name}={rate} Hz is below the {MIN_SAMPLE_RATE} Hz minimum (rates are in Hz, not kHz)"
         )
+    if rate > MAX_SAMPLE_RATE:
+        raise ValueError(f"{name}={rate} Hz is above the {MAX_SAMPLE_RATE} Hz maximum")
     return int(rate)
 
 
@@ -228,7 +251,7 @@ def _to_mono(item, index: int) -> np.ndarray:
                 f"clip {index} has shape {array.shape}; multichannel clips must be "
                 "(n_samples, n_channels)"
             )
-        array = _scale_pcm(array, index).mean(axis=1)
+        array = _downmix(_scale_pcm(array, index), f"clip {index}")
     elif array.ndim == 1:
         array = _scale_pcm(array, index)
     else:
@@ -293,7 +316,15 @@ def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     Raises
     ------
     ValueError
-        Naming the file, when it does not exist or cannot be decoded.
+        Naming the file, when it does not exist, cannot be decoded or declares a
+        sample rate outside :data:`MIN_SAMPLE_RATE` - :data:`MAX_SAMPLE_RATE`
+        (checked before the samples are read).
+
+    Warns
+    -----
+    UserWarning
+        Naming the file, when it holds fewer samples than its header declares
+        (truncated), or when its channels cancel in the mean.
 
     Examples
     --------
@@ -304,15 +335,87 @@ def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     >>> samples.shape, samples.dtype, rate
     ((800,), dtype('float32'), 8000)
     """
+    name = f"audio file {os.fspath(path)!r}"
     try:
-        samples, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(os.fspath(path)) as audio:
+            rate, declared = int(audio.samplerate), audio.frames
+            if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+                raise ValueError(
+                    f"{name} declares a sample rate of {rate} Hz, outside the "
+                    f"{MIN_SAMPLE_RATE} - {MAX_SAMPLE_RATE} Hz range (a corrupt header?)"
+                )
+            samples = audio.read(dtype="float32", always_2d=True)
+    except ValueError as exc:
+        if str(exc).startswith(name):
+            raise
+        raise ValueError(f"{name} could not be decoded: {exc}") from exc
     except FileNotFoundError as exc:
-        raise ValueError(f"audio file {os.fspath(path)!r} does not exist") from exc
+        raise ValueError(f"{name} does not exist") from exc
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError
         if not os.path.exists(path):
-            raise ValueError(f"audio file {os.fspath(path)!r} does not exist") from exc
-        raise ValueError(f"audio file {os.fspath(path)!r} could not be decoded: {exc}") from exc
-    return samples.mean(axis=1, dtype=np.float32), int(rate)
+            raise ValueError(f"{name} does not exist") from exc
+        raise ValueError(f"{name} could not be decoded: {exc}") from exc
+    header = _wav_declared_frames(path)
+    if header is not None:
+        declared = max(declared, header)
+    if len(samples) < declared:
+        warnings.warn(
+            f"{name} is truncated: its header declares {declared} samples per channel but "
+            f"only {len(samples)} could be read",
+            UserWarning,
+            stacklevel=2,
+        )
+    return _downmix(samples, name), rate
+
+
+def _downmix(samples: np.ndarray, where: str) -> np.ndarray:
+    """The mean of the channels of ``(n_samples, n_channels)``; warns if they cancel."""
+    mono = samples.mean(axis=1, dtype=np.float64)
+    if samples.shape[1] > 1:
+        channel_rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+        mono_rms = float(np.sqrt(np.mean(np.square(mono))))
+        if channel_rms > 1e-6 and mono_rms < _CANCELLED_DOWNMIX * channel_rms:
+            warnings.warn(
+                f"{where}: its {samples.shape[1]} channels cancel when averaged to mono "
+                f"(mono RMS {mono_rms:.3g}, channel RMS {channel_rms:.3g}; opposite "
+                "polarity?); the clip is embedded as near-silence",
+                UserWarning,
+                stacklevel=3,
+            )
+    return mono.astype(np.float32)
+
+
+def _wav_declared_frames(path) -> int | None:
+    """Frames a RIFF/WAVE header declares in its data chunk; ``None`` if not a plain WAV.
+
+    libsndfile shortens the frame count of a truncated WAV to what the file holds,
+    so the declared size is read from the header itself.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                chunk = file.read(8)
+                if len(chunk) < 8:
+                    return None
+                kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if kind == b"fmt ":
+                    fmt = file.read(size)
+                    if len(fmt) >= 14:
+                        block_align = int.from_bytes(fmt[12:14], "little")
+                    if size % 2:
+                        file.seek(1, os.SEEK_CUR)
+                elif kind == b"data":
+                    if not block_align or size == 0xFFFFFFFF:
+                        return None
+                    return size // block_align
+                else:
+                    file.seek(size + size % 2, os.SEEK_CUR)
+    except OSError:
+        return None
 
 
 def check_finite_output(out: np.ndarray, X, owner: str) -> np.ndarray:

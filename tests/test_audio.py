@@ -1,4 +1,5 @@
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -201,3 +202,74 @@ def test_clips_are_refused_exactly_when_their_peak_exceeds_2_31(peak, index):
     else:
         (out,) = check_audio([clip], sample_rate=8000)
         assert float(np.abs(out).max()) == peak32
+
+
+def _wav_declaring_rate(path, rate):
+    soundfile.write(path, np.zeros(4000, dtype=np.int16), 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[24:28] = rate.to_bytes(4, "little")
+    data[28:32] = (rate * 2 % 2**32).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("rate", [2**31 - 1, 20_000_000])
+def test_row1_absurd_sample_rate_is_refused_before_resampling(tmp_path, rate, monkeypatch):
+    import skaudiocluster.audio as audio
+
+    path = tmp_path / "fast.wav"
+    _wav_declaring_rate(path, rate)
+    assert soundfile.info(str(path)).samplerate == rate
+
+    def no_resampling(*args):
+        raise AssertionError("resample was called")
+
+    monkeypatch.setattr(audio, "resample", no_resampling)
+    with pytest.raises(ValueError, match=rf"fast\.wav.*sample rate of {rate} Hz, outside"):
+        check_audio([path], sample_rate=16000)
+    with pytest.raises(ValueError, match=r"above the 768000 Hz maximum"):
+        check_audio([np.zeros(10)], sample_rate=rate)
+    monkeypatch.undo()
+    (ok,) = check_audio([np.zeros(768)], sample_rate=768_000, target_rate=16000)
+    assert ok.shape == (16,)
+
+
+def test_row1_resampling_failure_is_a_value_error_naming_the_file(tmp_path, monkeypatch):
+    import skaudiocluster.audio as audio
+
+    path = tmp_path / "tone.wav"
+    soundfile.write(path, np.zeros(800, dtype=np.float32), 8000)
+
+    def out_of_memory(*args):
+        raise MemoryError("Unable to allocate 320. GiB")
+
+    monkeypatch.setattr(audio, "resample", out_of_memory)
+    with pytest.raises(ValueError, match=r"tone\.wav.*could not be resampled.*MemoryError"):
+        check_audio([path], sample_rate=16000)
+
+
+def test_row18_truncated_wav_warns_naming_the_file(tmp_path):
+    path = tmp_path / "cut.wav"
+    soundfile.write(path, np.full(16000, 1000, dtype=np.int16), 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=r"cut\.wav.*truncated.*declares 16000 samples"):
+        (clip,) = check_audio([path], sample_rate=16000)
+    assert 0 < len(clip) < 16000
+    whole = tmp_path / "whole.wav"
+    whole.write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_audio([whole], sample_rate=16000)
+
+
+def test_row18_stereo_with_opposite_channels_warns_that_the_downmix_cancels(tmp_path):
+    tone = 0.5 * np.sin(np.linspace(0, 200, 8000))
+    path = tmp_path / "opposite.wav"
+    soundfile.write(path, np.stack([tone, -tone], axis=1), 8000, subtype="FLOAT")
+    with pytest.warns(UserWarning, match=r"opposite\.wav.*channels cancel"):
+        check_audio([path], sample_rate=8000)
+    with pytest.warns(UserWarning, match=r"clip 1: its 2 channels cancel"):
+        check_audio([tone, np.stack([tone, -tone], axis=1)], sample_rate=8000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_audio([np.stack([tone, 0.5 * tone], axis=1), np.zeros((100, 2))], sample_rate=8000)
