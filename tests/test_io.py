@@ -171,3 +171,130 @@ def test_remove_stale_temps_keeps_what_is_not_ours(tmp_path, dead_pid):
         file.write_bytes(b"")
     remove_stale_temps(tmp_path, "*.tmp")
     assert all(file.exists() for file in kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# several outputs as one unit (issue 33, row 5), the lock (row 6), what a kill leaves (row 17)
+
+
+def _old_outputs(folder: Path) -> tuple[Path, Path]:
+    csv, report = folder / "a.csv", folder / "report"
+    csv.write_text("old csv")
+    report.mkdir()
+    (report / "index.html").write_text("old report")
+    return csv, report
+
+
+@pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_row5_outputs_are_renamed_together_or_not_at_all(tmp_path, fault):
+    csv, report = _old_outputs(tmp_path)
+    with pytest.raises(type(fault)), _io.atomic_outputs():
+        with atomic_folder(report) as folder:
+            (folder / "index.html").write_text("new report")
+        with atomic_write(csv) as handle:
+            handle.write("new")
+            raise fault
+    assert csv.read_text() == "old csv"
+    assert (report / "index.html").read_text() == "old report"
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "report"]
+
+
+def test_row5_outputs_are_all_renamed_at_the_end(tmp_path):
+    csv, report = _old_outputs(tmp_path)
+    (tmp_path / "a.skipped.csv").write_text("stale")
+    with _io.atomic_outputs():
+        with atomic_folder(report) as folder:
+            (folder / "index.html").write_text("new report")
+        with atomic_write(csv) as handle:
+            handle.write("new csv")
+        _io.discard_output(tmp_path / "a.skipped.csv")
+        assert csv.read_text() == "old csv"  # nothing renamed before the end
+    assert csv.read_text() == "new csv"
+    assert (report / "index.html").read_text() == "new report"
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "report"]
+
+
+def test_row5_a_failed_rename_puts_every_output_back(tmp_path, monkeypatch):
+    csv, report = _old_outputs(tmp_path)
+    rename = os.rename
+
+    def fail_into_csv(src, dst):
+        if Path(dst) == csv and str(src).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        rename(src, dst)
+
+    monkeypatch.setattr(_io.os, "rename", fail_into_csv)
+    with pytest.raises(OSError, match="No space"), _io.atomic_outputs():
+        with atomic_folder(report) as folder:
+            (folder / "index.html").write_text("new report")
+        with atomic_write(csv) as handle:
+            handle.write("new csv")
+    assert csv.read_text() == "old csv"
+    assert (report / "index.html").read_text() == "old report"
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "report"]
+
+
+def test_row6_a_second_run_on_the_same_output_is_refused(tmp_path):
+    out = tmp_path / "a.csv"
+    with _io.output_lock(out, option="--out"):
+        code = (
+            "import sys; from skaudiocluster._io import output_lock\n"
+            "try:\n"
+            f"    with output_lock({str(out)!r}, option='--out'): pass\n"
+            "except ValueError as exc:\n"
+            "    print(exc); sys.exit(2)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 2
+        assert "is being written by another run" in done.stdout
+        assert f"process {os.getpid()}" in done.stdout and str(out) in done.stdout
+    assert os.listdir(tmp_path) == []
+
+
+def test_row6_a_dead_processs_lock_is_taken_over(tmp_path, dead_pid):
+    out = tmp_path / "a.csv"
+    (tmp_path / "a.csv.lock").write_text(f"{host()} {dead_pid}\n")
+    with _io.output_lock(out):
+        assert (tmp_path / "a.csv.lock").read_text() == f"{host()} {os.getpid()}\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_row17_a_kill_between_the_renames_is_recovered(tmp_path, dead_pid):
+    target = tmp_path / "report"
+    old = tmp_path / f".report.0a0b0c0d.{host()}.{dead_pid}.old"
+    old.mkdir()
+    (old / "index.html").write_text("old report")
+    temp = tmp_path / f".report.0a0b0c0d.{host()}.{dead_pid}.tmp"
+    temp.mkdir()
+    (temp / "index.html").write_text("half")
+    stale_csv = tmp_path / f".a.csv.01020304.{host()}.{dead_pid}.tmp"
+    stale_csv.write_text("half")
+    _io.recover_outputs(target)
+    _io.recover_outputs(tmp_path / "a.csv")
+    assert (target / "index.html").read_text() == "old report"
+    assert sorted(os.listdir(tmp_path)) == ["report"]
+
+
+def test_row17_a_stale_old_beside_a_final_output_is_removed(tmp_path, dead_pid):
+    (tmp_path / "a.csv").write_text("new")
+    (tmp_path / f".a.csv.0a0b0c0d.{host()}.{dead_pid}.old").write_text("old")
+    live = tmp_path / f".a.csv.0a0b0c0d.{host()}.{os.getppid()}.old"
+    live.write_text("a live run's")
+    _io.recover_outputs(tmp_path / "a.csv")
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.csv", live.name])
+
+
+def test_row17_the_folder_swap_renames_the_old_one_aside_first(tmp_path, monkeypatch):
+    target = tmp_path / "report"
+    target.mkdir()
+    rename, seen = os.rename, []
+
+    def record(src, dst):
+        seen.append(Path(dst).name)
+        rename(src, dst)
+
+    monkeypatch.setattr(_io.os, "rename", record)
+    with atomic_folder(target):
+        pass
+    assert seen[0].startswith(".report.") and seen[0].endswith(f".{os.getpid()}.old")
+    assert seen[1] == "report"
