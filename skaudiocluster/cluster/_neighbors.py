@@ -31,7 +31,8 @@ def cosine_knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine nearest neighbours of every row of ``X``, exact or from an IVF index.
 
-    Exact search L2-normalises rows and compares them by inner product
+    Exact search L2-normalises rows (in float64, so the result does not depend on
+    the features' scale, even 1e30 or 1e-30) and compares them by inner product
     ``chunk_size`` queries at a time, so memory is O(chunk_size * N + N * k),
     never O(N ** 2). Above :data:`EXACT_MAX_SAMPLES` rows (``method="auto"``) an
     inverted-file index (faiss ``IndexIVFFlat``, ``4 * sqrt(N)`` k-means lists,
@@ -176,19 +177,27 @@ def _has_faiss() -> bool:
 
 
 def _unit_rows(X: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of ``X`` as L2-normalised contiguous float32 (zero rows stay zero)."""
-    rows = np.array(X[start:stop], dtype=np.float32)
+    """Rows ``start:stop`` of ``X`` as L2-normalised contiguous float32 (zero rows stay zero).
+
+    Normalised in float64 after dividing each row by its largest magnitude, so rows
+    scaled by 1e30 or 1e-30 (whose float32 squares overflow or underflow) give the
+    same unit rows: cosine is scale-free.
+    """
+    rows = np.array(X[start:stop], dtype=np.float64)
+    peak = np.max(np.abs(rows), axis=1, keepdims=True) if rows.shape[1] else rows[:, :1]
+    rows /= np.where(peak > 0, peak, 1.0)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.maximum(norms, 1e-12)
+    return (rows / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def _exact(X, k: int, include_self: bool, chunk_size: int, device):
     n = X.shape[0]
-    # A float32 copy: the caller's array may be read-only (a joblib memmap), which torch
-    # cannot wrap without a warning.
-    data = torch.nn.functional.normalize(
-        torch.from_numpy(np.array(X, dtype=np.float32)).to(device), dim=1
-    )
+    # Unit rows normalised in float64 (scale-free), as a float32 copy: the caller's array
+    # may be read-only (a joblib memmap), which torch cannot wrap without a warning.
+    unit = np.empty((n, X.shape[1]), dtype=np.float32)
+    for start in range(0, n, _ROWS):
+        unit[start : start + _ROWS] = _unit_rows(X, start, start + _ROWS)
+    data = torch.from_numpy(unit).to(device)
     indices = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
     with torch.inference_mode():

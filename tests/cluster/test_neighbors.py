@@ -210,3 +210,18 @@ def test_umap_neighbours_stay_in_their_blob_exclude_self_and_repeat():
     np.testing.assert_array_equal(indices, umap_knn(X, 10, random_state=0))
     with pytest.raises(ValueError, match="at least 4 samples"):
         umap_knn(X[:3], 2)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+@pytest.mark.parametrize(
+    "method", ["exact", pytest.param("ivf", marks=pytest.mark.extras("scale"))]
+)
+def test_row12_features_scaled_by_1e30_or_1e_30_give_the_same_neighbours(scale, method):
+    # float32 squares of 1e30 overflow to inf and of 1e-30 underflow to 0
+    X = clustered(600, n_features=16)
+    indices, sims = cosine_knn(X, 8, method=method)
+    for dtype in (np.float64, np.float32):
+        scaled_indices, scaled_sims = cosine_knn((X * scale).astype(dtype), 8, method=method)
+        assert np.all(np.isfinite(scaled_sims))
+        np.testing.assert_allclose(scaled_sims, sims, atol=1e-5)
+        assert np.mean(scaled_indices == indices) > 0.99
