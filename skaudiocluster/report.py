@@ -385,13 +385,29 @@ def _copy_clips(
 
 
 def _display_names(paths: list[str]) -> list[str]:
-    """Paths relative to the folder they share (just the file names for one folder)."""
-    folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    """Names shown in the report: never a folder above the clips' common folder.
+
+    Paths relative to the folder the clips share (just the file names for
+    one folder). When they share none but the root of the file system (or
+    sit on different drives), the file names alone, a clash numbered
+    (``a.wav [2]``): a shared report must not leak the folders they come from.
+    """
+    absolute = [os.path.abspath(p) for p in paths]
+    folders = [os.path.dirname(p) for p in absolute]
     try:
         root = os.path.commonpath(folders)
     except ValueError:  # different drives
-        return paths
-    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
+        root = None
+    if root is not None and root != os.path.dirname(root):  # shares more than the root
+        return [os.path.relpath(p, root) for p in absolute]
+    names = [os.path.basename(p) for p in absolute]
+    count = Counter(names)
+    seen: Counter = Counter()
+    shown = []
+    for name in names:
+        seen[name] += 1
+        shown.append(name if count[name] == 1 else f"{name} [{seen[name]}]")
+    return shown
 
 
 def _colours(n: int) -> list[str]:

@@ -376,3 +376,28 @@ def test_report_in_a_real_browser(browser, fsdd_report):
     assert problems == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
     page.close()
+
+
+def test_row20_names_never_show_folders_above_the_common_folder(tmp_path):
+    from skaudiocluster.report import _display_names
+
+    paths = [
+        "/tmp/rel_private/alice_medical_note.wav",
+        "/home/u/clips/a.wav",
+        "/home/u/clips/b/a.wav",
+    ]
+    assert _display_names(paths) == ["alice_medical_note.wav", "a.wav [1]", "a.wav [2]"]
+    assert _display_names(paths[1:]) == ["a.wav", os.path.join("b", "a.wav")]
+
+    clips = [
+        _tone(tmp_path / "mine" / "x.wav", 300),
+        _tone(tmp_path / "rel_private" / "alice_medical_note.wav", 2000),
+    ]
+    report = write_report(clips, [0, 1], coords=np.eye(2), out=tmp_path / "r")
+    names = json.loads(_parse(report).data)["names"]
+    assert names == [
+        os.path.join("mine", "x.wav"),
+        os.path.join("rel_private", "alice_medical_note.wav"),
+    ]
+    text = (report / "index.html").read_text(encoding="utf-8")
+    assert tmp_path.name not in text and tmp_path.parent.name not in text
