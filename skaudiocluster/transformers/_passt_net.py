@@ -8,6 +8,7 @@ the official code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -60,9 +61,10 @@ def config_from_state_dict(state: dict[str, torch.Tensor]) -> PaSSTConfig:
     strides = [s for s in range(1, PATCH + 1) if (128 - PATCH) // s + 1 == n_freq]
     if not strides:
         raise ValueError(f"not a PaSST checkpoint: {n_freq} frequency positions fit no stride")
-    depth = 1 + max(
-        (int(key.split(".")[1]) for key in state if key.startswith("blocks.")), default=-1
-    )
+    # Blocks counted by a tensor each has, so a stray extra key is reported as unexpected
+    # rather than as a deeper network's missing blocks.
+    blocks = re.compile(r"blocks\.(\d+)\.norm1\.weight$")
+    depth = 1 + max((int(m.group(1)) for m in map(blocks.match, state) if m), default=-1)
     # Several strides can give the same number of frequency rows; PaSST's are 10..16.
     return PaSSTConfig(
         stride=max(strides),

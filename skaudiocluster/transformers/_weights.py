@@ -32,6 +32,7 @@ __all__ = [
     "weights_info",
     "resolve_weights",
     "load_state_dict",
+    "load_into",
     "cache_dir",
     "sha256_of",
     "BYOLA_V1_D512",
@@ -282,12 +283,24 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Checkpoints that wrap the state dict (``{"state_dict": ...}`` or
     ``{"model": ...}``) are unwrapped. Anything else, or a tensor holding NaN
     or inf (a diverged training, a corrupt file), raises a ``ValueError``
-    naming the file and, for the latter, the tensor.
+    naming the file and, for the latter, the tensor; so does an empty file.
+    Which tensors a network needs, their dtype and shape are checked by
+    :func:`load_into`.
     """
+    try:
+        empty = os.path.getsize(path) == 0
+    except OSError:
+        empty = False
+    if empty:
+        raise ValueError(
+            f"cannot load checkpoint {os.fspath(path)!r}: it is an empty file (0 bytes; an "
+            "interrupted download or copy?)"
+        )
     try:
         state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot load checkpoint {os.fspath(path)!r}: {exc}") from exc
+        reason = str(exc).strip() or type(exc).__name__
+        raise ValueError(f"cannot load checkpoint {os.fspath(path)!r}: {reason}") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -302,6 +315,73 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                     f"{n_bad} NaN or infinite value(s) of {tensor.numel()}"
                 )
     return state
+
+
+def load_into(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    network: str,
+    *,
+    assign: bool = False,
+) -> None:
+    """Load ``state`` (from checkpoint ``path``) into ``module``, strictly, with clear errors.
+
+    The one check every loader uses: the checkpoint must hold exactly the
+    network's tensors (the message names the unexpected and the missing keys
+    apart), each floating point where the network's is (an integer tensor would
+    load, cast, into finite garbage) and of the network's shape.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network, possibly on the meta device (then ``assign=True``).
+    state : dict of str to Tensor
+        From :func:`load_state_dict`.
+    path : str or path-like
+        The checkpoint, for messages.
+    network : str
+        The network's name, for messages (e.g. ``"PaSST"``).
+    assign : bool, default=False
+        Passed to :meth:`torch.nn.Module.load_state_dict`.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the offending keys.
+    """
+    where = f"checkpoint {os.fspath(path)!r} does not fit {network}"
+    expected = module.state_dict()
+    unexpected = [key for key in state if key not in expected]
+    missing = [key for key in expected if key not in state]
+    if unexpected or missing:
+        problems = []
+        if unexpected:
+            problems.append(f"unexpected key(s) {_some(unexpected)}")
+        if missing:
+            problems.append(f"missing key(s) {_some(missing)}")
+        raise ValueError(f"{where}: {'; '.join(problems)}")
+    for key, tensor in state.items():
+        target = expected[key]
+        if target.is_floating_point() and not tensor.is_floating_point():
+            raise ValueError(
+                f"{where}: tensor {key!r} has dtype {tensor.dtype}, but weights must be floating "
+                f"point ({target.dtype}); the file is corrupt or not a {network} checkpoint"
+            )
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise ValueError(
+                f"{where}: tensor {key!r} has shape {tuple(tensor.shape)}, the network's "
+                f"{tuple(target.shape)}"
+            )
+    try:
+        module.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def _some(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(key) for key in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def sha256_of(path: str | os.PathLike) -> str:

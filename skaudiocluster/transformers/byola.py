@@ -30,7 +30,7 @@ from skaudiocluster.transformers._byola_net import (
     padded_waveforms,
 )
 from skaudiocluster.transformers._byola_pretrain import pretrain
-from skaudiocluster.transformers._weights import load_state_dict, resolve_weights
+from skaudiocluster.transformers._weights import load_into, load_state_dict, resolve_weights
 
 __all__ = ["BYOLAEmbedder"]
 
@@ -324,12 +324,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         if self.d is not None and self.d != d:
             raise ValueError(f"d={self.d} but checkpoint {os.fspath(path)!r} has d={d}")
         module = AudioNTT2020(d)
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"checkpoint {os.fspath(path)!r} does not match the BYOL-A v1 encoder: {exc}"
-            ) from exc
+        load_into(module, state, path, "the BYOL-A v1 encoder")
         return module
 
     def _log_mel_batches(self, clips, device, desc):

@@ -21,7 +21,7 @@ from skaudiocluster.transformers._passt_frontend import (
     n_frames,
 )
 from skaudiocluster.transformers._passt_net import PaSSTConfig, PaSSTNet, config_from_state_dict
-from skaudiocluster.transformers._weights import load_state_dict, resolve_weights
+from skaudiocluster.transformers._weights import load_into, load_state_dict, resolve_weights
 
 __all__ = ["PaSSTEmbedder"]
 
@@ -244,10 +244,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         state = load_state_dict(path)
         self.config_ = config_from_state_dict(state)
         module = self._build(self.config_)
-        try:
-            module.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint {os.fspath(path)!r} does not fit PaSST: {exc}") from exc
+        load_into(module, state, path, "PaSST", assign=True)
         return module.float()
 
     def _embed(self, segments: list[np.ndarray], desc: str) -> np.ndarray:

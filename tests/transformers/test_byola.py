@@ -196,7 +196,7 @@ def test_bad_checkpoint_raises_clear_error(tmp_path):
         BYOLAEmbedder(weights=wrong).fit(_clips())
     partial = tmp_path / "partial.pth"
     torch.save({"fc.0.weight": torch.zeros(512, 512)}, partial)
-    with pytest.raises(ValueError, match="does not match the BYOL-A v1 encoder"):
+    with pytest.raises(ValueError, match="does not fit the BYOL-A v1 encoder: missing key"):
         BYOLAEmbedder(weights=partial).fit(_clips())
 
 

@@ -223,3 +223,66 @@ def test_embedders_refuse_each_others_registered_weights(cache, monkeypatch):
         BYOLAEmbedder(weights="passt_s_swa_p16_128_ap476").fit(clips)
     with pytest.raises(ValueError, match="not for PaSSTEmbedder; registered for PaSSTEmbedder: p"):
         PaSSTEmbedder(weights="byola-v1-d512").fit(clips)
+
+
+def _byola_state(dtype=torch.float32):
+    from skaudiocluster.transformers._byola_net import AudioNTT2020
+
+    state = AudioNTT2020(64).state_dict()
+    return {
+        key: value if key.endswith("num_batches_tracked") else (value * 10).to(dtype)
+        for key, value in state.items()
+    }
+
+
+def _passt_state(dtype=torch.float32):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _passt_checkpoint import ONE_BLOCK, frozen_state_dict, net_shapes
+
+    state = frozen_state_dict(net_shapes(ONE_BLOCK))
+    return {key: (value * 100).to(dtype) for key, value in state.items()}
+
+
+CLIPS = [np.random.default_rng(0).normal(scale=0.1, size=16000).astype(np.float32)] * 3
+
+
+@pytest.mark.parametrize("network", ["byola", "passt"])
+def test_row13_checkpoint_with_integer_tensors_is_refused_naming_file_and_key(tmp_path, network):
+    from skaudiocluster import PaSSTEmbedder
+
+    owner, make = {"byola": (BYOLAEmbedder, _byola_state), "passt": (PaSSTEmbedder, _passt_state)}[
+        network
+    ]
+    path = tmp_path / "ints.pth"
+    torch.save(make(torch.int64), path)
+    with pytest.raises(ValueError, match=r"ints\.pth' does not fit .*tensor '.*' has dtype torch"):
+        owner(weights=path).fit(CLIPS)
+    torch.save(make(), path)  # the same tensors as floats load
+    assert np.all(np.isfinite(owner(weights=path).fit_transform(CLIPS)))
+
+
+def test_row19_empty_checkpoint_says_empty_file(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pth'.*empty file"):
+        load_state_dict(path)
+    with pytest.raises(ValueError, match=r"empty\.pth'.*empty file"):
+        BYOLAEmbedder(weights=path).fit(CLIPS)
+
+
+@pytest.mark.parametrize("extra", ["blocks.0.extra.weight", "blocks.5.norm9.weight", "stray"])
+def test_row19_passt_checkpoint_with_an_extra_key_names_it_unexpected(tmp_path, extra):
+    from skaudiocluster import PaSSTEmbedder
+
+    state = _passt_state()
+    state[extra] = torch.zeros(3)
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match=rf"unexpected key\(s\) '{extra}'$"):
+        PaSSTEmbedder(weights=tmp_path / "extra.pth").fit(CLIPS)
+    del state[extra], state["blocks.0.mlp.fc2.bias"]
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match=r"missing key\(s\) 'blocks\.0\.mlp\.fc2\.bias'$"):
+        PaSSTEmbedder(weights=tmp_path / "short.pth").fit(CLIPS)
