@@ -13,7 +13,9 @@ chunks and returns the same embeddings.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from skaudiocluster._io import atomic_write, create_temp, remove_stale_temps
 __all__ = ["embed_files"]
 
 # Bump when the chunk file format or the key changes: old caches are then ignored.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 # Parameters that never change an embedding, left out of the cache key.
 _NOT_IN_KEY = frozenset({"verbose", "checkpoint_dir"})
 
@@ -60,6 +62,9 @@ def embed_files(
         saved as ``<cache_dir>/<embedder key>/<chunk key>.npy``, written to a
         temporary file and renamed, so a killed run leaves whole chunks or none
         (the next run on the same machine deletes the temporary files it left).
+        Beside it, ``<chunk key>.sha256`` holds the SHA-256 of the chunk's dtype,
+        shape and bytes (written first); a chunk that does not match it, is
+        unreadable or has the wrong shape is recomputed, with a warning naming it.
         The embedder key hashes (``joblib.hash``) the embedder's class, its
         parameters except ``verbose`` and ``checkpoint_dir``, and its learned
         arrays, tensors and module weights; the chunk key hashes the chunk's
@@ -152,16 +157,27 @@ def embed_files(
         nonlocal out
         if out is None:
             out = _allocate((len(paths), *features.shape[1:]), memmap)
+        if features.shape[1:] != out.shape[1:]:
+            raise ValueError(
+                f"{type(embedder).__name__}.transform gave shape {features.shape} for chunk "
+                f"{index} (starting at {chunks[index][0]!r}), but rows of shape "
+                f"{out.shape[1:]} for the chunks before it"
+            )
         out[starts[index] : starts[index + 1]] = features
 
     todo = []
     try:
+        cached_chunks = {}
         for index in range(len(chunks)):
             cached = None if files is None else _load_chunk(files[index], len(chunks[index]))
             if cached is None:
                 todo.append(index)
             else:
-                put(index, cached)
+                cached_chunks[index] = cached
+        _drop_odd_shapes(cached_chunks, files, todo)
+        for index, cached in cached_chunks.items():
+            put(index, cached)
+        todo.sort()
         with _progress_bar(
             len(paths), len(paths) - sum(len(chunks[i]) for i in todo), verbose
         ) as bar:
@@ -275,19 +291,73 @@ def _indexed_chunk(index: int, embedder, paths: list[str]) -> tuple[int, np.ndar
 
 
 def _load_chunk(file: Path, n_rows: int) -> np.ndarray | None:
-    """A cached chunk, or ``None`` when it is absent or unreadable (then it is recomputed)."""
+    """A cached chunk, or ``None`` when it is absent or altered (then it is recomputed).
+
+    Altered: unreadable, not ``n_rows`` rows, or not matching its ``.sha256`` file;
+    those warn, naming the file.
+    """
     if not file.exists():
         return None
     try:
         features = np.load(file, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        expected = _checksum_file(file).read_text().strip()
+    except (OSError, ValueError, EOFError) as exc:
+        _warn_recomputed(file, f"it cannot be read ({exc})")
         return None
-    return features if len(features) == n_rows else None
+    if features.ndim < 2 or len(features) != n_rows:
+        _warn_recomputed(file, f"it has shape {features.shape}, not {n_rows} rows of features")
+        return None
+    if _checksum(features) != expected:
+        _warn_recomputed(file, "it does not match its SHA-256 checksum (altered after writing)")
+        return None
+    return features
+
+
+def _drop_odd_shapes(cached: dict, files, todo: list) -> None:
+    """Move cached chunks whose row shape is not the most common one to ``todo``."""
+    shapes = [features.shape[1:] for features in cached.values()]
+    if len(set(shapes)) < 2:
+        return
+    common = max(set(shapes), key=shapes.count)
+    for index in [i for i, features in cached.items() if features.shape[1:] != common]:
+        _warn_recomputed(
+            files[index], f"its rows have shape {cached[index].shape[1:]}, the others' {common}"
+        )
+        del cached[index]
+        todo.append(index)
+
+
+def _warn_recomputed(file: Path, problem: str) -> None:
+    warnings.warn(
+        f"cached embedding chunk {os.fspath(file)!r} is recomputed: {problem}",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _checksum(features: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes."""
+    digest = hashlib.sha256(f"{features.dtype.str}{features.shape}".encode())
+    digest.update(np.ascontiguousarray(features).tobytes())
+    return digest.hexdigest()
+
+
+def _checksum_file(file: Path) -> Path:
+    return file.with_suffix(".sha256")
 
 
 def _save_chunk(file: Path, features: np.ndarray) -> None:
-    with atomic_write(file, "wb") as handle:
-        np.save(handle, features)
+    # The checksum first: a chunk file present always has its checksum beside it.
+    checksum = _checksum_file(file)
+    with atomic_write(checksum, "w") as handle:
+        handle.write(_checksum(features) + "\n")
+    try:
+        with atomic_write(file, "wb") as handle:
+            np.save(handle, features)
+    except BaseException:
+        if not file.exists():
+            checksum.unlink(missing_ok=True)
+        raise
 
 
 def _allocate(shape: tuple, memmap) -> np.ndarray:

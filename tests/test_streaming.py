@@ -183,7 +183,8 @@ def test_a_corrupt_chunk_is_recomputed(wav_paths, spectrogram, tmp_path, count_c
     first = embed_files(wav_paths, spectrogram, cache_dir=tmp_path, chunk_size=3)
     (tmp_path / embedder_key(spectrogram) / f"{chunk_key(wav_paths[3:6])}.npy").write_bytes(b"xx")
     count_calls.clear()
-    again = embed_files(wav_paths, spectrogram, cache_dir=tmp_path, chunk_size=3)
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = embed_files(wav_paths, spectrogram, cache_dir=tmp_path, chunk_size=3)
     assert count_calls == [3]
     np.testing.assert_array_equal(again, first)
 
@@ -326,3 +327,46 @@ def test_an_unreadable_file_is_named_with_its_chunk(wav_paths, spectrogram, tmp_
     assert len(list((tmp_path / "cache").glob("*/*.npy"))) == 1  # the good chunk is kept
     with pytest.raises(ValueError, match=message):
         embed_files(paths, spectrogram, chunk_size=2, n_jobs=2)
+
+
+@pytest.mark.parametrize("alteration", ["nan", "changed", "wrong_shape", "no_checksum"])
+def test_row8_altered_cache_chunks_are_recomputed_with_a_warning(
+    wav_paths, spectrogram, tmp_path, count_calls, alteration
+):
+    first = embed_files(wav_paths, spectrogram, cache_dir=tmp_path, chunk_size=3)
+    chunk = tmp_path / embedder_key(spectrogram) / f"{chunk_key(wav_paths[3:6])}.npy"
+    features = np.load(chunk)
+    if alteration == "nan":
+        features[1, 0] = np.nan
+    elif alteration == "changed":
+        features[0, 0] += 1.0
+    elif alteration == "wrong_shape":
+        features = features[:, :-1]
+    else:
+        chunk.with_suffix(".sha256").unlink()
+    np.save(chunk, features)
+    count_calls.clear()
+    with pytest.warns(UserWarning, match=rf"chunk '.*{chunk.name}' is recomputed"):
+        again = embed_files(wav_paths, spectrogram, cache_dir=tmp_path, chunk_size=3)
+    assert count_calls == [3]
+    np.testing.assert_array_equal(again, first)
+    count_calls.clear()  # the recomputed chunk is cached again, whole
+    np.testing.assert_array_equal(
+        embed_files(wav_paths, spectrogram, cache_dir=tmp_path, chunk_size=3), first
+    )
+    assert count_calls == []
+
+
+def test_row8_a_wrong_shaped_chunk_with_a_valid_checksum_is_recomputed(
+    wav_paths, spectrogram, tmp_path, count_calls
+):
+    from skaudiocluster.streaming import _save_chunk
+
+    first = embed_files(wav_paths, spectrogram, cache_dir=tmp_path, chunk_size=3)
+    chunk = tmp_path / embedder_key(spectrogram) / f"{chunk_key(wav_paths[:3])}.npy"
+    _save_chunk(chunk, np.zeros((3, 5), dtype=np.float32))
+    count_calls.clear()
+    with pytest.warns(UserWarning, match=r"its rows have shape \(5,\)"):
+        again = embed_files(wav_paths, spectrogram, cache_dir=tmp_path, chunk_size=3)
+    assert count_calls == [3]
+    np.testing.assert_array_equal(again, first)
