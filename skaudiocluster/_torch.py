@@ -206,6 +206,34 @@ def cpu_state(state: dict) -> dict:
     return moved
 
 
+def deepcopy_on_device(estimator, state: dict, memo: dict):
+    """A deep copy of ``estimator`` from its ``state``, tensors left on their devices.
+
+    For ``__deepcopy__``: :func:`copy.deepcopy` would otherwise go through
+    ``__getstate__``, whose :func:`cpu_state` is for pickling, and bring a GPU fit
+    back on the CPU (with ``device_`` saying ``cpu``).
+
+    Examples
+    --------
+    >>> import copy
+    >>> from sklearn.base import BaseEstimator
+    >>> class Est(BaseEstimator):
+    ...     def __getstate__(self):
+    ...         return cpu_state(super().__getstate__())
+    ...     def __deepcopy__(self, memo):
+    ...         return deepcopy_on_device(self, BaseEstimator.__getstate__(self), memo)
+    >>> est = Est()
+    >>> est.device_ = torch.device("meta")
+    >>> copy.deepcopy(est).device_
+    device(type='meta')
+    """
+    cls = type(estimator)
+    new = cls.__new__(cls)
+    memo[id(estimator)] = new
+    new.__setstate__(copy.deepcopy(state, memo))
+    return new
+
+
 def _tensors(value: torch.Tensor | torch.nn.Module) -> Iterator[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         yield value

@@ -32,7 +32,14 @@ from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScale
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skaudiocluster._torch import cpu_state, draw_seed, fit_context, resolve_device, torch_threads
+from skaudiocluster._torch import (
+    cpu_state,
+    deepcopy_on_device,
+    draw_seed,
+    fit_context,
+    resolve_device,
+    torch_threads,
+)
 from skaudiocluster.cluster._confidence import fit_centroid_confidence
 
 # Training and inference run on this many CPU threads (see _torch.torch_threads).
@@ -264,6 +271,10 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
 
     def __getstate__(self) -> dict:
         return cpu_state(super().__getstate__())
+
+    def __deepcopy__(self, memo: dict):
+        # only pickling moves to the CPU: a deep copy keeps the device
+        return deepcopy_on_device(self, super().__getstate__(), memo)
 
     # -- what subclasses implement or may override ----------------------------------------------
 

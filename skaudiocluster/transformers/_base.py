@@ -23,7 +23,13 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from skaudiocluster._torch import cpu_state, draw_seed, fit_context, resolve_device
+from skaudiocluster._torch import (
+    cpu_state,
+    deepcopy_on_device,
+    draw_seed,
+    fit_context,
+    resolve_device,
+)
 from skaudiocluster.audio import check_audio, check_finite_output
 
 __all__ = ["BaseAudioEmbedder"]
@@ -216,6 +222,13 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
         for name in self._transient:
             state.pop(name, None)
         return state
+
+    def __deepcopy__(self, memo: dict):
+        # only pickling moves to the CPU: a deep copy keeps the device (transients dropped)
+        state = super().__getstate__()
+        for name in self._transient:
+            state.pop(name, None)
+        return deepcopy_on_device(self, state, memo)
 
     # -- what subclasses implement or may override ----------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import re
 from numbers import Integral
@@ -399,3 +400,17 @@ def test_preprocessing_in_row_chunks_matches_the_whole(monkeypatch, preprocessin
     out = _base.transform_rows(chunked, X, np.float32)
     assert out.dtype == np.float32 and out.shape == expected.shape
     assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_row15_deepcopy_keeps_the_device_of_a_gpu_fit(blobs, monkeypatch):
+    # No GPU here: a meta tensor and a CUDA device_ stand in for a GPU fit.
+    monkeypatch.setattr(_torch, "_cpu_copy", lambda value: "copied to the cpu")
+    est = SoftKMeans(random_state=0).fit(blobs[0])
+    est.centers_ = torch.empty(3, 5, device="meta")
+    est.device_ = torch.device("cuda")
+    copied = copy.deepcopy(est)
+    assert copied is not est and copied.device_ == torch.device("cuda")
+    assert copied.centers_.device.type == "meta" and copied.centers_ is not est.centers_
+    assert copied.preprocessor_ is not est.preprocessor_
+    assert_allclose(copied.labels_, est.labels_)
+    assert est.__getstate__()["device_"] == torch.device("cpu")  # pickling still moves

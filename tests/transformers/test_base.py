@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from numbers import Integral
 
@@ -184,3 +185,12 @@ def test_model_sample_rate_defaults_to_sample_rate():
         model_sample_rate = BaseAudioEmbedder.model_sample_rate
 
     assert AtInputRate(sample_rate=12000).model_sample_rate == 12000
+
+
+def test_row15_deepcopy_keeps_the_device_and_drops_transients():
+    est = RandomProjection(random_state=0).fit(_clips())
+    est.device_ = torch.device("cuda")  # no GPU here: a CUDA device_ stands in for a GPU fit
+    est.weights_ = est.weights_.to("meta")
+    copied = copy.deepcopy(est)
+    assert copied.device_ == torch.device("cuda") and copied.weights_.device.type == "meta"
+    assert copied.weights_ is not est.weights_ and not hasattr(copied, "_cache")
