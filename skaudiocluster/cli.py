@@ -11,6 +11,22 @@ Exit status of ``skaudiocluster cluster``:
 * 130 on Ctrl-C, 143 on ``SIGTERM`` (128 + the signal, as shells report it):
   nothing was written and no temporary file is left.
 
+The outputs of ``cluster`` (the CSV, the list of skipped files, the ``--report``
+folder) are one unit: each is built under a temporary name and all are renamed
+into place together once all are written, so a failure leaves the old outputs
+as they were. While a run writes an output, ``<output>.lock`` (holding the host
+and pid) refuses a second run on it (exit status 2); a killed run's lock, its
+temporaries and an old report it left aside are cleaned up by the next run.
+
+The CSVs are UTF-8 whatever the locale. A cell starting with ``=``, ``+``,
+``-``, ``@`` or ``'`` gets a leading ``'`` (spreadsheets then show it as text;
+``report`` removes it). Paths under a relative ``PATH`` are written relative to
+the CSV's folder, and ``report`` reads relative paths from the CSV's folder,
+never from the current one. A dangling symbolic link or a link loop with an
+audio extension is an error naming it (skipped and listed with
+``--skip-bad-files``). Names printed on stderr have their non-printable
+characters escaped.
+
 Only the standard library is imported at module level, so ``--help`` and
 ``--version`` answer at once, and so do bad options: every option is checked
 before torch is imported. scikit-learn and torch load when a command runs.
@@ -24,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -34,7 +51,14 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from skaudiocluster import __version__
-from skaudiocluster._io import atomic_write, create_temp
+from skaudiocluster._io import (
+    atomic_outputs,
+    atomic_write,
+    create_temp,
+    discard_output,
+    output_lock,
+    recover_outputs,
+)
 
 EXIT_ERROR = 2
 # Written, but some input files were skipped (--skip-bad-files).
@@ -280,7 +304,19 @@ def cluster(args: argparse.Namespace) -> int:
         from skaudiocluster.report import check_report_folder
 
         check_report_folder(args.report)
-    paths = _find_audio(args.path)
+    outputs = [args.out] + ([args.report] if args.report is not None else [])
+    with output_lock(*outputs):
+        for output in [*outputs, sidecar]:
+            recover_outputs(output)
+        return _cluster(args, sidecar)
+
+
+def _cluster(args: argparse.Namespace, sidecar: str) -> int:
+    """:func:`cluster` once its outputs are checked and locked."""
+    paths, broken = _find_audio(args.path)
+    if broken and not args.skip_bad_files:
+        path, reason = broken[0]
+        raise ValueError(f"{path!r}: {reason} (--skip-bad-files skips such files)")
     if args.n_clusters is not None and args.n_clusters > len(paths):
         raise ValueError(
             f"--n-clusters {args.n_clusters} is more than the "
@@ -291,8 +327,12 @@ def cluster(args: argparse.Namespace) -> int:
     clips, kept, skipped = _decode(
         paths, embedder.sample_rate, skip=args.skip_bad_files, stages=stages
     )
+    skipped = sorted(broken + skipped)
     for path, reason in skipped:
-        print(f"skaudiocluster cluster: skipped {path}: {reason}", file=sys.stderr)
+        print(
+            f"skaudiocluster cluster: skipped {printable(path)}: {printable(reason)}",
+            file=sys.stderr,
+        )
     if not kept:
         raise ValueError(
             f"none of the {len(paths)} audio files under {args.path!r} could be decoded"
@@ -319,22 +359,24 @@ def cluster(args: argparse.Namespace) -> int:
 
             confidence = centroid_confidence(seen, labels)
     header = ["path", "cluster", "confidence"]
+    beside = os.path.dirname(os.path.abspath(args.out))
     rows = [
-        [path, int(label), f"{value:.4f}"] for path, label, value in zip(kept, labels, confidence)
+        [_relative_to(path, beside), int(label), f"{value:.4f}"]
+        for path, label, value in zip(kept, labels, confidence)
     ]
-    if args.report is not None:
-        _write_report(args, stages, kept, labels, seen, confidence, notes=stages.notes)
-    # The list first, so that a written CSV always has its list of skipped files.
-    if skipped:
-        _write_csv(sidecar, ["path", "error"], skipped)
-    elif os.path.isfile(sidecar):  # a stale list from an earlier run would mislead
-        os.remove(sidecar)
-    try:
-        _write_csv(args.out, header, rows)
-    except BaseException:
+    # The report, the list of skipped files and the CSV are one unit: each is built under
+    # a temporary name and all are renamed into place together once all are written.
+    with atomic_outputs():
+        if args.report is not None:
+            _write_report(args, stages, kept, labels, seen, confidence, notes=stages.notes)
         if skipped:
-            os.remove(sidecar)
-        raise
+            listed = [(_relative_to(path, beside), reason) for path, reason in skipped]
+            _write_csv(sidecar, ["path", "error"], listed)
+        elif os.path.isfile(sidecar):  # a stale list from an earlier run would mislead
+            discard_output(sidecar)
+        _write_csv(args.out, header, rows)
+    if args.report is not None:
+        print(f"listening report -> {os.path.join(os.path.abspath(args.report), 'index.html')}")
     n_found = len(set(int(label) for label in labels))
     print(f"{_plural(len(kept), 'file')}, {_plural(n_found, 'cluster')} -> {args.out}")
     if skipped:
@@ -350,11 +392,18 @@ def cluster(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     """Write the HTML listening report of an assignments CSV written by ``cluster``."""
     _check_weights_option(args)
-    import numpy as np
-
     from skaudiocluster.report import check_report_folder
 
     check_report_folder(args.report)
+    with output_lock(args.report, option="--out"):
+        recover_outputs(args.report)
+        return _report(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    """:func:`report` once its folder is checked and locked."""
+    import numpy as np
+
     rows = _read_table(args.assignments, "cluster")
     paths = list(rows)
     labels = [_number(value) for value, _ in rows.values()]
@@ -376,6 +425,7 @@ def report(args: argparse.Namespace) -> int:
     features = _embed(embedder, clips, paths, args, stages)
     del clips
     _write_report(args, stages, paths, labels, features, proba, truth)
+    print(f"listening report -> {os.path.join(os.path.abspath(args.report), 'index.html')}")
     return 0
 
 
@@ -420,7 +470,7 @@ def _write_report(
     from skaudiocluster.report import write_report
 
     with stages("writing the listening report"):
-        out = write_report(
+        write_report(
             paths,
             labels,
             embeddings=embeddings,
@@ -434,30 +484,62 @@ def _write_report(
             notes=list(notes),
             verbose=args.verbose,
         )
-    print(f"listening report -> {out / 'index.html'}")
 
 
 def _read_table(csv_path: str, column: str) -> dict[str, tuple[str, str | None]]:
     """``{path: (column's value, confidence or None)}`` from a CSV with a ``path`` column.
 
-    Relative paths are taken from the current folder, or else from the CSV's folder.
+    The CSV is read as UTF-8. Relative paths are relative to the CSV's own
+    folder, never the current one; the escape of :func:`escape_cell` is undone.
     """
     import csv
 
     folder = os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not {"path", column} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{csv_path}: expected the columns path and {column}")
-        table = {}
-        for row in reader:
-            path = row["path"]
-            if not os.path.isabs(path) and not os.path.exists(path):
-                path = os.path.join(folder, path)
-            table[os.path.normpath(path)] = (row[column], row.get("confidence") or None)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not {"path", column} <= set(reader.fieldnames or ()):
+                raise ValueError(f"{csv_path}: expected the columns path and {column}")
+            table = {}
+            for row in reader:
+                path = os.path.join(folder, _path_from_csv(unescape_cell(row["path"])))
+                table[os.path.normpath(path)] = (row[column], row.get("confidence") or None)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv_path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not table:
         raise ValueError(f"{csv_path}: no rows")
     return table
+
+
+def _relative_to(path: str, folder: str) -> str:
+    """A path for the CSV: absolute stays absolute, relative becomes relative to ``folder``.
+
+    ``report`` reads relative paths from the CSV's folder (:func:`_read_table`).
+    The text is the name's bytes read as UTF-8 (:func:`_csv_text`).
+    """
+    if not os.path.isabs(path):
+        path = os.path.relpath(os.path.abspath(path), folder)
+    return _csv_text(path)
+
+
+def _csv_text(path: str) -> str:
+    """The file name as the UTF-8 CSV holds it: its bytes on disk decoded as UTF-8.
+
+    Whatever the locale (``LC_ALL=C`` decodes names as ASCII): the same name
+    gives the same text. A name whose bytes are not UTF-8 is refused.
+    """
+    try:
+        return os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"the file name '{printable(path)}' is not valid UTF-8 and cannot be written in "
+            "the CSV, which is UTF-8: rename the file"
+        ) from None
+
+
+def _path_from_csv(text: str) -> str:
+    """Undo :func:`_csv_text`: the name this process's file system encoding gives those bytes."""
+    return os.fsdecode(text.encode("utf-8", "surrogateescape"))
 
 
 def _number(text: str):
@@ -576,7 +658,13 @@ def _name_files(message: str, paths: Sequence[str]) -> str:
     return re.sub(r"\bclip (\d+)\b", file, message)
 
 
-def _find_audio(folder: str) -> list[str]:
+def _find_audio(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The audio files under ``folder``, and ``[(path, problem)]`` of the broken ones.
+
+    Broken: a symbolic link with an audio extension whose target is missing
+    (dangling) or never reached (a loop). A file name that is not valid UTF-8
+    is an error: the CSV is UTF-8 and could not hold it.
+    """
     from pathlib import Path
 
     from skaudiocluster.datasets import AUDIO_EXTENSIONS
@@ -584,26 +672,93 @@ def _find_audio(folder: str) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"{folder!r} is not a folder")
-    paths = sorted(
-        str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-    )
-    if not paths:
+    paths, broken = [], []
+    for p in root.rglob("*"):
+        if p.suffix.lower() not in AUDIO_EXTENSIONS:
+            continue
+        if p.is_file():
+            paths.append(str(p))
+        elif p.is_symlink():
+            try:
+                p.resolve(strict=True)
+            except RuntimeError:  # Python < 3.13
+                problem = "symbolic link loop"
+            except OSError as exc:
+                problem = (
+                    "symbolic link loop" if exc.errno == errno.ELOOP else "dangling symbolic link"
+                )
+            else:
+                continue  # a link to a folder
+            broken.append((str(p), f"{problem} (the file cannot be read)"))
+    for path in sorted(paths) + [path for path, _ in broken]:
+        _csv_text(path)
+    if not paths and not broken:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder!r}")
-    return paths
+    return sorted(paths), sorted(broken)
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every non-printable character escaped as in ``repr``, for the terminal.
+
+    A newline or a terminal escape sequence in a file name then cannot forge
+    or hide log lines.
+
+    Examples
+    --------
+    >>> print(printable("a\nb\x1b[2Jc.wav"))
+    a\nb\x1b[2Jc.wav
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+# First characters that make a spreadsheet read a cell as a formula (and the quote
+# that escapes them, so that escaping can be undone exactly).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def escape_cell(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as text: a leading ``'`` before ``= + - @``.
+
+    A value starting with ``'`` gets one too, so that :func:`unescape_cell`
+    undoes exactly this.
+
+    Examples
+    --------
+    >>> escape_cell("=HYPERLINK(1).wav"), escape_cell("a.wav"), escape_cell("'x")
+    ("'=HYPERLINK(1).wav", 'a.wav', "''x")
+    """
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def unescape_cell(text: str) -> str:
+    """Undo :func:`escape_cell`.
+
+    Examples
+    --------
+    >>> unescape_cell(escape_cell("-x.wav")), unescape_cell("plain.wav")
+    ('-x.wav', 'plain.wav')
+    """
+    if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS):
+        return text[1:]
+    return text
 
 
 def _write_csv(out: str, header: Sequence[str], rows) -> None:
     """Write atomically (:func:`skaudiocluster._io.atomic_write`): a temporary file, a rename.
+
+    UTF-8 whatever the locale; text cells are escaped against spreadsheet
+    formulas (:func:`escape_cell`).
 
     The temporary file is removed on any exception, ``KeyboardInterrupt``
     included; :func:`main` turns ``SIGTERM`` and ``SIGHUP`` into one.
     """
     import csv
 
-    with atomic_write(out, newline="") as handle:
+    with atomic_write(out, newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        writer.writerows(rows)
+        for row in rows:
+            writer.writerow([escape_cell(v) if isinstance(v, str) else v for v in row])
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -811,8 +966,9 @@ def _os_error_line(exc: OSError) -> str:
 
 
 def _cli_words(message: str) -> str:
-    """One line, with the Python spelling ``weights=`` replaced by this command's option."""
-    return re.sub(r"(?<![\w-])weights=", "--weights ", " ".join(message.split()))
+    """One printable line, the Python spelling ``weights=`` replaced by this command's option."""
+    line = printable(" ".join(message.split()))
+    return re.sub(r"(?<![\w-])weights=", "--weights ", line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

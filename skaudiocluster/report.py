@@ -392,7 +392,8 @@ def _display_names(paths: list[str]) -> list[str]:
     sit on different drives), the file names alone, a clash numbered
     (``a.wav [2]``): a shared report must not leak the folders they come from.
     """
-    absolute = [os.path.abspath(p) for p in paths]
+    # As UTF-8 whatever the locale; bytes that are not UTF-8 become U+FFFD.
+    absolute = [os.fsencode(os.path.abspath(p)).decode("utf-8", "replace") for p in paths]
     folders = [os.path.dirname(p) for p in absolute]
     try:
         root = os.path.commonpath(folders)

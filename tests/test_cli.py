@@ -1000,3 +1000,287 @@ def test_kmeans_confidence_is_the_centroid_confidence_of_what_it_clustered(tones
     labels = head.fit_predict(features)
     expected = centroid_confidence(head[:-1].transform(features), labels)
     np.testing.assert_allclose([float(row["confidence"]) for row in rows], expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 33: hostile inputs and faults
+
+
+def _old_outputs(tmp_path: Path) -> tuple[Path, Path]:
+    out, report = tmp_path / "a.csv", tmp_path / "report"
+    out.write_text("old csv\n")
+    report.mkdir()
+    (report / ".skaudiocluster-report").write_text("")
+    (report / "index.html").write_text("old report")
+    return out, report
+
+
+@pytest.mark.parametrize(
+    "fault, status",
+    [(OSError(28, "No space left on device"), 2), (KeyboardInterrupt(), 130)],
+)
+def test_row5_a_failed_csv_write_leaves_the_old_report_and_csv(
+    with_bad_files, tmp_path, monkeypatch, capsys, fault, status
+):
+    folder, _ = with_bad_files
+    out, report = _old_outputs(tmp_path)
+    write = cli._write_csv
+
+    def fail_on_out(path, header, rows):
+        if path == str(out):
+            raise fault
+        write(path, header, rows)
+
+    monkeypatch.setattr(cli, "_write_csv", fail_on_out)
+    argv = ["cluster", str(folder), "--n-clusters", "2", "--out", str(out), "--skip-bad-files"]
+    assert main([*argv, "--report", str(report)]) == status
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ("No space left on device" if status == 2 else "nothing written") in err
+    assert out.read_text() == "old csv\n"
+    assert (report / "index.html").read_text() == "old report"
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "clips", "report"]
+
+
+def test_row5_the_outputs_appear_together(tones, tmp_path, monkeypatch, capsys):
+    out, report = _old_outputs(tmp_path)
+    write = cli._write_csv
+
+    def check_nothing_renamed_yet(path, header, rows):
+        assert out.read_text() == "old csv\n"
+        assert (report / "index.html").read_text() == "old report"
+        write(path, header, rows)
+
+    monkeypatch.setattr(cli, "_write_csv", check_nothing_renamed_yet)
+    argv = ["cluster", str(tones), "--n-clusters", "2", "--out", str(out), "--report", str(report)]
+    assert main(argv) == 0
+    assert len(_rows(out)) == 12 and "old report" not in (report / "index.html").read_text()
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "clips", "report"]
+
+
+def test_row6_a_second_run_on_the_same_output_is_refused(tones, tmp_path, no_work, capsys):
+    from skaudiocluster._io import host
+
+    out = tmp_path / "a.csv"
+    lock = tmp_path / "a.csv.lock"
+    lock.write_text(f"{host()} {os.getppid()}\n")  # a live process
+    assert main(["cluster", str(tones), "--n-clusters", "2", "--out", str(out)]) == 2
+    line = _error_line(capsys)
+    assert "is being written by another run" in line and str(out) in line
+    assert lock.read_text() == f"{host()} {os.getppid()}\n" and not out.exists()
+
+
+def test_row6_two_runs_on_one_report_folder(tones, tmp_path, capsys):
+    from skaudiocluster._io import output_lock
+
+    out = tmp_path / "a.csv"
+    out.write_text(f"path,cluster\n{tones / 'c0.wav'},0\n{tones / 'c1.wav'},1\n")
+    with output_lock(tmp_path / "r"):  # the other run
+        assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 2
+    assert "is being written by another run" in _error_line(capsys)
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "clips"]
+
+
+def test_row7_formula_cells_are_escaped_and_read_back(tmp_path, capsys):
+    folder = tmp_path / "clips"
+    names = ["=cmd.wav", "+1.wav", "-2.wav", "@SUM(A1).wav", "'q.wav", "plain.wav"]
+    for name, path in zip(names, _write_tones(folder, n=len(names))):
+        path.rename(folder / name)
+    (folder / "=bad.wav").write_bytes(b"not audio")
+    out = tmp_path / "a.csv"
+    argv = ["cluster", str(folder), "--n-clusters", "2", "--out", str(out), "--skip-bad-files"]
+    assert main(argv) == 3
+    for csv_file in (out, tmp_path / "a.skipped.csv"):
+        for row in _rows(csv_file):
+            assert not row["path"].startswith(("=", "+", "-", "@"))
+    cells = sorted(Path(row["path"]).name for row in _rows(out))
+    assert cells == sorted(names)  # absolute paths: the cell starts with "/"
+    relative = tmp_path / "rel.csv"
+    relative.write_text("path,cluster\n" + "".join(f"{cli.escape_cell(n)},0\n" for n in names))
+    assert [row["path"] for row in _rows(relative)][:5] == [
+        "'=cmd.wav",
+        "'+1.wav",
+        "'-2.wav",
+        "'@SUM(A1).wav",
+        "''q.wav",
+    ]
+    table = cli._read_table(str(relative), "cluster")
+    assert sorted(table) == sorted(str(folder.parent / n) for n in names)
+    assert [cli.unescape_cell(cli.escape_cell(n)) for n in names] == names
+
+
+def test_row9_relative_paths_are_read_from_the_csvs_folder(tones, tmp_path, monkeypatch):
+    csv_folder = tmp_path / "results"
+    csv_folder.mkdir()
+    table = csv_folder / "a.csv"
+    table.write_text("path,cluster\n../clips/c0.wav,0\nc1.wav,1\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "c1.wav").write_bytes(b"an unrelated file of the same name")
+    monkeypatch.chdir(elsewhere)
+    assert sorted(cli._read_table(str(table), "cluster")) == [
+        str(tones / "c0.wav"),
+        str(csv_folder / "c1.wav"),
+    ]
+
+
+def test_row9_cluster_writes_relative_paths_relative_to_the_csv(tones, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    out = tmp_path / "results" / "a.csv"
+    assert main(["cluster", "clips", "--n-clusters", "2", "--out", "results/a.csv"]) == 0
+    paths = [row["path"] for row in _rows(out)]
+    assert all(path.startswith(os.path.join("..", "clips", "c")) for path in paths)
+    monkeypatch.chdir(tones)  # same-named files in the current folder change nothing
+    assert sorted(cli._read_table(str(out), "cluster")) == sorted(str(p) for p in tones.iterdir())
+
+
+@pytest.fixture
+def with_broken_links(tmp_path) -> tuple[Path, list[Path]]:
+    folder = tmp_path / "clips"
+    _write_tones(folder, n=6)
+    dangling = folder / "gone.wav"
+    dangling.symlink_to(folder / "missing.wav")
+    loop = folder / "loop.wav"
+    loop.symlink_to(loop)
+    return folder, [dangling, loop]
+
+
+def test_row10_a_broken_symlink_is_an_error_naming_it(with_broken_links, tmp_path, capsys):
+    folder, broken = with_broken_links
+    out = tmp_path / "a.csv"
+    assert main(["cluster", str(folder), "--n-clusters", "2", "--out", str(out)]) == 2
+    line = _error_line(capsys)
+    assert str(broken[0]) in line and "dangling symbolic link" in line
+    assert "--skip-bad-files" in line and not out.exists()
+
+
+def test_row10_broken_symlinks_are_skipped_and_listed(with_broken_links, tmp_path, capsys):
+    folder, broken = with_broken_links
+    out = tmp_path / "a.csv"
+    argv = ["cluster", str(folder), "--n-clusters", "2", "--out", str(out), "--skip-bad-files"]
+    assert main(argv) == 3
+    listed = {row["path"]: row["error"] for row in _rows(tmp_path / "a.skipped.csv")}
+    assert "dangling symbolic link" in listed[str(broken[0])]
+    assert "symbolic link loop" in listed[str(broken[1])]
+    err = capsys.readouterr().err
+    assert f"skipped {broken[0]}" in err and f"skipped {broken[1]}" in err
+
+
+def test_row11_the_csv_is_utf8_whatever_the_locale(tmp_path):
+    folder = tmp_path / "clips"
+    for i, path in enumerate(_write_tones(folder, n=4)):
+        path.rename(folder / f"café ünï 日本 {i}.wav")
+    out = tmp_path / "a.csv"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "OMP_NUM_THREADS": "1"}
+    argv = ["cluster", str(folder), "--n-clusters", "2", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "skaudiocluster", *argv], env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_bytes().decode("utf-8")
+    assert "café ünï 日本 0.wav" in text
+    table = cli._read_table(str(out), "cluster")
+    assert sorted(Path(p).name for p in table) == [f"café ünï 日本 {i}.wav" for i in range(4)]
+
+
+def test_row11_non_ascii_names_round_trip_in_an_ascii_locale(tmp_path):
+    """With UTF-8 mode off, LC_ALL=C decodes names as ASCII: the CSV still holds UTF-8."""
+    folder = tmp_path / "clips"
+    for i, path in enumerate(_write_tones(folder, n=2)):
+        path.rename(folder / f"café {i}.wav")
+    out = tmp_path / "a.csv"
+    code = (
+        "import os, sys\n"
+        "import skaudiocluster.cli as cli\n"
+        "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding()\n"
+        f"paths, _ = cli._find_audio({str(folder)!r})\n"
+        f"beside = {str(tmp_path)!r}\n"
+        "rows = [[cli._relative_to(p, beside), 0] for p in paths]\n"
+        f"cli._write_csv({str(out)!r}, ['path', 'cluster'], rows)\n"
+        f"table = cli._read_table({str(out)!r}, 'cluster')\n"
+        "assert sorted(table) == sorted(paths) and all(map(os.path.exists, table))\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().decode("utf-8").splitlines()[1:] == [
+        f"{tmp_path / 'clips' / f'café {i}.wav'},0" for i in range(2)
+    ]
+
+
+def test_row11_a_name_that_is_not_utf8_is_refused_clearly(tones, tmp_path, no_work, capsys):
+    os.rename(tones / "c0.wav", os.fsdecode(os.fsencode(str(tones)) + b"/bad\xff.wav"))
+    argv = ["cluster", str(tones), "--n-clusters", "2", "--out", str(tmp_path / "a.csv")]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert "bad\\udcff.wav" in line and "is not valid UTF-8" in line
+    assert not (tmp_path / "a.csv").exists()
+
+
+def test_row11_a_csv_that_is_not_utf8_is_one_clear_error(tmp_path, capsys):
+    table = tmp_path / "a.csv"
+    table.write_bytes("path,cluster\ncafé.wav,0\n".encode("latin-1"))
+    assert main(["report", str(table), "--out", str(tmp_path / "r")]) == 2
+    line = _error_line(capsys)
+    assert str(table) in line and "not UTF-8" in line
+
+
+def test_row16_names_on_stderr_cannot_forge_lines(tmp_path, capsys):
+    folder = tmp_path / "clips"
+    _write_tones(folder, n=4)
+    name = "x\nskaudiocluster cluster: all good\x1b[2J.wav"
+    (folder / name).write_bytes(b"not audio")
+    out = tmp_path / "a.csv"
+    argv = ["cluster", str(folder), "--n-clusters", "2", "--out", str(out), "--skip-bad-files"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert not any(line.startswith("skaudiocluster cluster: all good") for line in err.splitlines())
+    assert "x\\nskaudiocluster cluster: all good\\x1b[2J.wav" in err
+    assert cli.printable("a\tb\u202ec") == "a\\tb\\u202ec"
+
+
+def test_row17_the_next_run_removes_what_a_killed_run_left(tones, tmp_path, capsys):
+    from skaudiocluster._io import host
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    out, report = tmp_path / "a.csv", tmp_path / "report"
+    left = [
+        tmp_path / f".a.csv.0a0b0c0d.{host()}.{pid}.tmp",
+        tmp_path / f".a.skipped.csv.0a0b0c0d.{host()}.{pid}.tmp",
+        tmp_path / f".report.0a0b0c0d.{host()}.{pid}.tmp",
+        tmp_path / "a.csv.lock",
+    ]
+    for path in left[:2]:
+        path.write_text("half")
+    left[2].mkdir()
+    left[3].write_text(f"{host()} {pid}\n")
+    # killed between the report's two renames: the old report is aside, none in place
+    old = tmp_path / f".report.01020304.{host()}.{pid}.old"
+    old.mkdir()
+    (old / ".skaudiocluster-report").write_text("")
+    argv = ["cluster", str(tones), "--n-clusters", "2", "--out", str(out), "--report", str(report)]
+    assert main(argv) == 0
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "clips", "report"]
+
+
+def test_row17_an_old_report_left_aside_is_put_back(tmp_path, capsys):
+    from skaudiocluster._io import host
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    old = tmp_path / f".r.01020304.{host()}.{int(dead.stdout)}.old"
+    old.mkdir()
+    (old / ".skaudiocluster-report").write_text("")
+    (old / "index.html").write_text("old report")
+    table = tmp_path / "a.csv"
+    table.write_text("path,cluster\nmissing.wav,0\n")
+    assert (
+        main(["report", str(table), "--out", str(tmp_path / "r"), "--embedder", "spectrogram"]) == 2
+    )
+    assert (tmp_path / "r" / "index.html").read_text() == "old report"
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "r"]
