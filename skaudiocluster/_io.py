@@ -210,7 +210,8 @@ def _commit(moves: list[tuple[Path | None, Path]]) -> None:
     Each existing target is first renamed aside (``.old``); if a rename
     fails, the targets renamed so far are put back. The olds are deleted at
     the end. ``SIGINT``, ``SIGTERM`` and ``SIGHUP`` wait until the renames are
-    done, so Ctrl-C cannot stop them halfway.
+    done, so Ctrl-C cannot stop them halfway; a ``KeyboardInterrupt`` raised
+    once they are done has the attribute ``outputs_written = True``.
     """
     blocked = {signal.SIGINT, signal.SIGTERM} | (
         {signal.SIGHUP} if hasattr(signal, "SIGHUP") else set()
@@ -237,13 +238,22 @@ def _commit(moves: list[tuple[Path | None, Path]]) -> None:
                     os.rename(target, temp)
                 if old is not None:
                     os.rename(old, target)
-        raise
-    finally:
         if mask:
+            with contextlib.suppress(KeyboardInterrupt):  # the error says it all
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    interrupted = None
+    if mask:
+        try:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        except KeyboardInterrupt as exc:  # a signal that waited for the renames
+            interrupted = exc
     for _, _, old in done:
         if old is not None:
             _remove(old)
+    if interrupted is not None:
+        interrupted.outputs_written = True  # too late to stop: the caller must not say otherwise
+        raise interrupted
 
 
 def _stage(temp: Path | None, target: str | os.PathLike) -> bool:

@@ -897,7 +897,11 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/index.html in a browser. The clips are embedded again (--embedder) for the map.",
         formatter_class=_HelpFormatter,
     )
-    p_report.add_argument("assignments", help="CSV with the columns path, cluster[, confidence]")
+    p_report.add_argument(
+        "assignments",
+        help="UTF-8 CSV with the columns path, cluster[, confidence]; relative paths are "
+        "relative to the CSV's folder",
+    )
     p_report.add_argument(
         "--out", dest="report", metavar="DIR", default="report", help="folder to write"
     )
@@ -994,8 +998,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = {signum: signal.signal(signum, terminate) for signum in handled}
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"skaudiocluster {args.command}: interrupted, nothing written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A signal that came during the final renames waits for them (skaudiocluster._io).
+        done = "the outputs were written" if getattr(exc, "outputs_written", False) else None
+        print(
+            f"skaudiocluster {args.command}: interrupted, {done or 'nothing written'}",
+            file=sys.stderr,
+        )
         return 128 + received[0] if received else EXIT_INTERRUPTED
     except OSError as exc:
         message = _cli_words(_os_error_line(exc))

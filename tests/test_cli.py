@@ -1284,3 +1284,18 @@ def test_row17_an_old_report_left_aside_is_put_back(tmp_path, capsys):
     )
     assert (tmp_path / "r" / "index.html").read_text() == "old report"
     assert sorted(os.listdir(tmp_path)) == ["a.csv", "r"]
+
+
+def test_row5_ctrl_c_after_the_renames_does_not_say_nothing_written(
+    tones, tmp_path, monkeypatch, capsys
+):
+    def interrupted_after_the_renames(args, sidecar):
+        exc = KeyboardInterrupt()
+        exc.outputs_written = True
+        raise exc
+
+    monkeypatch.setattr(cli, "_cluster", interrupted_after_the_renames)
+    argv = ["cluster", str(tones), "--n-clusters", "2", "--out", str(tmp_path / "a.csv")]
+    assert main(argv) == 130
+    assert _error_line(capsys).endswith("interrupted, the outputs were written")
+    assert sorted(os.listdir(tmp_path)) == ["clips"]  # the lock is released

@@ -298,3 +298,25 @@ def test_row17_the_folder_swap_renames_the_old_one_aside_first(tmp_path, monkeyp
         pass
     assert seen[0].startswith(".report.") and seen[0].endswith(f".{os.getpid()}.old")
     assert seen[1] == "report"
+
+
+def test_row5_ctrl_c_during_the_renames_waits_for_them(tmp_path, monkeypatch):
+    csv, report = _old_outputs(tmp_path)
+    mask = _io.signal.pthread_sigmask
+
+    def interrupt_on_unmask(how, signals):
+        previous = mask(how, signals)
+        if how == _io.signal.SIG_SETMASK:
+            raise KeyboardInterrupt  # the Ctrl-C that was held back
+        return previous
+
+    monkeypatch.setattr(_io.signal, "pthread_sigmask", interrupt_on_unmask)
+    with pytest.raises(KeyboardInterrupt) as caught, _io.atomic_outputs():
+        with atomic_folder(report) as folder:
+            (folder / "index.html").write_text("new report")
+        with atomic_write(csv) as handle:
+            handle.write("new csv")
+    assert caught.value.outputs_written
+    assert csv.read_text() == "new csv"
+    assert (report / "index.html").read_text() == "new report"
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "report"]
