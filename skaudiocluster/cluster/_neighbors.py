@@ -17,6 +17,8 @@ EXACT_MAX_SAMPLES = 50_000
 #: 50 neighbours on clustered data, where half as many miss some (docs/benchmark.rst).
 IVF_NPROBE = 16
 _ROWS = 65_536  # rows normalised, added or searched at a time: bounded temporaries
+# Row magnitudes whose float32 squares neither overflow nor underflow when summed.
+FLOAT32_SAFE = (1e-15, 1e15)
 
 
 def cosine_knn(
@@ -31,8 +33,8 @@ def cosine_knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine nearest neighbours of every row of ``X``, exact or from an IVF index.
 
-    Exact search L2-normalises rows (in float64, so the result does not depend on
-    the features' scale, even 1e30 or 1e-30) and compares them by inner product
+    Exact search L2-normalises rows (rows of extreme scale, such as 1e30 or 1e-30,
+    are first rescaled: cosine is scale-free) and compares them by inner product
     ``chunk_size`` queries at a time, so memory is O(chunk_size * N + N * k),
     never O(N ** 2). Above :data:`EXACT_MAX_SAMPLES` rows (``method="auto"``) an
     inverted-file index (faiss ``IndexIVFFlat``, ``4 * sqrt(N)`` k-means lists,
@@ -179,25 +181,41 @@ def _has_faiss() -> bool:
 def _unit_rows(X: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of ``X`` as L2-normalised contiguous float32 (zero rows stay zero).
 
-    Normalised in float64 after dividing each row by its largest magnitude, so rows
-    scaled by 1e30 or 1e-30 (whose float32 squares overflow or underflow) give the
-    same unit rows: cosine is scale-free.
+    Rows whose float32 squares would overflow or underflow (magnitudes outside
+    :data:`FLOAT32_SAFE`) are first divided by their largest magnitude in float64:
+    cosine is scale-free, so features scaled by 1e30 or 1e-30 give the same unit
+    rows. Other rows take the plain float32 path, bit for bit as before.
     """
-    rows = np.array(X[start:stop], dtype=np.float64)
-    peak = np.max(np.abs(rows), axis=1, keepdims=True) if rows.shape[1] else rows[:, :1]
-    rows /= np.where(peak > 0, peak, 1.0)
+    rows = np.array(X[start:stop], dtype=np.float32)
+    wild = _outside_float32_range(X[start:stop])
+    if wild.any():
+        scaled = np.array(X[start:stop][wild], dtype=np.float64)
+        peak = np.max(np.abs(scaled), axis=1, keepdims=True)
+        scaled /= np.where(peak > 0, peak, 1.0)
+        rows[wild] = scaled.astype(np.float32)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return (rows / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return rows / np.maximum(norms, 1e-12)
+
+
+def _outside_float32_range(rows: np.ndarray) -> np.ndarray:
+    """Rows with a nonzero magnitude outside :data:`FLOAT32_SAFE` (their squares misbehave)."""
+    if rows.shape[1] == 0:
+        return np.zeros(len(rows), dtype=bool)
+    peak = np.max(np.abs(np.asarray(rows, dtype=np.float64)), axis=1)
+    low, high = FLOAT32_SAFE
+    return (peak > high) | ((peak > 0) & (peak < low))
 
 
 def _exact(X, k: int, include_self: bool, chunk_size: int, device):
     n = X.shape[0]
-    # Unit rows normalised in float64 (scale-free), as a float32 copy: the caller's array
-    # may be read-only (a joblib memmap), which torch cannot wrap without a warning.
-    unit = np.empty((n, X.shape[1]), dtype=np.float32)
+    # A float32 copy: the caller's array may be read-only (a joblib memmap), which torch
+    # cannot wrap without a warning. Rows of extreme scale are brought into range first.
+    unit = np.array(X, dtype=np.float32)
     for start in range(0, n, _ROWS):
-        unit[start : start + _ROWS] = _unit_rows(X, start, start + _ROWS)
-    data = torch.from_numpy(unit).to(device)
+        wild = _outside_float32_range(X[start : start + _ROWS])
+        if wild.any():
+            unit[start : start + _ROWS] = _unit_rows(X, start, start + _ROWS)
+    data = torch.nn.functional.normalize(torch.from_numpy(unit).to(device), dim=1)
     indices = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
     with torch.inference_mode():
