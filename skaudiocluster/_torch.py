@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -127,12 +129,47 @@ def unfitted_on_error(estimator: object) -> Iterator[None]:
         raise
 
 
+_COMPILER_IMPORTED = False
+
+
+def import_torch_compiler() -> None:
+    """Import ``torch._dynamo`` (and with it sympy) once, deferring Ctrl-C until it is done.
+
+    Torch imports its compiler modules lazily, in the first optimizer a process
+    builds. A ``KeyboardInterrupt`` in the middle of that import leaves sympy or
+    ``torch._dynamo`` half-initialised in :data:`sys.modules`, and every later fit
+    of the process fails (``module 'sympy' has no attribute 'core'``). Importing
+    them here, with SIGINT held back until the import finishes (a second or
+    two), closes that window: the interrupt is delivered right after.
+    """
+    global _COMPILER_IMPORTED
+    if _COMPILER_IMPORTED:
+        return
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main else None
+    if previous is None:  # another thread (SIGINT never interrupts it), or a C-level handler
+        import torch._dynamo  # noqa: F401
+    else:
+        received = []
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        try:
+            import torch._dynamo  # noqa: F401
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if received:
+            _COMPILER_IMPORTED = True
+            signal.raise_signal(signal.SIGINT)  # to the restored handler
+    _COMPILER_IMPORTED = True
+
+
 @contextlib.contextmanager
 def fit_context(
     estimator: object, seed: int, device: torch.device, *, n_threads: int | None = 1
 ) -> Iterator[None]:
     """Everything a torch ``fit`` runs inside: :func:`unfitted_on_error`, :func:`forked_rng`
-    and, on the CPU, :func:`torch_threads` (one thread by default; ``None`` keeps torch's)."""
+    and, on the CPU, :func:`torch_threads` (one thread by default; ``None`` keeps torch's).
+    Torch's compiler modules are imported first (:func:`import_torch_compiler`)."""
+    import_torch_compiler()
     with contextlib.ExitStack() as stack:
         stack.enter_context(unfitted_on_error(estimator))
         stack.enter_context(forked_rng(seed, device))
