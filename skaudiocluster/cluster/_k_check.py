@@ -22,19 +22,19 @@ The rule, and why each part holds on any data:
   half and scores the labels it gives all of them; the spread between
   replicates is how much a score moves with the rows, the reference draw and
   the k-means start (the check's noise).
-* The suggested K is the best-scoring candidate. The found K is implausible
-  only if the suggested K is at least ``MIN_K_DISTANCE`` (2) away: neighbouring
-  K differ by one split or merge, and a score curve is flat around its
-  maximum, so no score separates them reliably.
-* and only if its lead exceeds both ``NOISE_SDS`` (2) standard deviations of
-  the replicates' leads (not chance) and ``RELATIVE_MARGIN`` (a tenth) of the
-  suggested K's silhouette. The silhouette is a ratio of distances, so a
-  relative margin means the same in any space; on structureless data
-  (Gaussian, uniform, points on a sphere; 6 to 32 dimensions) the best of the
-  ten candidates led a given K by at most 0.08 of it on 2,000 rows (0.14 on
-  300, where the noise term held).
-* A best candidate at the edge of the range is reported as "K or more" ("or
-  fewer"): the scores may keep rising beyond it.
+* A K is plausible unless the best candidate leads it by more than both
+  ``NOISE_SDS`` (2) standard deviations of the replicates' leads (not chance)
+  and ``RELATIVE_MARGIN`` (a tenth) of the best's silhouette. The silhouette
+  is a ratio of distances, so a relative margin means the same in any space;
+  on structureless data (Gaussian, uniform, points on a sphere; 6 to 32
+  dimensions, 2,000 rows) the best of ten candidates led a given K by at most
+  0.08 of it.
+* The found K is implausible only if no plausible K lies within 1 of it
+  (``MIN_K_DISTANCE``): neighbouring K differ by one split or merge, and a
+  score curve is flat around its maximum, so no score separates them
+  reliably. The suggestion is the plausible K nearest the found one, the
+  most conservative correction; one at the edge of the range is reported as
+  "K or more" ("or fewer"), as the scores may go on beyond it.
 
 The reference is a Gaussian, so data that are structureless but far from
 Gaussian in few dimensions (a uniform square, a ring) can look structured.
@@ -97,17 +97,22 @@ class KCheck:
         mean and covariance).
     excess_sd : tuple of float
         Standard deviation over the replicates of ``scores - reference_scores``.
-    suggested : int
+    best : int
         The candidate of the largest excess ``scores - reference_scores``.
+    plausible : tuple of int
+        The K (candidates, and 1 when ``n_clusters`` is 1) whose excess is not
+        clearly below the best's.
+    suggested : int
+        The plausible K nearest ``n_clusters`` (itself when it is plausible).
     warn : bool
-        Whether ``suggested`` separates the features clearly better than
-        ``n_clusters`` (the module's rule).
+        Whether ``suggested`` is at least 2 away from ``n_clusters``: neither
+        ``n_clusters`` nor a neighbour separates the features as well as ``best``.
     n_rows : int
         Rows scored per replicate.
 
     Examples
     --------
-    >>> check = KCheck(3, (2, 3, 4), (0.2, 0.5, 0.3), (0.1, 0.1, 0.1), (0.01,) * 3, 3, False, 300)
+    >>> check = KCheck(3, (2, 3, 4), (0.2, 0.5, 0.3), (0.1,) * 3, (0,) * 3, 3, (3,), 3, False, 300)
     >>> check.excess_of(3)
     0.4
     """
@@ -117,6 +122,8 @@ class KCheck:
     scores: tuple[float, ...]
     reference_scores: tuple[float, ...]
     excess_sd: tuple[float, ...]
+    best: int
+    plausible: tuple[int, ...]
     suggested: int
     warn: bool
     n_rows: int
@@ -137,25 +144,38 @@ class KCheck:
         return round(self.scores[j] - self.reference_scores[j], 12)
 
     def finding(self) -> str:
-        """The suggested K and the scores behind it, as a clause.
+        """The found K against the best and the plausible K, with their scores, as a clause.
 
         Examples
         --------
         >>> scores, reference = (0.3, 0.4, 0.5, 0.4), (0.2, 0.2, 0.1, 0.1)
-        >>> check = KCheck(2, (2, 3, 4, 5), scores, reference, (0,) * 4, 4, True, 400)
+        >>> check = KCheck(2, (2, 3, 4, 5), scores, reference, (0,) * 4, 4, (4, 5), 4, True, 400)
         >>> print(check.finding())
-        k-means partitions of the features separate clearly better at K=4 than at K=2 (...)
+        k-means partitions ... clearly worse at K=2 than at K=4 (...: K 4-5 or more; ...)
         """
-        best, found = self.excess_of(self.suggested), self.excess_of(self.n_clusters)
-        edge = {self.candidates[0]: " or fewer", self.candidates[-1]: " or more"}
+        found, best = self.n_clusters, self.best
         return (
-            f"k-means partitions of the features separate clearly better at "
-            f"K={self.suggested}{edge.get(self.suggested, '')} "
-            f"than at K={self.n_clusters} (mean silhouette above that of one Gaussian of "
-            f"their mean and covariance: {best:.3f} against {found:.3f}; silhouette "
-            f"{self.score_of(self.suggested):.3f} against {self.score_of(self.n_clusters):.3f}; "
-            f"K {self.candidates[0]}-{self.candidates[-1]} scored on {self.n_rows} rows)"
+            f"k-means partitions of the features separate clearly worse at K={found} than at "
+            f"K={best} (silhouette less that of one Gaussian of their mean and covariance: "
+            f"{self.excess_of(found):.3f} against {self.excess_of(best):.3f}; silhouette "
+            f"{self.score_of(found):.3f} against {self.score_of(best):.3f}; as good as K={best} "
+            f"within the noise: K {self._plausible_text()}; K {self.candidates[0]}-"
+            f"{self.candidates[-1]} scored on {self.n_rows} rows)"
         )
+
+    def _plausible_text(self) -> str:
+        runs: list[list[int]] = []
+        for k in self.plausible:
+            if runs and k == runs[-1][-1] + 1:
+                runs[-1].append(k)
+            else:
+                runs.append([k])
+        text = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+        if self.plausible[-1] == self.candidates[-1]:
+            text += " or more"
+        elif self.plausible[0] == self.candidates[0] > 2:
+            text = "up to " + text
+        return text
 
     def message(self, owner: str) -> str:
         """What a warning says: the found K, the suggested K, their scores and what to do.
@@ -172,16 +192,16 @@ class KCheck:
         Examples
         --------
         >>> scores, reference = (0.3, 0.4, 0.5, 0.4), (0.2, 0.2, 0.1, 0.1)
-        >>> check = KCheck(2, (2, 3, 4, 5), scores, reference, (0,) * 4, 4, True, 400)
+        >>> check = KCheck(2, (2, 3, 4, 5), scores, reference, (0,) * 4, 4, (4, 5), 4, True, 400)
         >>> print(check.message("DeepDPMClusterer").split(" (")[0])
-        DeepDPMClusterer found 2 clusters, but k-means partitions ... at K=4 than at K=2
+        DeepDPMClusterer found 2 clusters, but k-means partitions ... worse at K=2 than at K=4
         """
         more = self.suggested > self.n_clusters
         return (
             f"{owner} found {self.n_clusters} cluster{'s' * (self.n_clusters != 1)}, but "
-            f"{self.finding()}. If about {self.suggested} clusters are plausible, give "
-            f"n_clusters to a clusterer that takes it (TEMIClusterer, SPICEClusterer, KMeans), "
-            f"or start {owner} nearer to it (n_clusters_init) or favour "
+            f"{self.finding()}. If {self.suggested} or {'more' if more else 'fewer'} clusters "
+            f"are plausible, give n_clusters to a clusterer that takes it (TEMIClusterer, "
+            f"SPICEClusterer, KMeans), or start {owner} nearer (n_clusters_init) or favour "
             f"{'more' if more else 'fewer'} clusters (a {'larger' if more else 'smaller'} "
             f"alpha). check_k=False skips this check."
         )
@@ -233,11 +253,11 @@ def check_n_clusters(
     Examples
     --------
     >>> from sklearn.datasets import make_blobs
-    >>> X, _ = make_blobs(n_samples=600, centers=8, cluster_std=0.5, random_state=0)
+    >>> X, _ = make_blobs(n_samples=600, centers=6, n_features=8, random_state=0)
     >>> check = check_n_clusters(X, 3, random_state=0)
-    >>> check.suggested, check.warn
-    (8, True)
-    >>> check_n_clusters(X, 8, random_state=0).warn
+    >>> check.best, check.plausible, check.warn
+    (6, (6,), True)
+    >>> check_n_clusters(X, 6, random_state=0).warn
     False
     """
     X = np.asarray(X, dtype=np.float64)
@@ -260,20 +280,28 @@ def check_n_clusters(
             reference[repeat] = _silhouettes(_gaussian_like(sample, rng), ks, n_fit, rng)
     excess = scores - reference
     best = int(np.argmax(excess.mean(axis=0)))
-    warn = False
-    if abs(ks[best] - n_clusters) >= MIN_K_DISTANCE and scores[:, best].mean() > 0:
-        found = excess[:, ks.index(n_clusters)] if n_clusters > 1 else 0.0
-        leads = excess[:, best] - found
-        margin = max(NOISE_SDS * leads.std(ddof=1), RELATIVE_MARGIN * scores[:, best].mean())
-        warn = bool(leads.mean() > margin)
+    floor = RELATIVE_MARGIN * max(float(scores[:, best].mean()), 0.0)
+
+    def as_good_as_best(column: np.ndarray) -> bool:
+        leads = excess[:, best] - column
+        return bool(leads.mean() <= max(NOISE_SDS * leads.std(ddof=1), floor))
+
+    plausible = [k for j, k in enumerate(ks) if as_good_as_best(excess[:, j])]
+    if n_clusters == 1 and as_good_as_best(np.zeros(N_REPEATS)):
+        plausible.insert(0, 1)
+    # the plausible K nearest the found one, toward the best on a tie (the best is plausible)
+    nearest = min(plausible, key=lambda k: (abs(k - n_clusters), abs(k - ks[best])))
+    warn = abs(nearest - n_clusters) >= MIN_K_DISTANCE and floor > 0
     return KCheck(
         n_clusters=int(n_clusters),
         candidates=tuple(ks),
         scores=tuple(float(s) for s in scores.mean(axis=0)),
         reference_scores=tuple(float(s) for s in reference.mean(axis=0)),
         excess_sd=tuple(float(s) for s in excess.std(axis=0, ddof=1)),
-        suggested=int(ks[best]),
-        warn=warn,
+        best=int(ks[best]),
+        plausible=tuple(plausible),
+        suggested=int(nearest),
+        warn=bool(warn),
         n_rows=n_rows,
     )
 

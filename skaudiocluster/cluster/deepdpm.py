@@ -163,8 +163,8 @@ class DeepDPMClusterer(BaseDeepClusterer):
         After training, score k-means partitions of the features the mixture saw
         for K from ``n_clusters_ - 3`` to ``n_clusters_ + 6`` by their
         silhouette less that of one Gaussian of the same mean and covariance,
-        and warn (:class:`~skaudiocluster.cluster.KCheckWarning`) when another
-        K, at least 2 away, separates them clearly better
+        and warn (:class:`~skaudiocluster.cluster.KCheckWarning`) when neither
+        ``n_clusters_`` nor a neighbour separates them as well as the best K
         (``_k_check.check_n_clusters``; at most 2,000 rows, a few seconds).
 
     Attributes
@@ -201,9 +201,10 @@ class DeepDPMClusterer(BaseDeepClusterer):
     k_check_ : KCheck or None
         The check's outcome (``check_k``): the K scored (``candidates``), their
         mean silhouettes (``scores``) and the reference's
-        (``reference_scores``), the ``suggested`` K and whether it warned
-        (``warn``); None when ``check_k=False`` or the data are too few to
-        score K against a K 2 away.
+        (``reference_scores``), the ``best`` K, the ``plausible`` ones, the
+        plausible K nearest ``n_clusters_`` (``suggested``) and whether it
+        warned (``warn``); None when ``check_k=False`` or the data are too
+        few to score K against a K 2 away.
     n_features_in_ : int
 
     Notes
