@@ -165,7 +165,8 @@ class DeepDPMClusterer(BaseDeepClusterer):
         silhouette less that of one Gaussian of the same mean and covariance,
         and warn (:class:`~skaudiocluster.cluster.KCheckWarning`) when neither
         ``n_clusters_`` nor a neighbour separates them as well as the best K
-        (``_k_check.check_n_clusters``; at most 2,000 rows, a few seconds).
+        (``_k_check.check_n_clusters``; at most 2,000 rows, a few seconds;
+        what it catches and misses: :ref:`bench-deepdpm-k-check`).
 
     Attributes
     ----------
