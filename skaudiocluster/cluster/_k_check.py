@@ -33,8 +33,8 @@ The rule, and why each part holds on any data:
   (``MIN_K_DISTANCE``): neighbouring K differ by one split or merge, and a
   score curve is flat around its maximum, so no score separates them
   reliably. The suggestion is the plausible K nearest the found one, the
-  most conservative correction; one at the edge of the range is reported as
-  "K or more" ("or fewer"), as the scores may go on beyond it.
+  most conservative correction. Plausible K reaching the edge of the range
+  are reported as "K or more", as the scores may go on beyond it.
 
 The reference is a Gaussian, so data that are structureless but far from
 Gaussian in few dimensions (a uniform square, a ring) can look structured.
@@ -229,10 +229,10 @@ def check_n_clusters(
     Scores k-means partitions for K from ``n_clusters - 3`` to
     ``n_clusters + 6`` by their silhouette less that of one Gaussian of the
     data's mean and covariance clustered the same way (mean over 5 replicates
-    on at most 2,000 rows, k-means fitted on a random half of them), and calls
-    ``n_clusters`` implausible when the best K is at least 2 away and leads it
-    by more than the replicate noise and a tenth of its silhouette (the
-    module's docstring says why).
+    on at most 2,000 rows, k-means fitted on a random half of them). A K is
+    plausible unless the best K leads it by more than the replicate noise and
+    a tenth of the best's silhouette; ``n_clusters`` is flagged when no K
+    within 1 of it is plausible (the module's docstring says why).
 
     Parameters
     ----------
