@@ -13,6 +13,7 @@ __version__ = "0.1.0.dev0"
 _WHERE = {
     "check_audio": "audio",
     "DeepDPMClusterer": "cluster.deepdpm",
+    "KCheckWarning": "cluster._k_check",
     "centroid_confidence": "cluster._confidence",
     "SPICEClusterer": "cluster.spice",
     "TEMIClusterer": "cluster.temi",

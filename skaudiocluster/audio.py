@@ -329,6 +329,7 @@ def read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     Examples
     --------
     >>> import tempfile, numpy as np, soundfile
+    >>> from skaudiocluster.audio import read_file
     >>> path = tempfile.mkdtemp() + "/a.wav"
     >>> soundfile.write(path, np.zeros((800, 2)), 8000)
     >>> samples, rate = read_file(path)

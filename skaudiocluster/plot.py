@@ -113,6 +113,7 @@ def default_map(X, random_state: int | None = 0) -> np.ndarray:
     Examples
     --------
     >>> from sklearn.datasets import make_blobs
+    >>> from skaudiocluster.plot import default_map
     >>> X, _ = make_blobs(n_samples=40, n_features=8, random_state=0)
     >>> default_map(X).shape
     (40, 2)

@@ -329,6 +329,7 @@ def check_report_folder(out: str | os.PathLike) -> Path:
     --------
     >>> import tempfile
     >>> from pathlib import Path
+    >>> from skaudiocluster.report import check_report_folder
     >>> folder = Path(tempfile.mkdtemp())
     >>> check_report_folder(folder / "report") == folder / "report"
     True
