@@ -24,7 +24,6 @@ Every fit runs in its own worker process on one thread::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 from pathlib import Path
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="default: OUT/cache")
     args = parser.parse_args(argv)
 
-    from bench_quality import BYOLA_WEIGHTS, embed, load_set
+    from bench_quality import BYOLA_WEIGHTS, embed, load_set, write_results
     from joblib import Memory, Parallel, delayed
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -154,13 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 keys.append({"set": set_name, "method": method, "seed": seed})
     results = Parallel(n_jobs=args.jobs, backend="loky")(jobs)
     runs = [{**key, **result} for key, result in zip(keys, results)]
-    table = markdown(runs)
-    print(table)
-    (args.out / "results.md").write_text(table + "\n")
-    with open(args.out / "runs.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(runs[0]))
-        writer.writeheader()
-        writer.writerows(runs)
+    write_results(args.out, markdown(runs), runs)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,16 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_results(out: Path, table: str, runs: list[dict]) -> None:
+    """Print ``table`` and write it to ``out/results.md``, the runs to ``out/runs.csv``."""
+    print(table)
+    (out / "results.md").write_text(table + "\n")
+    with open(out / "runs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(runs[0]))
+        writer.writeheader()
+        writer.writerows(runs)
+
+
 def read_runs(path: Path) -> list[dict]:
     """The runs of an earlier ``runs.csv``, with numeric fields as numbers."""
     with open(path, newline="") as handle:
@@ -292,13 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{len(runs)} fits in {time.perf_counter() - start:.0f} s wall, "
         f"{args.jobs} worker processes of one thread\n"
     )
-    table = markdown(summary_rows(runs))
-    print(table)
-    (args.out / "results.md").write_text(table + "\n")
-    with open(args.out / "runs.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(runs[0]))
-        writer.writeheader()
-        writer.writerows(runs)
+    write_results(args.out, markdown(summary_rows(runs)), runs)
 
 
 if __name__ == "__main__":

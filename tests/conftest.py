@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -105,6 +107,18 @@ def fit_seeds():
         return Parallel(n_jobs=2)(jobs)
 
     return fit
+
+
+@pytest.fixture(scope="session")
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
 
 
 # --------------------------------------------------------------------------- confidence

@@ -22,18 +22,6 @@ names = st.text(st.sampled_from("ab.-_ é"), min_size=1, max_size=20).filter(
 )
 
 
-@pytest.fixture(scope="module")
-def dead_pid() -> int:
-    """The pid of a process that has exited."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
-
-
 @settings(max_examples=50, deadline=None)
 @given(name=names, content=st.binary(max_size=2000), old=st.none() | st.binary(max_size=50))
 def test_atomic_write_leaves_exactly_the_new_content(name, content, old):

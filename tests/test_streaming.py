@@ -258,24 +258,14 @@ def test_memmap(wav_paths, spectrogram, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def _dead_pid() -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
-
-
-def test_temporary_files_of_killed_runs_are_removed(wav_paths, spectrogram, tmp_path):
+def test_temporary_files_of_killed_runs_are_removed(wav_paths, spectrogram, tmp_path, dead_pid):
     from skaudiocluster._io import host
     from skaudiocluster.streaming import embedder_key
 
     target = tmp_path / "embeddings.npy"
     folder = tmp_path / "cache" / embedder_key(spectrogram)
     folder.mkdir(parents=True)
-    dead, alive = _dead_pid(), os.getppid()
+    dead, alive = dead_pid, os.getppid()
     stale = [
         folder / f"abc.x1.{host()}.{dead}.tmp",
         tmp_path / f".embeddings.npy.{host()}.{dead}.tmp",

@@ -1,4 +1,5 @@
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ from hypothesis import strategies as st
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.metrics import normalized_mutual_info_score
+from sklearn.utils._param_validation import InvalidParameterError
 
+from skaudiocluster.cluster import KCheckWarning
 from skaudiocluster.cluster._deepdpm_net import (
     DeepDPMLoss,
     DeepDPMModule,
@@ -443,3 +446,33 @@ def test_finds_speakers_in_300_clips_at_the_defaults(fsdd_byola_d512):
     fits = np.array(Parallel(n_jobs=2)(delayed(_subset_fit)(X, y, seed, 300) for seed in (0, 1, 2)))
     assert (fits[:, 0] >= 3).all(), fits[:, 0]
     assert fits[:, 1].mean() >= fits[:, 2].mean() - 0.02, fits
+
+
+# --- the K check after fit (skaudiocluster.cluster._k_check) -------------------------------
+
+
+def test_deepdpm_warns_of_an_under_split_and_keeps_the_check(blobs):
+    # two epochs: no split round has run, so the two initial clusters remain
+    with pytest.warns(KCheckWarning, match="found 2 clusters.*worse at K=2 than at K=4") as record:
+        dpm = _tiny(n_clusters_init=2, max_epochs=2).fit(blobs[0])
+    assert dpm.n_clusters_ == 2
+    check = dpm.k_check_
+    assert (check.n_clusters, check.best, check.suggested, check.warn) == (2, 4, 4, True)
+    assert {w.filename for w in record if w.category is KCheckWarning} == {__file__}
+
+
+def test_deepdpm_is_silent_when_it_finds_the_clusters(blobs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KCheckWarning)
+        dpm = _tiny(n_clusters_init=2, max_epochs=18, steps_per_epoch=8).fit(blobs[0])
+    assert dpm.n_clusters_ == 4
+    assert dpm.k_check_.best == dpm.k_check_.suggested == 4 and not dpm.k_check_.warn
+
+
+def test_check_k_false_skips_the_check(blobs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KCheckWarning)
+        dpm = _tiny(n_clusters_init=2, max_epochs=2, check_k=False).fit(blobs[0])
+    assert dpm.n_clusters_ == 2 and dpm.k_check_ is None
+    with pytest.raises(InvalidParameterError, match="check_k"):
+        _tiny(check_k="yes").fit(blobs[0])

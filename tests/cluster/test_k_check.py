@@ -4,11 +4,9 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
-from sklearn.utils._param_validation import InvalidParameterError
 
 from skaudiocluster.cluster import KCheckWarning
 from skaudiocluster.cluster._k_check import KCheck, candidate_ks, check_n_clusters
-from skaudiocluster.cluster.deepdpm import DeepDPMClusterer
 
 
 @pytest.fixture(scope="module")
@@ -115,52 +113,6 @@ def test_checks_are_cheap_next_to_a_fit():
 
 
 # --- DeepDPMClusterer ----------------------------------------------------------------------
-
-
-def _dpm(**params):
-    defaults = dict(
-        n_clusters_init=2,
-        split_merge_every=3,
-        steps_per_epoch=4,
-        batch_size=32,
-        lr=0.02,
-        sub_lr=0.02,
-        preprocessing="standardize",
-        random_state=0,
-    )
-    return DeepDPMClusterer(**{**defaults, **params})
-
-
-@pytest.fixture(scope="module")
-def four_blobs():
-    return make_blobs(n_samples=400, centers=4, n_features=3, cluster_std=0.6, random_state=3)[0]
-
-
-def test_deepdpm_warns_of_an_under_split_and_keeps_the_check(four_blobs):
-    # two epochs: no split round has run, so the two initial clusters remain
-    with pytest.warns(KCheckWarning, match="found 2 clusters.*worse at K=2 than at K=4") as record:
-        dpm = _dpm(max_epochs=2).fit(four_blobs)
-    assert dpm.n_clusters_ == 2
-    check = dpm.k_check_
-    assert (check.n_clusters, check.best, check.suggested, check.warn) == (2, 4, 4, True)
-    assert {w.filename for w in record if w.category is KCheckWarning} == {__file__}
-
-
-def test_deepdpm_is_silent_when_it_finds_the_clusters(four_blobs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", KCheckWarning)
-        dpm = _dpm(max_epochs=18, steps_per_epoch=8).fit(four_blobs)
-    assert dpm.n_clusters_ == 4
-    assert dpm.k_check_.best == dpm.k_check_.suggested == 4 and not dpm.k_check_.warn
-
-
-def test_check_k_false_skips_the_check(four_blobs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", KCheckWarning)
-        dpm = _dpm(max_epochs=2, check_k=False).fit(four_blobs)
-    assert dpm.n_clusters_ == 2 and dpm.k_check_ is None
-    with pytest.raises(InvalidParameterError, match="check_k"):
-        _dpm(check_k="yes").fit(four_blobs)
 
 
 def test_kcheck_is_a_plain_record():
