@@ -5,10 +5,13 @@ from skaudiocluster._lazy import lazy_exports
 _WHERE = {
     "BYOLAEmbedder": "byola",
     "BirdNETEmbedder": "birdnet",
+    "CONTENT_FRAMES": "_content",
     "PaSSTEmbedder": "passt",
     "SpectrogramTransformer": "spectrogram",
+    "content_view": "_content",
     "resolve_birdnet_weights": "_birdnet_model",
     "resolve_weights": "_weights",
+    "trim_silence": "_content",
 }
 
 __all__ = list(_WHERE)

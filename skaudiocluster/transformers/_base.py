@@ -10,7 +10,9 @@ input, and pickles whose tensors live on the CPU.
 
 A subclass implements :meth:`BaseAudioEmbedder._fit_clips` (load or learn the
 model from decoded clips) and :meth:`BaseAudioEmbedder._transform_clips` (embed
-decoded clips).
+decoded clips). One with time-resolved features also implements
+:meth:`BaseAudioEmbedder._frame_clips` and declares ``group_by``: the base then
+gives it the content view (:mod:`skaudiocluster.transformers._content`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from skaudiocluster._torch import (
@@ -31,8 +33,12 @@ from skaudiocluster._torch import (
     resolve_device,
 )
 from skaudiocluster.audio import check_audio, check_finite_output
+from skaudiocluster.transformers._content import content_view, trim_silence
 
-__all__ = ["BaseAudioEmbedder"]
+__all__ = ["GROUP_BY", "BaseAudioEmbedder"]
+
+#: The values of ``group_by``, the one choice of what clips are grouped by.
+GROUP_BY = StrOptions({"source", "content"})
 
 
 class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
@@ -48,8 +54,14 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
     * ``verbose`` : int, progress bars when positive.
 
     Optional, used when the subclass has them: ``device`` (resolved in ``fit`` as
-    ``device_``; the CPU otherwise, and no ``device_``) and ``random_state``
-    (drawn into one seed per fit; a subclass without it gets seed 0).
+    ``device_``; the CPU otherwise, and no ``device_``), ``random_state``
+    (drawn into one seed per fit; a subclass without it gets seed 0) and
+    ``group_by`` (``{"source", "content"}``, default ``"source"``): ``"source"``
+    gives the subclass's pooled clip vector (who or what makes the sound: speaker,
+    species, instrument); ``"content"`` gives the content view of its frame
+    features (what is said or sung, in order, with the clip's own mean removed;
+    see :func:`skaudiocluster.transformers.content_view`), ``CONTENT_FRAMES``
+    frames per clip flattened frame by frame.
 
     Every fit runs :meth:`_fit_clips` inside :func:`skaudiocluster._torch.fit_context`:
     torch's global generators are forked and seeded (the caller's are untouched),
@@ -127,6 +139,7 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
             The fitted embedder.
         """
         self._check_params()
+        self._check_group_by()
         self._fit_decoded(self._check_clips(X))
         return self
 
@@ -147,6 +160,7 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
             Equal to ``fit(X).transform(X)``.
         """
         self._check_params()
+        self._check_group_by()
         clips = self._check_clips(X)
         self._fit_decoded(clips)
         return self._checked_output(clips, X)
@@ -186,6 +200,27 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
             One 1-D array per clip, at least :attr:`min_samples` long.
         """
         return self._check_clips(X)
+
+    def frames(self, X) -> list[np.ndarray]:
+        """Time-resolved features of each clip, the input of the content view.
+
+        Parameters
+        ----------
+        X : list of 1-D arrays, 2-D array or list of paths
+            Raw audio clips (rate ``sample_rate`` for arrays).
+
+        Returns
+        -------
+        frames : list of ndarray of shape (n_frames_i, n_features_per_frame)
+            One float32 array per clip, frames in time order (not trimmed).
+
+        Raises
+        ------
+        NotImplementedError
+            If the embedder has no time-resolved features.
+        """
+        check_is_fitted(self)
+        return self._frame_clips(self._check_clips(X))
 
     def log_mel(
         self, waveforms: torch.Tensor | list, lengths: torch.Tensor | None = None
@@ -235,6 +270,13 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
     def _check_params(self) -> None:
         """Check parameter combinations ``_parameter_constraints`` cannot (before decoding)."""
 
+    def _check_group_by(self) -> None:
+        if getattr(self, "group_by", "source") == "content" and not self._has_frames():
+            raise ValueError(f"{type(self).__name__} has no content view (no frame features)")
+
+    def _has_frames(self) -> bool:
+        return type(self)._frame_clips is not BaseAudioEmbedder._frame_clips
+
     def _check_clips(self, X) -> list[np.ndarray]:
         """Validate and decode ``X``: mono float32 clips at :attr:`model_sample_rate`."""
         return check_audio(X, sample_rate=self.sample_rate, target_rate=self.model_sample_rate)
@@ -250,7 +292,12 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
             self.n_clips_ = len(clips)
 
     def _checked_output(self, clips: list[np.ndarray], X) -> np.ndarray:
-        return check_finite_output(self._transform_clips(clips), X, type(self).__name__)
+        if getattr(self, "group_by", "source") == "content":
+            rate = self.model_sample_rate
+            out = content_view(self._frame_clips([trim_silence(clip, rate) for clip in clips]))
+        else:
+            out = self._transform_clips(clips)
+        return check_finite_output(out, X, type(self).__name__)
 
     def _fit_clips(self, clips: list[np.ndarray], seed: int) -> None:
         """Load or learn the model from decoded ``clips``, setting the learned attributes.
@@ -263,3 +310,7 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
     def _transform_clips(self, clips: list[np.ndarray]) -> np.ndarray:
         """Embeddings ``(n_clips, n_features)`` of decoded ``clips`` (float32; checked after)."""
         raise NotImplementedError
+
+    def _frame_clips(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """Frame features ``(n_frames_i, d)`` of each decoded clip, in time order."""
+        raise NotImplementedError(f"{type(self).__name__} has no frame features")

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from skaudiocluster._torch import progress
 from skaudiocluster.audio import length_batches
-from skaudiocluster.transformers._base import BaseAudioEmbedder
+from skaudiocluster.transformers._base import GROUP_BY, BaseAudioEmbedder
 from skaudiocluster.transformers._byola_net import (
     LOG_EPS,
     MIN_SAMPLES,
@@ -77,6 +77,16 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         zero-padded, centred, or centre-cropped to ``unit_sec`` seconds (the official
         code crops at random; this one is deterministic). Clips shorter than 70 ms,
         the encoder's minimum, are always zero-padded, centred, to 70 ms.
+    group_by : {"source", "content"}, default="source"
+        ``"source"``: the official clip embedding (max + mean of the frame
+        features over time), which groups clips by who or what makes the sound.
+        ``"content"``: the content view of the frame features before that
+        pooling (one per 80 ms), which groups clips by what is said or sung:
+        silence trimmed, the clip's mean frame removed, resampled to
+        ``CONTENT_FRAMES`` frames, shape (n_clips, 10 * d). Clips under 0.5 s
+        give the encoder only a few frames: for short words the MFCC content
+        view of :class:`~skaudiocluster.SpectrogramTransformer` holds more. See
+        :ref:`group-by`.
     norm_stats : tuple of (float, float), default=None
         Fixed ``(mean, std)`` of the log-mel values. ``None`` learns them in ``fit``:
         the mean and population standard deviation over every log-mel value of the
@@ -162,6 +172,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         "weights": [str, os.PathLike, None],
         "d": [Interval(Integral, 1, None, closed="left"), None],
         "unit_sec": [Interval(Real, 0, None, closed="neither"), None],
+        "group_by": [GROUP_BY],
         "norm_stats": ["array-like", None],
         "pretrain_epochs": [Interval(Integral, 0, None, closed="left")],
         "pretrain_batch_size": [Interval(Integral, 2, None, closed="left")],
@@ -179,6 +190,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         d: int | None = None,
         sample_rate: int = 16000,
         unit_sec: float | None = None,
+        group_by: str = "source",
         norm_stats: tuple[float, float] | None = None,
         batch_size: int = 64,
         pretrain_epochs: int = 0,
@@ -194,6 +206,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         self.d = d
         self.sample_rate = sample_rate
         self.unit_sec = unit_sec
+        self.group_by = group_by
         self.norm_stats = norm_stats
         self.batch_size = batch_size
         self.pretrain_epochs = pretrain_epochs
@@ -245,6 +258,24 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         finally:
             net.train(was_training)
         return out
+
+    def _frame_clips(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """The encoder's frame features (before its max + mean), one per 8 log-mel frames."""
+        clips = [_centre(clip, MIN_SAMPLES, crop=False) for clip in clips]
+        frames: list[np.ndarray] = [np.empty(0)] * len(clips)
+        net = self.module_
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.inference_mode():
+                for index, lms, lengths in self._log_mel_batches(clips, self.device_, "frames"):
+                    lms = ((lms - self.mean_) / self.std_).unsqueeze(1)
+                    features, counts = net.frame_features(lms, lengths, fold=True)
+                    for row, clip_index in enumerate(index):
+                        frames[clip_index] = features[row, : int(counts[row])].cpu().numpy()
+        finally:
+            net.train(was_training)
+        return frames
 
     def log_mel(
         self, waveforms: torch.Tensor | list, lengths: torch.Tensor | None = None

@@ -11,9 +11,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from skaudiocluster._torch import progress
 from skaudiocluster.audio import length_batches
-from skaudiocluster.transformers._base import BaseAudioEmbedder
+from skaudiocluster.transformers._base import GROUP_BY, BaseAudioEmbedder
 
 __all__ = ["SpectrogramTransformer", "chroma_filterbank"]
+
+#: MFCCs of the content view: 1-12, the envelope of the spectrum that speech and song
+#: recognisers have used since the 1980s; 0 (loudness) is left out.
+MFCC_COEFFICIENTS = 12
 
 
 class SpectrogramTransformer(BaseAudioEmbedder):
@@ -54,6 +58,14 @@ class SpectrogramTransformer(BaseAudioEmbedder):
     n_frames : int, default=100
         Frames kept when ``pooling=None`` (longer clips are cropped at the end,
         shorter ones zero-padded after standardisation).
+    group_by : {"source", "content"}, default="source"
+        ``"source"``: the features above, which group clips by who or what makes
+        the sound. ``"content"``: the content view of the clip's MFCCs (the DCT
+        of the log-mel, coefficients 1-12; coefficient 0 is loudness), which
+        groups clips by what is said or sung: silence trimmed, the clip's mean
+        MFCC removed, resampled to ``CONTENT_FRAMES`` frames, shape
+        (n_clips, 120). Needs ``kind="mel"`` and ``pooling="meanstd"``. See
+        :ref:`group-by` for choosing.
     batch_size : int, default=64
         Clips per batch; clips are grouped by similar length and padding never
         changes a clip's features.
@@ -96,6 +108,7 @@ class SpectrogramTransformer(BaseAudioEmbedder):
         "kind": [StrOptions({"mel", "chroma"})],
         "pooling": [StrOptions({"meanstd"}), None],
         "n_frames": [Interval(Integral, 1, None, closed="left")],
+        "group_by": [GROUP_BY],
         "device": [str, torch.device],
     }
 
@@ -110,6 +123,7 @@ class SpectrogramTransformer(BaseAudioEmbedder):
         kind: str = "mel",
         pooling: str | None = "meanstd",
         n_frames: int = 100,
+        group_by: str = "source",
         batch_size: int = 64,
         device: str = "auto",
         verbose: int = 0,
@@ -123,6 +137,7 @@ class SpectrogramTransformer(BaseAudioEmbedder):
         self.kind = kind
         self.pooling = pooling
         self.n_frames = n_frames
+        self.group_by = group_by
         self.batch_size = batch_size
         self.device = device
         self.verbose = verbose
@@ -133,6 +148,11 @@ class SpectrogramTransformer(BaseAudioEmbedder):
             raise ValueError(
                 f"need f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, "
                 f"f_max={f_max}, sample_rate={self.sample_rate}"
+            )
+        if self.group_by == "content" and (self.kind != "mel" or self.pooling != "meanstd"):
+            raise ValueError(
+                'group_by="content" is the view of the MFCC frames: it needs kind="mel" and '
+                f'pooling="meanstd", got kind={self.kind!r}, pooling={self.pooling!r}'
             )
 
     def _fit_clips(self, clips: list[np.ndarray], seed: int) -> None:
@@ -185,6 +205,17 @@ class SpectrogramTransformer(BaseAudioEmbedder):
                 kept = min(self.n_frames, standard.shape[-1])
                 out[indices, :, :kept] = standard[..., :kept].cpu().numpy()
         return out
+
+    def _frame_clips(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """MFCCs 1-12 of every frame (the DCT of the log-mel; 0, the loudness, left out)."""
+        n_coefficients = min(MFCC_COEFFICIENTS, self.n_mels - 1)
+        dct = torchaudio.functional.create_dct(n_coefficients + 1, self.n_mels, "ortho")
+        frames: list[np.ndarray] = [np.empty(0)] * len(clips)
+        for indices, log_mel, n_valid in self._log_mel_batches(clips, "MFCC frames"):
+            mfcc = (log_mel.transpose(1, 2) @ dct.to(log_mel.device))[..., 1:]
+            for row, index in enumerate(indices):
+                frames[index] = mfcc[row, : int(n_valid[row])].cpu().numpy()
+        return frames
 
     @property
     def _n_bands(self) -> int:
