@@ -1,0 +1,237 @@
+"""A deep clusterer of frame sequences that learns invariance to timing.
+
+The heads of :class:`TEMIClusterer` and :class:`SPICEClusterer` see one vector per
+clip, and learn from the same nearest-neighbour graph UMAP lays out. This one
+reads the content view (``group_by="content"``) as the sequence of frames it is,
+and adds information neither UMAP nor k-means uses: that a word said a little
+later, faster or with a frame lost is still the same word. SCAN's objective
+(Van Gansbeke et al., ECCV 2020) with two kinds of positives per clip: views of
+its own frame sequence re-timed (:func:`~skaudiocluster.cluster._temporal_net.timing_views`)
+and its nearest neighbours.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from skaudiocluster._torch import batched_forward, progress, to_numpy
+from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims
+from skaudiocluster.cluster._consensus import consensus_partition, head_agreement
+from skaudiocluster.cluster._neighbors import cosine_knn, umap_knn
+from skaudiocluster.cluster._temporal_net import TemporalModule, scan_loss, timing_views
+from skaudiocluster.transformers._content import CONTENT_FRAMES
+
+__all__ = ["TemporalClusterer"]
+
+
+class TemporalClusterer(BaseDeepClusterer):
+    """Cluster content-view rows by what happens in them, whenever it happens.
+
+    Each row of ``X`` is a clip's sequence of ``n_frames`` frames, flattened frame
+    by frame (the output of an embedder with ``group_by="content"``). A small
+    temporal network (two convolutions along time, mean and max over time,
+    ``n_heads`` linear heads) is trained with SCAN's loss: each clip's assignment
+    must agree with that of a re-timed view of its own frames (another start and
+    span, a tempo curve, masked frames) and with that of one of its
+    ``n_neighbors`` nearest neighbours, while the mean assignment stays spread
+    over the clusters. The clusters are the heads' consensus (k-means on their
+    concatenated probabilities).
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    n_frames : int, default=10
+        Frames per row; ``n_features`` must be a multiple of it. The content
+        view's ``CONTENT_FRAMES``.
+    n_heads : int, default=5
+        Heads trained together; their consensus is steadier than any one head.
+    n_neighbors : int, default=10
+        Nearest neighbours a clip is paired with.
+    neighbors : {"cosine", "umap"}, default="cosine"
+        Where neighbours are mined: ``"umap"``, in the UMAP layout of the
+        preprocessed rows that UMAP + k-means clusters (its graph follows each
+        word's manifold); ``"cosine"``, by cosine similarity of the rows.
+    entropy_weight : float, default=5.0
+        Weight of the entropy of the mean assignment: larger keeps clusters
+        closer in size (SCAN uses 2-5).
+    hidden_dims : tuple of int, default=(64,)
+        Width of the convolutions and of the hidden layer (one value).
+    preprocessing : {"standardize", "l2"} or None, default="standardize"
+        Input transform before the frames are read back; ``"standardize"``
+        scales every (frame, feature) column, which keeps the sequence.
+    n_components : None
+        Must stay ``None``: a PCA would mix the frames.
+    max_steps : int, default=1000
+        Optimizer steps.
+    batch_size : int, default=256
+        Clips per training step (at most the number of clips).
+    lr : float, default=1e-3
+        Adam learning rate.
+    device : str or torch.device, default="auto"
+        ``"auto"``: CUDA when present, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the network, the views, the batches and the consensus.
+    verbose : int, default=0
+        Progress bar over the training steps when positive.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training row.
+    confidence_ : ndarray of shape (n_samples,)
+        How surely each training row sits in its cluster (see ``predict_confidence``).
+    module_ : TemporalModule
+        The trained network (eval mode).
+    consensus_ : Consensus
+        The heads' consensus, which ``predict_proba`` reads.
+    head_agreement_ : ndarray of shape (n_heads,)
+        Mean NMI of each head's partition with the other heads'.
+    loss_curve_ : list of float
+        Training loss of every step.
+    n_iter_ : int
+        Optimizer steps taken.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+
+    See Also
+    --------
+    skaudiocluster.SpectrogramTransformer : ``group_by="content"`` gives its input.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skaudiocluster.cluster import TemporalClusterer
+    >>> rng = np.random.default_rng(0)
+    >>> up, down = np.linspace(-1, 1, 10), np.linspace(1, -1, 10)
+    >>> X = np.vstack([np.repeat(np.vstack([up, down]), 20, axis=0)])
+    >>> X = np.repeat(X[:, :, None], 2, axis=2).reshape(40, 20)
+    >>> X = X + rng.normal(scale=0.1, size=X.shape)
+    >>> labels = TemporalClusterer(2, max_steps=50, random_state=0).fit_predict(X)
+    >>> len(set(labels[:20])), len(set(labels[20:])), labels[0] != labels[-1]
+    (1, 1, True)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDeepClusterer._parameter_constraints,
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "n_frames": [Interval(Integral, 2, None, closed="left")],
+        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "neighbors": [StrOptions({"umap", "cosine"})],
+        "entropy_weight": [Interval(Real, 0, None, closed="left")],
+        "n_components": [None],
+        "max_steps": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        n_frames: int = CONTENT_FRAMES,
+        n_heads: int = 5,
+        n_neighbors: int = 10,
+        neighbors: str = "cosine",
+        entropy_weight: float = 5.0,
+        hidden_dims: tuple[int, ...] = (64,),
+        preprocessing: str | None = "standardize",
+        n_components: None = None,
+        max_steps: int = 1000,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        device: str | torch.device = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+    ):
+        self.n_clusters = n_clusters
+        self.n_frames = n_frames
+        self.n_heads = n_heads
+        self.n_neighbors = n_neighbors
+        self.neighbors = neighbors
+        self.entropy_weight = entropy_weight
+        self.hidden_dims = hidden_dims
+        self.preprocessing = preprocessing
+        self.n_components = n_components
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _min_samples(self) -> int:
+        return max(2, self.n_clusters)
+
+    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+        """Mine neighbours, then train the temporal heads with SCAN's loss."""
+        n_samples, n_features = features.shape
+        if n_features % self.n_frames:
+            raise ValueError(
+                f"X has {n_features} features, not a multiple of n_frames={self.n_frames}: "
+                'its rows must be frame sequences (an embedder with group_by="content")'
+            )
+        dims = check_hidden_dims(self.hidden_dims)
+        if len(dims) != 1:
+            raise ValueError(f"hidden_dims takes one width, got {self.hidden_dims!r}")
+        device = self.device_
+        n_neighbors = min(self.n_neighbors, n_samples - 1)
+        if self.neighbors == "umap":
+            neighbors = umap_knn(features, n_neighbors, random_state=seed)
+        else:
+            neighbors, _ = cosine_knn(features, n_neighbors, device=device)
+        neighbors = torch.from_numpy(np.asarray(neighbors)).to(device)
+        frames = torch.from_numpy(self._sequences(features)).to(device)
+
+        generator = torch.Generator(device=device).manual_seed(seed)
+        module = TemporalModule(frames.shape[2], dims[0], self.n_clusters, self.n_heads)
+        module = module.to(device).train()
+        optimizer = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=1e-4)
+        batch_size = min(self.batch_size, n_samples)
+        self.loss_curve_ = []
+        order = torch.randperm(n_samples, generator=generator, device=device)
+        position = 0
+        for _ in progress(range(self.max_steps), verbose=self.verbose, desc="training"):
+            if position + batch_size > n_samples:
+                order = torch.randperm(n_samples, generator=generator, device=device)
+                position = 0
+            batch = order[position : position + batch_size]
+            position += batch_size
+            pick = torch.randint(n_neighbors, (len(batch),), generator=generator, device=device)
+            anchor = frames[batch]
+            partner = frames[neighbors[batch, pick]]
+            logits = module(torch.cat([anchor, timing_views(anchor, generator), partner]))
+            anchor_logits, view_logits, partner_logits = logits.chunk(3, dim=1)
+            loss = scan_loss(anchor_logits, [view_logits, partner_logits], self.entropy_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            self.loss_curve_.append(float(loss))
+        self.n_iter_ = self.max_steps
+        self.module_ = module.eval()
+
+        head_probs = self._head_probs(features)
+        self.head_agreement_ = head_agreement(head_probs)
+        self.consensus_ = consensus_partition(head_probs, self.n_clusters, random_state=seed)
+        return features
+
+    def _sequences(self, features: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(features.reshape(len(features), self.n_frames, -1))
+
+    def _head_probs(self, features: np.ndarray) -> np.ndarray:
+        """Probabilities of every head, ``(n_heads, n_samples, n_clusters)``."""
+        probs = batched_forward(
+            lambda x: self.module_(x).softmax(dim=-1),
+            self._sequences(features),
+            device=self.device_,
+            dim=1,
+        )
+        return to_numpy(probs)
+
+    def _proba(self, features: np.ndarray) -> np.ndarray:
+        return self.consensus_.predict_proba(self._head_probs(features)).astype(np.float32)
