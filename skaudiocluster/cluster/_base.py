@@ -4,7 +4,7 @@
 parameter names and validation of the shared parameters, the input transform
 (``preprocessing`` + ``n_components`` -> ``preprocessor_``), the device
 (``device`` -> ``device_``), seeding through a forked torch generator (the
-caller's global random state is untouched), one CPU thread while training
+caller's global random state is untouched), ``n_threads`` CPU threads while training
 (restored after), ``KeyboardInterrupt`` and errors leaving the estimator
 unfitted, ``predict`` as the argmax of ``predict_proba``, the confidence of each
 assignment (``confidence_``, ``predict_confidence``), and pickles whose tensors
@@ -21,6 +21,7 @@ memory), the networks run in float32, and ``predict_proba`` returns float32.
 
 from __future__ import annotations
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -42,8 +43,6 @@ from skaudiocluster._torch import (
 )
 from skaudiocluster.cluster._confidence import fit_centroid_confidence
 
-# Training and inference run on this many CPU threads (see _torch.torch_threads).
-FIT_THREADS = 1
 # Inputs with more rows are preprocessed this many rows at a time, so that no step makes
 # N x D float64 temporaries (12 GB at 1M x 512); smaller inputs go through whole, as before.
 PREPROCESS_ROWS = 65_536
@@ -132,6 +131,37 @@ def transform_rows(transformer, data: np.ndarray, dtype) -> np.ndarray:
     return out
 
 
+# The training budget every deep clusterer shares (a stage prefixes both names, e.g.
+# ``semi_max_steps``): optimizer steps, capped at whole passes over the data.
+BUDGET_CONSTRAINTS: dict = {
+    "max_steps": [Interval(Integral, 1, None, closed="left"), None],
+    "max_epochs": [Interval(Integral, 1, None, closed="left"), None],
+}
+
+
+def training_epochs(max_steps: int | None, max_epochs: int | None, steps_per_epoch: int) -> int:
+    """Whole epochs a training run lasts under the budget ``max_steps`` / ``max_epochs``.
+
+    The package's one budget convention: ``max_steps`` optimizer steps, rounded
+    up to the end of the epoch they fall in (so every sample is seen alike), and
+    at most ``max_epochs`` epochs; ``None`` leaves that bound out (one of the two
+    must be set). ``n_iter_`` then counts the optimizer steps the fit took.
+
+    Examples
+    --------
+    >>> training_epochs(1000, None, steps_per_epoch=30)
+    34
+    >>> training_epochs(1000, 5, steps_per_epoch=30), training_epochs(None, 5, 30)
+    (5, 5)
+    """
+    if max_steps is None and max_epochs is None:
+        raise ValueError("max_steps and max_epochs cannot both be None: set a training budget")
+    bounds = [] if max_epochs is None else [max_epochs]
+    if max_steps is not None:
+        bounds.append(max(1, math.ceil(max_steps / max(steps_per_epoch, 1))))
+    return min(bounds)
+
+
 def check_hidden_dims(hidden_dims) -> tuple[int, ...]:
     """``hidden_dims`` as a tuple of positive ints, or a ``ValueError`` that says what is wrong.
 
@@ -165,7 +195,16 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
     * ``device`` : "auto", a string or a :class:`torch.device`; resolved as ``device_``.
     * ``random_state`` : int, RandomState instance or None; an int makes CPU fits
       repeat exactly.
+    * ``n_threads`` : int or None, default 1; CPU threads torch uses in ``fit`` and
+      ``predict`` (restored after). One thread, because the networks and batches are
+      small: torch's default of one thread per core spends more on synchronisation
+      than it saves, and on a busy 2-core machine a step took 14 times longer than
+      on one thread. ``None`` keeps torch's setting.
     * ``verbose`` : int; progress bars when positive.
+
+    A subclass that trains declares its budget with :data:`BUDGET_CONSTRAINTS`
+    (``max_steps``, ``max_epochs``; :func:`training_epochs`) and sets ``n_iter_``,
+    the optimizer steps its fit took (every stage summed).
     """
 
     _parameter_constraints: dict = {
@@ -174,6 +213,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         "n_components": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device],
         "random_state": ["random_state"],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
     }
 
@@ -196,7 +236,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         """
         device = resolve_device(self.device)
         seed = draw_seed(self.random_state)
-        with fit_context(self, seed, device, n_threads=FIT_THREADS):
+        with fit_context(self, seed, device, n_threads=self.n_threads):
             self.device_ = device
             check_hidden_dims(self.hidden_dims)
             embeddings = self._embeddings(X, reset=True, seed=seed)
@@ -230,7 +270,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
             Rows sum to 1.
         """
         check_is_fitted(self)
-        with torch_threads(FIT_THREADS if self.device_.type == "cpu" else None):
+        with torch_threads(self.n_threads if self.device_.type == "cpu" else None):
             return self._proba(self._preprocess(self._embeddings(X, reset=False)))
 
     def predict_confidence(self, X) -> np.ndarray:
@@ -251,7 +291,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         confidence : ndarray of shape (n_samples,), float64
         """
         check_is_fitted(self)
-        with torch_threads(FIT_THREADS if self.device_.type == "cpu" else None):
+        with torch_threads(self.n_threads if self.device_.type == "cpu" else None):
             features = self._preprocess(self._embeddings(X, reset=False))
             labels = self._proba(features).argmax(axis=1)
         return self.confidence_model_(features, labels)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from skaudiocluster._torch import batched_forward, make_generator
-from skaudiocluster._training import TrainingNet
+from skaudiocluster._training import TrainingNet, ema_update_
 from skaudiocluster.cluster._spice_labels import (
     IGNORE,
     double_softmax_cross_entropy,
@@ -486,7 +486,8 @@ class FixMatchNet(TrainingNet):
         Optimiser steps per epoch; ``None`` is one pass over the samples as unlabelled data.
     ema_decay : float, default=0.0
         When positive, ``ema_module_`` holds an exponential moving average of the
-        module's parameters (updated after every step; buffers copied), FixMatch's
+        module's parameters (:func:`~skaudiocluster._training.ema_update_` after every
+        step; the heads have no buffers), FixMatch's
         evaluation model. ``0`` keeps no average (``ema_module_`` is ``None``).
     seed : int
         Seeds the batches and views: one generator per fit, drawn on across epochs.
@@ -537,12 +538,7 @@ class FixMatchNet(TrainingNet):
     def train_step(self, batch, **fit_params):
         step = super().train_step(batch, **fit_params)
         if self.ema_module_ is not None:
-            with torch.no_grad():
-                decay = self.ema_decay
-                for ema, live in zip(self.ema_module_.parameters(), self.module_.parameters()):
-                    ema.lerp_(live, 1.0 - decay)
-                for ema, live in zip(self.ema_module_.buffers(), self.module_.buffers()):
-                    ema.copy_(live)
+            ema_update_(self.ema_module_, self.module_, self.ema_decay)
         return step
 
     def infer(self, x, **fit_params):

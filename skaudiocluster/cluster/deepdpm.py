@@ -30,8 +30,18 @@ from torch.nn import functional as F
 from torch.utils.data import BatchSampler, RandomSampler
 
 from skaudiocluster._torch import batched_forward, to_numpy
-from skaudiocluster._training import StopOnNonFiniteLoss, epoch_history, progress_callbacks
-from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims
+from skaudiocluster._training import (
+    StopOnNonFiniteLoss,
+    epoch_history,
+    optimizer_steps,
+    progress_callbacks,
+)
+from skaudiocluster.cluster._base import (
+    BUDGET_CONSTRAINTS,
+    BaseDeepClusterer,
+    check_hidden_dims,
+    training_epochs,
+)
 from skaudiocluster.cluster._deepdpm_net import (
     DeepDPMLoss,
     DeepDPMModule,
@@ -135,10 +145,14 @@ class DeepDPMClusterer(BaseDeepClusterer):
     hidden_dims : tuple of int, default=(50,)
         Hidden layer widths of the clustering net. Each sub-clustering net has
         one hidden layer of width ``hidden_dims[0]`` (at least 2).
-    max_epochs : int, default=150
-        Passes over the data (the official runs use 500; see
-        ``split_merge_every``). A split round is only held if a merge round
-        follows it within ``max_epochs``.
+    max_steps : int or None, default=None
+        Optimizer steps, rounded up to whole epochs of ``steps_per_epoch``
+        steps; ``None``: ``max_epochs`` alone. DeepDPM's budget is epochs, as
+        its split/merge schedule counts them.
+    max_epochs : int or None, default=150
+        At most this many epochs, each an M-step of the mixture (the official
+        runs use 500; see ``split_merge_every``). A split round is only held if
+        a merge round follows it within the epochs trained.
     split_merge_every : int, default=15
         Epochs between split and merge rounds; the whole schedule scales with it
         (see :class:`~skaudiocluster.cluster._deepdpm_net.SplitMergeSchedule`).
@@ -157,8 +171,11 @@ class DeepDPMClusterer(BaseDeepClusterer):
     random_state : int, RandomState instance or None, default=None
         An int makes CPU fits repeat exactly; torch's global generator is left
         untouched.
+    n_threads : int or None, default=1
+        CPU threads of torch while fitting and predicting (small networks run
+        fastest on one); ``None`` keeps torch's setting.
     verbose : int, default=0
-        1 shows a progress bar per epoch, 2 also skorch's epoch table.
+        1 shows a progress bar, 2 also skorch's epoch table.
     check_k : bool, default=True
         After training, score k-means partitions of the features the mixture saw
         for K from ``n_clusters_ - 3`` to ``n_clusters_ + 6`` by their
@@ -195,6 +212,8 @@ class DeepDPMClusterer(BaseDeepClusterer):
     module_ : torch.nn.Module
         The trained networks (clustering net and sub-clustering nets), on ``device_``.
     device_ : torch.device
+    n_iter_ : int
+        Optimizer steps of the fit.
     history_ : skorch.History
         One row per epoch: ``epoch``, ``train_loss``, ``dur``, ``n_clusters`` and
         ``event`` (``"split 2"``, ``"merge 1"`` or ``""``), e.g.
@@ -267,7 +286,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         "prior_sigma_scale": [Interval(Real, 0, None, closed="neither")],
         "weight_smoothing": [Interval(Real, 0, None, closed="neither")],
         "covariance_type": [StrOptions({"auto", "full", "diag"})],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        **BUDGET_CONSTRAINTS,
         "split_merge_every": [Interval(Integral, 3, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
@@ -290,7 +309,8 @@ class DeepDPMClusterer(BaseDeepClusterer):
         covariance_type: str = "auto",
         preprocessing: str | None = "l2",
         hidden_dims: tuple[int, ...] = (50,),
-        max_epochs: int = 150,
+        max_steps: int | None = None,
+        max_epochs: int | None = 150,
         split_merge_every: int = 15,
         batch_size: int = 128,
         steps_per_epoch: int | None = None,
@@ -298,6 +318,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         sub_lr: float = 5e-3,
         device: str | torch.device = "auto",
         random_state=None,
+        n_threads: int | None = 1,
         verbose: int = 0,
         check_k: bool = True,
     ):
@@ -312,6 +333,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.covariance_type = covariance_type
         self.preprocessing = preprocessing
         self.hidden_dims = hidden_dims
+        self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.split_merge_every = split_merge_every
         self.batch_size = batch_size
@@ -320,6 +342,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.sub_lr = sub_lr
         self.device = device
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
         self.check_k = check_k
 
@@ -360,7 +383,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
             optimizer=torch.optim.Adam,
             lr=self.lr,
             optimizer__param_groups=[("sub_*", {"lr": self.sub_lr})],
-            max_epochs=self.max_epochs,
+            max_epochs=training_epochs(self.max_steps, self.max_epochs, steps),
             batch_size=batch_size,
             # Whole batches are sampled and indexed at once (no per-row fetch and collate).
             iterator_train__batch_size=None,
@@ -381,6 +404,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         net.fit(data)
         self.module_ = net.module_
         self.history_ = epoch_history([net])
+        self.n_iter_ = optimizer_steps([net])
         self._drop_unused_units(mixture, features)
         self.k_check_ = (
             check_n_clusters(features, self.n_clusters_, random_state=seed)

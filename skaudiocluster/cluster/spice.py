@@ -17,9 +17,19 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from skaudiocluster._torch import batched_forward, draw_seed
-from skaudiocluster._training import StopOnNonFiniteLoss, epoch_history, progress_callbacks
+from skaudiocluster._training import (
+    StopOnNonFiniteLoss,
+    epoch_history,
+    optimizer_steps,
+    progress_callbacks,
+)
 from skaudiocluster.augment import strong_augmentation, weak_augmentation
-from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims
+from skaudiocluster.cluster._base import (
+    BUDGET_CONSTRAINTS,
+    BaseDeepClusterer,
+    check_hidden_dims,
+    training_epochs,
+)
 from skaudiocluster.cluster._consensus import consensus_partition
 from skaudiocluster.cluster._heads import MultiHead, copy_head
 from skaudiocluster.cluster._spice_joint import ClipDataset, ClipViews, JointNetwork
@@ -77,8 +87,8 @@ class SPICEClusterer(BaseDeepClusterer):
     With an ``encoder`` (a :class:`~skaudiocluster.transformers.byola.BYOLAEmbedder`),
     ``fit`` takes raw audio: the encoder (cloned to ``encoder_``; seeded from
     ``random_state`` when its own ``random_state`` is None) embeds the clips, stages
-    1-3 run on those embeddings as above, and then stage 3 continues for
-    ``joint_max_epochs`` on the audio itself, training the encoder (learning rate
+    1-3 run on those embeddings as above, and then stage 3 continues (``joint_max_steps``,
+    ``joint_max_epochs``) on the audio itself, training the encoder (learning rate
     ``encoder_lr``; its batch-norm statistics stay frozen) and the classifier together.
     Its weak views are random crops of 90-100 % of each clip with +/- 3 dB gain; the
     strong views crop 60-100 %, change the gain by up to +/- 6 dB, fade in and out and
@@ -134,13 +144,13 @@ class SPICEClusterer(BaseDeepClusterer):
     n_components : int or None, default=64
         Inputs with more features are standardised and projected on this many principal
         components (at most ``n_samples``); ``None`` skips the projection.
-    max_steps : int, default=1500
+    max_steps : int or None, default=1500
         SPICE-Self optimiser steps, rounded up to whole epochs (an epoch labels every big
         batch and replays its labels ``n_repeats`` times), whatever ``n_samples``, so
-        that small collections train as long as large ones (:ref:`bench-spice-budget`).
+        that small collections train as long as large ones (:ref:`bench-spice-budget`);
+        ``None``: ``max_epochs`` alone.
     max_epochs : int or None, default=None
-        Epoch budget of SPICE-Self instead of ``max_steps`` (the budget before the
-        step-based one, kept for compatibility; the steps then grow with ``n_samples``).
+        At most this many SPICE-Self epochs; ``None``: no cap.
     big_batch_size : int, default=5000
         Samples per prototype-labelling big batch (clipped to ``n_samples``).
     batch_size : int, default=128
@@ -168,12 +178,12 @@ class SPICEClusterer(BaseDeepClusterer):
     min_reliable : int, default=10
         Reliable samples each cluster is guaranteed (topped up with its most consistent
         members, with a warning).
-    semi_max_steps : int, default=1000
+    semi_max_steps : int or None, default=1000
         Stage-3 optimiser steps (rounded up to whole epochs of at most 50 steps); 0 keeps
-        SPICE-Self.
+        SPICE-Self; ``None``: ``semi_max_epochs`` alone.
     semi_max_epochs : int or None, default=None
-        Epoch budget of stage 3 (passes over all samples as unlabelled data) instead of
-        ``semi_max_steps``, kept for compatibility; 0 keeps SPICE-Self.
+        At most this many stage-3 passes over all samples as unlabelled data (then run
+        as such passes); 0 keeps SPICE-Self; ``None``: no cap.
     ema_decay : float, default=0.99
         Decay of the stage-3 weight average kept as the classifier; 0 keeps the last
         weights.
@@ -187,8 +197,12 @@ class SPICEClusterer(BaseDeepClusterer):
         FixMatch confidence threshold.
     unlabelled_weight : float, default=1.0
         Weight of FixMatch's unlabelled loss.
-    joint_max_epochs : int, default=3
-        With ``encoder``: epochs of joint encoder and classifier training on raw audio.
+    joint_max_steps : int or None, default=None
+        With ``encoder``: optimiser steps of joint encoder and classifier training on raw
+        audio, rounded up to whole epochs; ``None``: ``joint_max_epochs`` alone.
+    joint_max_epochs : int or None, default=3
+        At most this many joint epochs (passes over the clips as unlabelled data), few
+        because every step runs the encoder on a CPU; 0 skips the joint stage.
     encoder_lr : float, default=1e-5
         Adam learning rate of the encoder in joint training.
     joint_batch_size : int, default=16
@@ -201,6 +215,9 @@ class SPICEClusterer(BaseDeepClusterer):
         Seeds initialisation, batching and views (and an unseeded ``encoder``); an int
         makes CPU runs repeat exactly. The caller's global torch random state is left
         untouched.
+    n_threads : int or None, default=1
+        CPU threads of torch while fitting and predicting (small heads run fastest on
+        one); ``None`` keeps torch's setting.
     verbose : int, default=0
         Progress bars when positive.
 
@@ -237,6 +254,8 @@ class SPICEClusterer(BaseDeepClusterer):
         SPICE-Self head (read through ``consensus_``) or the selected one.
     preprocessor_ : sklearn Pipeline
         The fitted input transform.
+    n_iter_ : int
+        Optimiser steps of the fit, all stages summed.
     history_ : skorch History
         One row per epoch of every stage run (``stage`` is ``"self"``, ``"semi"`` or
         ``"joint"``) with ``train_loss`` and ``dur``; SPICE-Self rows also hold
@@ -269,8 +288,7 @@ class SPICEClusterer(BaseDeepClusterer):
         "encoder": [HasMethods(["fit", "transform", "waveforms", "log_mel"]), None],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "head_selection": [StrOptions({"consensus", "best"})],
-        "max_steps": [Interval(Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left"), None],
+        **BUDGET_CONSTRAINTS,
         "big_batch_size": [Interval(Integral, 2, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
@@ -285,7 +303,7 @@ class SPICEClusterer(BaseDeepClusterer):
         "min_agreement": [Interval(Real, 0, 1, closed="both")],
         "min_confidence": [Interval(Real, 0, 1, closed="left")],
         "min_reliable": [Interval(Integral, 1, None, closed="left")],
-        "semi_max_steps": [Interval(Integral, 0, None, closed="left")],
+        "semi_max_steps": [Interval(Integral, 0, None, closed="left"), None],
         "semi_max_epochs": [Interval(Integral, 0, None, closed="left"), None],
         "ema_decay": [Interval(Real, 0, 1, closed="left")],
         "semi_lr": [Interval(Real, 0, None, closed="neither")],
@@ -293,7 +311,8 @@ class SPICEClusterer(BaseDeepClusterer):
         "unlabelled_ratio": [Interval(Integral, 1, None, closed="left")],
         "threshold": [Interval(Real, 0, 1, closed="both")],
         "unlabelled_weight": [Interval(Real, 0, None, closed="left")],
-        "joint_max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "joint_max_steps": [Interval(Integral, 0, None, closed="left"), None],
+        "joint_max_epochs": [Interval(Integral, 0, None, closed="left"), None],
         "encoder_lr": [Interval(Real, 0, None, closed="neither")],
         "joint_batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_audio_seconds": [Interval(Real, 0, None, closed="neither")],
@@ -309,7 +328,7 @@ class SPICEClusterer(BaseDeepClusterer):
         hidden_dims: tuple[int, ...] = (512,),
         preprocessing: str | None = "l2",
         n_components: int | None = 64,
-        max_steps: int = 1500,
+        max_steps: int | None = 1500,
         max_epochs: int | None = None,
         big_batch_size: int = 5000,
         batch_size: int = 128,
@@ -325,7 +344,7 @@ class SPICEClusterer(BaseDeepClusterer):
         min_agreement: float = 0.9,
         min_confidence: float = 0.99,
         min_reliable: int = 10,
-        semi_max_steps: int = 1000,
+        semi_max_steps: int | None = 1000,
         semi_max_epochs: int | None = None,
         ema_decay: float = 0.99,
         semi_lr: float = 1e-3,
@@ -333,12 +352,14 @@ class SPICEClusterer(BaseDeepClusterer):
         unlabelled_ratio: int = 7,
         threshold: float = 0.95,
         unlabelled_weight: float = 1.0,
-        joint_max_epochs: int = 3,
+        joint_max_steps: int | None = None,
+        joint_max_epochs: int | None = 3,
         encoder_lr: float = 1e-5,
         joint_batch_size: int = 16,
         max_audio_seconds: float = 2.0,
         device: str | torch.device = "auto",
         random_state=None,
+        n_threads: int | None = 1,
         verbose: int = 0,
     ):
         self.n_clusters = n_clusters
@@ -372,12 +393,14 @@ class SPICEClusterer(BaseDeepClusterer):
         self.unlabelled_ratio = unlabelled_ratio
         self.threshold = threshold
         self.unlabelled_weight = unlabelled_weight
+        self.joint_max_steps = joint_max_steps
         self.joint_max_epochs = joint_max_epochs
         self.encoder_lr = encoder_lr
         self.joint_batch_size = joint_batch_size
         self.max_audio_seconds = max_audio_seconds
         self.device = device
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
 
     def _min_samples(self) -> int:
@@ -388,7 +411,7 @@ class SPICEClusterer(BaseDeepClusterer):
         if self.encoder is None:
             return super()._embeddings(X, reset=reset, seed=seed)
         if reset:
-            if self.joint_max_epochs and not self._runs_semi() and self.head_selection != "best":
+            if self._runs_joint() and not self._runs_semi() and self.head_selection != "best":
                 raise ValueError(  # checked before the clips are embedded
                     "the joint stage trains one classifier: with semi_max_steps=0 (or "
                     'semi_max_epochs=0) it needs head_selection="best"'
@@ -445,15 +468,19 @@ class SPICEClusterer(BaseDeepClusterer):
             self.consensus_ = None  # the classifier predicts alone
             nets.append(semi_net)
             stages.append("semi")
-        if self.encoder is not None and self.joint_max_epochs:
+        if self._runs_joint():
             nets.append(self._fit_joint(X, targets, seed))
             stages.append("joint")
             features = self._preprocess(self._embeddings(X, reset=False))
         self.history_ = epoch_history(nets, stage=stages)
+        self.n_iter_ = optimizer_steps(nets)
         return features
 
     def _runs_semi(self) -> bool:
-        return bool(self.semi_max_steps if self.semi_max_epochs is None else self.semi_max_epochs)
+        return self.semi_max_steps != 0 and self.semi_max_epochs != 0
+
+    def _runs_joint(self) -> bool:
+        return self.encoder is not None and self.joint_max_steps != 0 and self.joint_max_epochs != 0
 
     def _proba(self, features: np.ndarray) -> np.ndarray:
         return self._combine_heads(_head_probs(self.module_, features, self.device_))
@@ -486,7 +513,7 @@ class SPICEClusterer(BaseDeepClusterer):
             batch_size=self.batch_size,
             n_repeats=self.n_repeats,
         )
-        n_epochs = self.max_epochs or max(1, math.ceil(self.max_steps / steps))
+        n_epochs = training_epochs(self.max_steps, self.max_epochs, steps)
         net = SPICESelfNet(
             MultiHead,
             module__in_features=features.shape[1],
@@ -537,10 +564,16 @@ class SPICEClusterer(BaseDeepClusterer):
         self, features: np.ndarray, targets: np.ndarray, hidden_dims: tuple[int, ...], seed: int
     ):
         """SPICE-Semi on embeddings: a fresh classifier, FixMatch on embedding views."""
-        if self.semi_max_epochs is None:
+        pass_steps = fixmatch_batches_per_epoch(
+            len(features), batch_size=self.semi_batch_size, unlabelled_ratio=self.unlabelled_ratio
+        )
+        if self.semi_max_steps is None or (
+            self.semi_max_epochs is not None
+            and self.semi_max_epochs * pass_steps <= self.semi_max_steps
+        ):  # the epoch cap binds: whole passes over the samples
+            n_epochs, steps = training_epochs(None, self.semi_max_epochs, pass_steps), None
+        else:
             n_epochs, steps = semi_schedule(self.semi_max_steps)
-        else:  # the epoch budget: one pass over the samples per epoch
-            n_epochs, steps = self.semi_max_epochs, None
         net = FixMatchNet(
             MultiHead,
             module__in_features=features.shape[1],
@@ -553,15 +586,7 @@ class SPICEClusterer(BaseDeepClusterer):
             batch_size=self.semi_batch_size,
             views=EmbeddingViews(*self._views()),
             seed=seed,
-            callbacks=self._callbacks(
-                "SPICE-Semi",
-                steps
-                or fixmatch_batches_per_epoch(
-                    len(features),
-                    batch_size=self.semi_batch_size,
-                    unlabelled_ratio=self.unlabelled_ratio,
-                ),
-            ),
+            callbacks=self._callbacks("SPICE-Semi", steps or pass_steps),
             **self._fixmatch_params(),
         )
         return net.fit(features, targets)
@@ -582,7 +607,7 @@ class SPICEClusterer(BaseDeepClusterer):
         net = FixMatchNet(
             network,
             optimizer__param_groups=[("encoder.*", {"lr": self.encoder_lr})],
-            max_epochs=self.joint_max_epochs,
+            max_epochs=training_epochs(self.joint_max_steps, self.joint_max_epochs, steps),
             batch_size=self.joint_batch_size,
             views=ClipViews(
                 weak_augmentation(**crop), strong_augmentation(**crop), encoder.log_mel

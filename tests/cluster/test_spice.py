@@ -309,17 +309,23 @@ def test_stages_are_budgeted_in_steps_whatever_n_samples(blobs):
     assert semi_steps == [[40, 40, 40], [40, 40, 40]]
 
 
-def test_epoch_budgets_still_override_the_step_budgets(blobs):
+def test_epoch_caps_bound_the_step_budgets_and_n_iter_counts_every_step(blobs):
     X, _ = blobs
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
-        spice = _tiny(max_epochs=3, semi_max_epochs=2).fit(X)
+        spice = _tiny(max_steps=40, max_epochs=3, semi_max_steps=1000, semi_max_epochs=2).fit(X)
+        epochs_only = _tiny(max_steps=None, max_epochs=3, semi_max_steps=None, semi_max_epochs=2)
+        losses = epochs_only.fit(X).history_[:, "train_loss"]
+    assert losses == spice.history_[:, "train_loss"]  # the same caps bind
     assert spice.history_[:, "stage"] == ["self"] * 3 + ["semi"] * 2
     one_pass = fixmatch_batches_per_epoch(240, batch_size=64, unlabelled_ratio=7)
     assert spice.history_[:, "train_batch_count"][3:] == [one_pass] * 2
+    assert spice.n_iter_ == sum(spice.history_[:, "train_batch_count"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
         assert _tiny(semi_max_epochs=0).fit(X).history_[:, "stage"] == ["self"] * 2
+    with pytest.raises(ValueError, match="cannot both be None"):
+        _tiny(max_steps=None).fit(X)
 
 
 def test_embedding_views_stack_weak_labelled_weak_and_strong_unlabelled():
