@@ -57,7 +57,7 @@ class SPICEClusterer(BaseDeepClusterer):
     components, then L2-normalised):
 
     1. **SPICE-Self.** ``n_heads`` MLP heads ``Linear-ReLU-Linear-softmax`` are trained
-       on prototype pseudo-labels: in each big batch of ``big_batch_size`` samples, the
+       on prototype pseudo-labels: in each chunk of ``labelling_size`` samples, the
        ``center_ratio * M / K`` most confident samples of a cluster are averaged into a
        prototype and the ``M / K`` samples nearest to it (cosine) get that cluster's label;
        each head is trained on its labels with the cross-entropy of its *probabilities*
@@ -101,7 +101,7 @@ class SPICEClusterer(BaseDeepClusterer):
     Budgets and defaults. Both embedding stages are budgeted in optimiser steps, not
     epochs, so a collection of 60 clips trains as long as one of 3,000: the paper's 30
     epochs gave a fresh stage-3 classifier about 100 steps at 300 clips, and with
-    ``n_samples <= big_batch_size`` its 30 SPICE-Self epochs refreshed the pseudo-labels
+    ``n_samples <= labelling_size`` its 30 SPICE-Self epochs refreshed the pseudo-labels
     only 30 times (200-360 in the official runs). ``max_steps=1500`` with
     ``n_repeats=2`` (the paper: 8) refreshes them every 48 steps at 3,000 clips (31
     refreshes) and every 2-6 steps at 60-300 clips; ``semi_max_steps=1000`` with the
@@ -151,12 +151,13 @@ class SPICEClusterer(BaseDeepClusterer):
         ``None``: ``max_epochs`` alone.
     max_epochs : int or None, default=None
         At most this many SPICE-Self epochs; ``None``: no cap.
-    big_batch_size : int, default=5000
-        Samples per prototype-labelling big batch (clipped to ``n_samples``).
+    labelling_size : int, default=5000
+        Samples pseudo-labelled together, from which each cluster's prototype is drawn
+        (clipped to ``n_samples``): a labelling chunk, not a training mini-batch.
     batch_size : int, default=128
         Mini-batch size of head training.
     n_repeats : int, default=2
-        Training passes over each big batch's pseudo-labels.
+        Training passes over each labelling chunk's pseudo-labels.
     lr : float, default=5e-3
         Adam learning rate of the heads.
     center_ratio : float, default=0.5
@@ -289,7 +290,7 @@ class SPICEClusterer(BaseDeepClusterer):
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "head_selection": [StrOptions({"consensus", "best"})],
         **BUDGET_CONSTRAINTS,
-        "big_batch_size": [Interval(Integral, 2, None, closed="left")],
+        "labelling_size": [Interval(Integral, 2, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -330,7 +331,7 @@ class SPICEClusterer(BaseDeepClusterer):
         n_components: int | None = 64,
         max_steps: int | None = 1500,
         max_epochs: int | None = None,
-        big_batch_size: int = 5000,
+        labelling_size: int = 5000,
         batch_size: int = 128,
         n_repeats: int = 2,
         lr: float = 5e-3,
@@ -371,7 +372,7 @@ class SPICEClusterer(BaseDeepClusterer):
         self.n_components = n_components
         self.max_steps = max_steps
         self.max_epochs = max_epochs
-        self.big_batch_size = big_batch_size
+        self.labelling_size = labelling_size
         self.batch_size = batch_size
         self.n_repeats = n_repeats
         self.lr = lr
@@ -509,7 +510,7 @@ class SPICEClusterer(BaseDeepClusterer):
         steps = prototype_batches_per_epoch(
             len(features),
             self.n_clusters,
-            big_batch_size=self.big_batch_size,
+            labelling_size=self.labelling_size,
             batch_size=self.batch_size,
             n_repeats=self.n_repeats,
         )
@@ -526,7 +527,7 @@ class SPICEClusterer(BaseDeepClusterer):
             lr=self.lr,
             max_epochs=n_epochs,
             batch_size=self.batch_size,
-            big_batch_size=self.big_batch_size,
+            labelling_size=self.labelling_size,
             n_repeats=self.n_repeats,
             center_ratio=self.center_ratio,
             weak_view=weak_view,
