@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -235,23 +236,24 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
             The fitted clusterer.
         """
         device = resolve_device(self.device)
-        seed = draw_seed(self.random_state)
-        with fit_context(self, seed, device, n_threads=self.n_threads):
+        # The one source of the fit's randomness: every independent stream gets a child seed.
+        random_state = check_random_state(self.random_state)
+        with fit_context(self, draw_seed(random_state), device, n_threads=self.n_threads):
             self.device_ = device
             check_hidden_dims(self.hidden_dims)
-            embeddings = self._embeddings(X, reset=True, seed=seed)
+            embeddings = self._embeddings(X, reset=True, random_state=random_state)
             self.preprocessor_ = fit_preprocessor(
                 make_preprocessor(
                     self.preprocessing,
                     self._n_components(len(embeddings)),
                     embeddings.shape,
-                    seed,
+                    draw_seed(random_state),
                 ),
                 embeddings,
             )
             features = self._preprocess(embeddings)
             del embeddings  # a float64 copy of X: not held while training
-            features = self._fit_features(features, X, seed)
+            features = self._fit_features(features, X, random_state)
             self.labels_ = self._proba(features).argmax(axis=1)
             self.confidence_model_ = fit_centroid_confidence(features, self.labels_)
             self.confidence_ = self.confidence_model_(features, self.labels_)
@@ -318,8 +320,9 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
 
     # -- what subclasses implement or may override ----------------------------------------------
 
-    def _embeddings(self, X, *, reset: bool, seed: int | None = None) -> np.ndarray:
-        """``X`` validated as a float64 2-D array (a clusterer owning an encoder embeds here)."""
+    def _embeddings(self, X, *, reset: bool, random_state=None) -> np.ndarray:
+        """``X`` validated as a float64 2-D array (a clusterer owning an encoder embeds here;
+        ``random_state``, in ``fit`` only, is the fit's :class:`~numpy.random.RandomState`)."""
         min_samples = self._min_samples() if reset else 1
         return validate_data(self, X, dtype=np.float64, reset=reset, ensure_min_samples=min_samples)
 
@@ -334,12 +337,18 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
     def _preprocess(self, embeddings: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(transform_rows(self.preprocessor_, embeddings, np.float32))
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(
+        self, features: np.ndarray, X, random_state: np.random.RandomState
+    ) -> np.ndarray:
         """Train on the preprocessed ``features`` (float32); ``X`` is the raw input of ``fit``.
 
-        Runs inside the fit context (forked RNG seeded by ``seed``, one CPU
-        thread). Returns the training features the fitted model labels (usually
-        ``features`` itself) for ``labels_``.
+        Runs inside the fit context (torch's generators forked and seeded from
+        ``random_state``, ``n_threads`` CPU threads). ``random_state`` is the
+        fit's one :class:`~numpy.random.RandomState`: draw one child seed from it
+        (:func:`~skaudiocluster._torch.draw_seed`) for each independent random
+        stream (batches, views, k-means...), never one seed for two. Returns the
+        training features the fitted model labels (usually ``features``
+        itself) for ``labels_``.
         """
         raise NotImplementedError
 

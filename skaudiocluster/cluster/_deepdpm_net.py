@@ -288,10 +288,11 @@ class SplitMergeSchedule(Callback):
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         self.frozen_until_ = 0
-        self.rng_ = np.random.default_rng(self.seed)
+        moves_seed, rows_seed = np.random.SeedSequence(self.seed).spawn(2)  # two streams
+        self.rng_ = np.random.default_rng(moves_seed)
         data = to_tensor(X, device=net.device)
         self.n_samples_ = len(data)
-        sample = np.random.default_rng(self.seed).permutation(len(data))[: self.head_fit_size]
+        sample = np.random.default_rng(rows_seed).permutation(len(data))[: self.head_fit_size]
         self.head_fit_rows_ = data[torch.as_tensor(np.sort(sample), device=data.device)]
         net.module_.active.copy_(net.mixture.active)
 

@@ -345,7 +345,7 @@ def training_budget(
 
 def make_net(est, n_features: int, seed: int, n_epochs: int, steps_per_epoch: int) -> TEMINet:
     """The :class:`TEMINet` a fitting :class:`~skaudiocluster.cluster.TEMIClusterer` trains
-    for ``n_epochs`` epochs of ``steps_per_epoch`` steps.
+    for ``n_epochs`` epochs of ``steps_per_epoch`` steps, its batches shuffled from ``seed``.
 
     Reads ``est``'s parameters and the sizes its ``fit`` has set (``n_head_clusters_``,
     ``batch_size_``, ``device_``).
@@ -384,7 +384,7 @@ def make_net(est, n_features: int, seed: int, n_epochs: int, steps_per_epoch: in
         iterator_train__shuffle=True,
         iterator_train__drop_last=True,
         iterator_train__collate_fn=keep_batch,
-        iterator_train__generator=make_generator(seed + 1),
+        iterator_train__generator=make_generator(seed),
         train_split=None,
         callbacks=callbacks,
         device=est.device_,

@@ -29,7 +29,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, RandomSampler
 
-from skaudiocluster._torch import batched_forward, to_numpy
+from skaudiocluster._torch import batched_forward, draw_seeds, to_numpy
 from skaudiocluster._training import (
     StopOnNonFiniteLoss,
     epoch_history,
@@ -351,7 +351,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
             return auto_n_components(n_samples)
         return self.n_components
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(self, features: np.ndarray, X, random_state) -> np.ndarray:
         if self.n_clusters_init > self.max_clusters:
             raise ValueError(
                 f"n_clusters_init={self.n_clusters_init} exceeds max_clusters={self.max_clusters}"
@@ -368,7 +368,8 @@ class DeepDPMClusterer(BaseDeepClusterer):
         )
         self.covariance_type_ = "diag" if diagonal else "full"
         data = torch.from_numpy(features).to(self.device_)
-        mixture = self._initial_mixture(data, seed, diagonal)
+        kmeans_seed, schedule_seed, check_seed = draw_seeds(random_state, 3)
+        mixture = self._initial_mixture(data, kmeans_seed, diagonal)
 
         batch_size = min(self.batch_size, n_samples)
         steps = self.steps_per_epoch or max(-(-n_samples // batch_size), MIN_STEPS_PER_EPOCH)
@@ -395,7 +396,10 @@ class DeepDPMClusterer(BaseDeepClusterer):
             train_split=None,
             device=self.device_,
             callbacks=[
-                ("split_merge", SplitMergeSchedule(self.split_merge_every, self.alpha, seed)),
+                (
+                    "split_merge",
+                    SplitMergeSchedule(self.split_merge_every, self.alpha, schedule_seed),
+                ),
                 ("non_finite_loss", StopOnNonFiniteLoss("DeepDPMClusterer")),
                 *progress_callbacks(self.verbose, batches_per_epoch=steps, desc="DeepDPMClusterer"),
             ],
@@ -407,7 +411,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.n_iter_ = optimizer_steps([net])
         self._drop_unused_units(mixture, features)
         self.k_check_ = (
-            check_n_clusters(features, self.n_clusters_, random_state=seed)
+            check_n_clusters(features, self.n_clusters_, random_state=check_seed)
             if self.check_k
             else None
         )
@@ -482,7 +486,9 @@ class DeepDPMClusterer(BaseDeepClusterer):
 
 def _kmeans_labels(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     """K-means labels of all rows, fitted on at most 200,000 of them (as the official init)."""
-    rng = np.random.default_rng(seed)
+    sample_seed, kmeans_seed = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(sample_seed)
     sample = X if len(X) <= KMEANS_MAX_SAMPLES else X[rng.choice(len(X), KMEANS_MAX_SAMPLES)]
-    kmeans = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(sample)
+    kmeans = KMeans(n_clusters, n_init=3, random_state=int(kmeans_seed.generate_state(1)[0]))
+    kmeans.fit(sample)
     return kmeans.predict(X)

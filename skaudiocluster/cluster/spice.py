@@ -16,7 +16,7 @@ import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
-from skaudiocluster._torch import batched_forward, draw_seed
+from skaudiocluster._torch import batched_forward, draw_seed, draw_seeds
 from skaudiocluster._training import (
     StopOnNonFiniteLoss,
     epoch_history,
@@ -408,18 +408,18 @@ class SPICEClusterer(BaseDeepClusterer):
         # Stage 2 and the prototypes need room for two samples per cluster.
         return 2 * self.n_clusters
 
-    def _embeddings(self, X, *, reset: bool, seed: int | None = None) -> np.ndarray:
+    def _embeddings(self, X, *, reset: bool, random_state=None) -> np.ndarray:
         if self.encoder is None:
-            return super()._embeddings(X, reset=reset, seed=seed)
+            return super()._embeddings(X, reset=reset, random_state=random_state)
         if reset:
             if self._runs_joint() and not self._runs_semi() and self.head_selection != "best":
                 raise ValueError(  # checked before the clips are embedded
                     "the joint stage trains one classifier: with semi_max_steps=0 (or "
                     'semi_max_epochs=0) it needs head_selection="best"'
                 )
-            encoder = clone(self.encoder)
+            encoder, encoder_seed = clone(self.encoder), draw_seed(random_state)
             if getattr(encoder, "random_state", 0) is None:
-                encoder.set_params(random_state=draw_seed(seed))
+                encoder.set_params(random_state=encoder_seed)
             self.encoder_ = encoder.fit(X)
         embeddings = np.asarray(self.encoder_.transform(X), dtype=np.float64)
         if reset and len(embeddings) < self._min_samples():
@@ -429,9 +429,10 @@ class SPICEClusterer(BaseDeepClusterer):
             )
         return embeddings
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(self, features: np.ndarray, X, random_state) -> np.ndarray:
         hidden_dims = check_hidden_dims(self.hidden_dims)
-        self_net = self._fit_self(features, hidden_dims, seed)
+        self_seed, consensus_seed, semi_seed, joint_seed = draw_seeds(random_state, 4)
+        self_net = self._fit_self(features, hidden_dims, self_seed)
         # The best (epoch, head) by the label-free loss, as in SPICE's official code.
         best = dict(self_net.callbacks_)["head_losses"]
         self.best_epoch_, self.best_head_ = best.best_epoch_, best.best_head_
@@ -445,7 +446,9 @@ class SPICEClusterer(BaseDeepClusterer):
         head_probs = _head_probs(self.module_, features, self.device_)
         self.consensus_ = None
         if consensus:
-            self.consensus_ = consensus_partition(head_probs, self.n_clusters, random_state=seed)
+            self.consensus_ = consensus_partition(
+                head_probs, self.n_clusters, random_state=consensus_seed
+            )
         proba = self._combine_heads(head_probs)
         self.self_labels_ = proba.argmax(axis=1)
         # A neighbourhood larger than a typical cluster could never agree with itself.
@@ -463,14 +466,14 @@ class SPICEClusterer(BaseDeepClusterer):
         targets = np.where(self.labels_reliable_, self.self_labels_, IGNORE).astype(np.int64)
         nets, stages = [self_net], ["self"]
         if self._runs_semi():
-            semi_net = self._fit_semi(features, targets, hidden_dims, seed)
+            semi_net = self._fit_semi(features, targets, hidden_dims, semi_seed)
             module = semi_net.module_ if semi_net.ema_module_ is None else semi_net.ema_module_
             self.module_ = module.requires_grad_(True).eval()  # trainable for the joint stage
             self.consensus_ = None  # the classifier predicts alone
             nets.append(semi_net)
             stages.append("semi")
         if self._runs_joint():
-            nets.append(self._fit_joint(X, targets, seed))
+            nets.append(self._fit_joint(X, targets, joint_seed))
             stages.append("joint")
             features = self._preprocess(self._embeddings(X, reset=False))
         self.history_ = epoch_history(nets, stage=stages)

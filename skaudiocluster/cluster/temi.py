@@ -14,7 +14,7 @@ import torch
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skaudiocluster._torch import batched_forward, to_numpy
+from skaudiocluster._torch import batched_forward, draw_seeds, to_numpy
 from skaudiocluster._training import epoch_history, optimizer_steps
 from skaudiocluster.cluster._base import BUDGET_CONSTRAINTS, BaseDeepClusterer
 from skaudiocluster.cluster._consensus import (
@@ -40,10 +40,9 @@ class TEMIClusterer(BaseDeepClusterer):
     probabilities (:func:`~skaudiocluster.cluster._consensus.consensus_partition`)
     or, with ``overclustering`` > 1, an average-linkage cut of how often the heads
     put two samples together (:func:`~skaudiocluster.cluster._consensus.coassociation_partition`).
-    The learning rate warms up over ``warmup`` of the steps, then decays along a
-    cosine to ``lr / 10``; the teacher's EMA decay rises to 1 along a cosine; the
-    heads' last layers are frozen for the first epoch (DINO's trick). Measured
-    figures behind the defaults: :ref:`bench-temi`.
+    The learning rate warms up over ``warmup`` of the steps, then decays along a cosine
+    to ``lr / 10``; the teacher's EMA decay rises to 1 along a cosine; the heads' last
+    layers are frozen for the first epoch (DINO's trick). Figures: :ref:`bench-temi`.
 
     Parameters
     ----------
@@ -234,8 +233,9 @@ class TEMIClusterer(BaseDeepClusterer):
         self.n_threads = n_threads
         self.verbose = verbose
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(self, features: np.ndarray, X, random_state) -> np.ndarray:
         """Mine the neighbours of the preprocessed ``features`` and train the heads."""
+        umap_seed, pairs_seed, batches_seed, consensus_seed = draw_seeds(random_state, 4)
         n_samples = len(features)
         if self.n_clusters > n_samples:
             raise ValueError(
@@ -258,15 +258,16 @@ class TEMIClusterer(BaseDeepClusterer):
         # features; the heads then train on the preprocessed features.
         embeddings = check_array(X, dtype=np.float32)
         if self.neighbors == "umap":
-            neighbors = umap_knn(embeddings, self.n_neighbors_, random_state=seed)
+            neighbors = umap_knn(embeddings, self.n_neighbors_, random_state=umap_seed)
         else:
             neighbors, _ = cosine_knn(embeddings, self.n_neighbors_, device=self.device_)
 
         self.batch_size_, steps_per_epoch, n_epochs = training_budget(
             n_samples, self.batch_size, self.max_steps, self.max_epochs
         )
-        net = make_net(self, features.shape[1], seed, n_epochs, steps_per_epoch)
-        net.fit(NeighborPairs(torch.from_numpy(features), torch.from_numpy(neighbors), seed), None)
+        net = make_net(self, features.shape[1], batches_seed, n_epochs, steps_per_epoch)
+        pairs = NeighborPairs(torch.from_numpy(features), torch.from_numpy(neighbors), pairs_seed)
+        net.fit(pairs, None)
         self.n_iter_ = optimizer_steps([net])
 
         self.module_ = net.module_.eval()
@@ -281,7 +282,7 @@ class TEMIClusterer(BaseDeepClusterer):
         self.head_agreement_ = head_agreement(head_probs)
         over = self.n_head_clusters_ > self.n_clusters
         partition = coassociation_partition if over else consensus_partition
-        self.consensus_ = partition(head_probs, self.n_clusters, random_state=seed)
+        self.consensus_ = partition(head_probs, self.n_clusters, random_state=consensus_seed)
         self._warn_if_collapsed(self._combine(head_probs).argmax(axis=1))
         return features
 
