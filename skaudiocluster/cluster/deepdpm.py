@@ -23,10 +23,8 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch.func import functional_call
-from torch.nn import functional as F
 from torch.utils.data import BatchSampler, RandomSampler
 
 from skaudiocluster._torch import batched_forward, draw_seeds, to_numpy
@@ -50,7 +48,6 @@ from skaudiocluster.cluster._deepdpm_net import (
 )
 from skaudiocluster.cluster._dpm_mixture import DPMixture
 from skaudiocluster.cluster._k_check import KCheckWarning, check_n_clusters
-from skaudiocluster.cluster._niw import prior_from_data, sufficient_stats
 
 # Above this dimension covariance_type="auto" uses diagonal covariances: a full
 # model keeps 6 * max_clusters D x D statistics and fits D^2 / 2 parameters per
@@ -59,7 +56,6 @@ AUTO_DIAGONAL_ABOVE = 64
 # On small collections one pass is a handful of steps, too few for the networks to
 # follow the mixture between M-steps; an epoch then draws this many batches.
 MIN_STEPS_PER_EPOCH = 20
-KMEANS_MAX_SAMPLES = 200_000
 # n_components="auto" (see auto_n_components): one dimension per this many clips, within
 # these bounds, from FEW_CLIPS clips up.
 CLIPS_PER_DIMENSION = 50
@@ -369,14 +365,19 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.covariance_type_ = "diag" if diagonal else "full"
         data = torch.from_numpy(features).to(self.device_)
         kmeans_seed, schedule_seed, check_seed = draw_seeds(random_state, 3)
-        mixture = self._initial_mixture(data, kmeans_seed, diagonal)
 
         batch_size = min(self.batch_size, n_samples)
         steps = self.steps_per_epoch or max(-(-n_samples // batch_size), MIN_STEPS_PER_EPOCH)
         net = DeepDPMNet(
             DeepDPMModule,
             criterion=DeepDPMLoss,
-            mixture=mixture,
+            mixture__n_clusters=self.n_clusters_init,
+            mixture__seed=kmeans_seed,
+            mixture__kappa=self.prior_kappa,
+            mixture__nu=self.prior_nu,
+            mixture__sigma_scale=self.prior_sigma_scale,
+            mixture__diagonal=diagonal,
+            mixture__weight_smoothing=self.weight_smoothing,
             module__n_features=n_features,
             module__max_clusters=self.max_clusters,
             module__hidden_dims=hidden_dims,
@@ -409,7 +410,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.module_ = net.module_
         self.history_ = epoch_history([net])
         self.n_iter_ = optimizer_steps([net])
-        self._drop_unused_units(mixture, features)
+        self._drop_unused_units(net.mixture_, features)
         self.k_check_ = (
             check_n_clusters(features, self.n_clusters_, random_state=check_seed)
             if self.check_k
@@ -432,33 +433,13 @@ class DeepDPMClusterer(BaseDeepClusterer):
             warnings.warn(check.message("DeepDPMClusterer"), KCheckWarning, stacklevel=4)
         return features
 
-    def _initial_mixture(self, data: torch.Tensor, seed: int, diagonal: bool) -> DPMixture:
-        """The NIW prior from the data and a mixture on the K-means clusters of ``data``."""
-        prior = prior_from_data(
-            data,
-            kappa=self.prior_kappa,
-            nu=self.prior_nu,
-            sigma_scale=self.prior_sigma_scale,
-            diagonal=diagonal,
-        )
-        mixture = DPMixture(prior, self.max_clusters, self.weight_smoothing)
-        n_init = min(self.n_clusters_init, len(data))
-        labels = _kmeans_labels(data.cpu().numpy(), n_init, seed)
-        one_hot = F.one_hot(torch.as_tensor(labels, device=data.device).long(), n_init)
-        mixture.set_clusters(
-            torch.arange(n_init, device=data.device),
-            sufficient_stats(data, one_hot.to(torch.float64), diagonal=diagonal),
-        )
-        return mixture
-
     def _drop_unused_units(self, mixture: DPMixture, features: np.ndarray):
         """Mask the units no training point selects, so ``n_clusters_`` counts used clusters."""
         slots = mixture.index
         used = self._slot_logits(features).argmax(dim=1).unique().to(slots.device)
         unused = slots[~torch.isin(slots, used)]
         if len(unused):
-            mixture.deactivate(unused)
-            self.module_.active[unused] = False
+            mixture.deactivate(unused)  # the module's mask: the mixture works on it
         index = mixture.index
         self.n_clusters_ = len(index)
         self.means_ = to_numpy(mixture.means[index])
@@ -482,13 +463,3 @@ class DeepDPMClusterer(BaseDeepClusterer):
     def _proba(self, features: np.ndarray) -> np.ndarray:
         index = self.module_.active.nonzero().flatten().cpu()
         return to_numpy(torch.softmax(self._slot_logits(features)[:, index], dim=1))
-
-
-def _kmeans_labels(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    """K-means labels of all rows, fitted on at most 200,000 of them (as the official init)."""
-    sample_seed, kmeans_seed = np.random.SeedSequence(seed).spawn(2)
-    rng = np.random.default_rng(sample_seed)
-    sample = X if len(X) <= KMEANS_MAX_SAMPLES else X[rng.choice(len(X), KMEANS_MAX_SAMPLES)]
-    kmeans = KMeans(n_clusters, n_init=3, random_state=int(kmeans_seed.generate_state(1)[0]))
-    kmeans.fit(sample)
-    return kmeans.predict(X)

@@ -292,7 +292,9 @@ class Encoded(SoftKMeans):
     def _embeddings(self, X, *, reset, random_state=None):
         if reset:
             self.encoder_ = clone(self.encoder).fit(X)
-        return super()._embeddings(self.encoder_.transform(X), reset=reset, random_state=random_state)
+        return super()._embeddings(
+            self.encoder_.transform(X), reset=reset, random_state=random_state
+        )
 
 
 def test_the_parameters_of_an_owned_encoder_are_validated(blobs):
