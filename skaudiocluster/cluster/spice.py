@@ -8,6 +8,7 @@ The skorch nets live in ``_spice_net`` (stages on embeddings) and ``_spice_joint
 
 from __future__ import annotations
 
+import copy
 import math
 from numbers import Integral, Real
 
@@ -596,7 +597,12 @@ class SPICEClusterer(BaseDeepClusterer):
         return net.fit(features, targets)
 
     def _fit_joint(self, X, targets: np.ndarray, seed: int):
-        """Stage 3 again on raw audio, training ``encoder_.module_`` and ``module_`` in place."""
+        """Stage 3 again on raw audio, on copies of the encoder's network and of ``module_``.
+
+        The trained copies replace ``module_`` and, through the encoder's
+        :meth:`~skaudiocluster.transformers._base.BaseAudioEmbedder.with_module`,
+        ``encoder_`` (a new fitted embedder).
+        """
         encoder = self.encoder_
         clips = encoder.waveforms(X)
         crop = {
@@ -604,7 +610,9 @@ class SPICEClusterer(BaseDeepClusterer):
             "min_samples": encoder.min_samples,
         }
         encoder_device = next(encoder.module_.parameters()).device
-        network = JointNetwork(encoder.module_, self.module_, self.preprocessor_)
+        network = JointNetwork(
+            copy.deepcopy(encoder.module_), copy.deepcopy(self.module_), self.preprocessor_
+        )
         steps = fixmatch_batches_per_epoch(
             len(clips), batch_size=self.joint_batch_size, unlabelled_ratio=self.unlabelled_ratio
         )
@@ -622,7 +630,9 @@ class SPICEClusterer(BaseDeepClusterer):
         )
         net.fit(ClipDataset(clips, targets))
         network.eval()
-        encoder.module_.to(encoder_device)  # where the encoder's own methods expect it
+        # the encoder's network back where the encoder's own methods expect it
+        self.encoder_ = encoder.with_module(network.encoder.to(encoder_device))
+        self.module_ = network.classifier
         return net
 
     def __sklearn_tags__(self):

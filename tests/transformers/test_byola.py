@@ -1,3 +1,4 @@
+import copy
 import os
 import pickle
 import subprocess
@@ -164,6 +165,18 @@ def test_pickle_round_trip_gives_identical_embeddings(random_embedder):
     clips = _clips(seed=4)
     loaded = pickle.loads(pickle.dumps(random_embedder))
     assert_array_equal(loaded.transform(clips), random_embedder.transform(clips))
+
+
+def test_with_module_is_a_new_fitted_embedder_of_the_given_network(random_embedder):
+    trained = copy.deepcopy(random_embedder.module_).train()
+    with torch.no_grad():
+        next(trained.parameters()).mul_(2.0)
+    new = random_embedder.with_module(trained)
+    assert new.module_ is trained and not trained.training
+    assert new.get_params() == random_embedder.get_params() and new.mean_ == random_embedder.mean_
+    assert not np.allclose(new.transform(_clips()), random_embedder.transform(_clips()))
+    again = random_embedder.with_module(copy.deepcopy(random_embedder.module_))
+    assert_array_equal(again.transform(_clips()), random_embedder.transform(_clips()))
 
 
 def test_random_state_repeats_random_init():
