@@ -241,7 +241,8 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         with fit_context(self, draw_seed(random_state), device, n_threads=self.n_threads):
             self.device_ = device
             check_hidden_dims(self.hidden_dims)
-            embeddings = self._embeddings(X, reset=True, random_state=random_state)
+            self._fit_encoder(X, random_state)
+            embeddings = self._embeddings(X, reset=True)
             self.preprocessor_ = fit_preprocessor(
                 make_preprocessor(
                     self.preprocessing,
@@ -320,9 +321,15 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
 
     # -- what subclasses implement or may override ----------------------------------------------
 
-    def _embeddings(self, X, *, reset: bool, random_state=None) -> np.ndarray:
-        """``X`` validated as a float64 2-D array (a clusterer owning an encoder embeds here;
-        ``random_state``, in ``fit`` only, is the fit's :class:`~numpy.random.RandomState`)."""
+    def _fit_encoder(self, X, random_state: np.random.RandomState) -> None:
+        """Fit the encoder a clusterer owns (as ``encoder_``) on the raw input ``X`` of ``fit``.
+
+        Called in ``fit`` before anything is embedded, with the fit's
+        ``random_state``; a clusterer without an encoder does nothing here.
+        """
+
+    def _embeddings(self, X, *, reset: bool) -> np.ndarray:
+        """``X`` validated as a float64 2-D array (a clusterer owning an encoder embeds here)."""
         min_samples = self._min_samples() if reset else 1
         return validate_data(self, X, dtype=np.float64, reset=reset, ensure_min_samples=min_samples)
 

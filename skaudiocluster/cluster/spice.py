@@ -409,19 +409,23 @@ class SPICEClusterer(BaseDeepClusterer):
         # Stage 2 and the prototypes need room for two samples per cluster.
         return 2 * self.n_clusters
 
-    def _embeddings(self, X, *, reset: bool, random_state=None) -> np.ndarray:
+    def _fit_encoder(self, X, random_state) -> None:
+        """Clone ``encoder`` to ``encoder_`` (seeded from ``random_state`` if unseeded), fit it."""
         if self.encoder is None:
-            return super()._embeddings(X, reset=reset, random_state=random_state)
-        if reset:
-            if self._runs_joint() and not self._runs_semi() and self.head_selection != "best":
-                raise ValueError(  # checked before the clips are embedded
-                    "the joint stage trains one classifier: with semi_max_steps=0 (or "
-                    'semi_max_epochs=0) it needs head_selection="best"'
-                )
-            encoder, encoder_seed = clone(self.encoder), draw_seed(random_state)
-            if getattr(encoder, "random_state", 0) is None:
-                encoder.set_params(random_state=encoder_seed)
-            self.encoder_ = encoder.fit(X)
+            return
+        if self._runs_joint() and not self._runs_semi() and self.head_selection != "best":
+            raise ValueError(  # checked before the clips are embedded
+                "the joint stage trains one classifier: with semi_max_steps=0 (or "
+                'semi_max_epochs=0) it needs head_selection="best"'
+            )
+        encoder, encoder_seed = clone(self.encoder), draw_seed(random_state)
+        if getattr(encoder, "random_state", 0) is None:
+            encoder.set_params(random_state=encoder_seed)
+        self.encoder_ = encoder.fit(X)
+
+    def _embeddings(self, X, *, reset: bool) -> np.ndarray:
+        if self.encoder is None:
+            return super()._embeddings(X, reset=reset)
         embeddings = np.asarray(self.encoder_.transform(X), dtype=np.float64)
         if reset and len(embeddings) < self._min_samples():
             raise ValueError(

@@ -289,12 +289,11 @@ class Encoded(SoftKMeans):
         )
         self.encoder = encoder
 
-    def _embeddings(self, X, *, reset, random_state=None):
-        if reset:
-            self.encoder_ = clone(self.encoder).fit(X)
-        return super()._embeddings(
-            self.encoder_.transform(X), reset=reset, random_state=random_state
-        )
+    def _fit_encoder(self, X, random_state):
+        self.encoder_ = clone(self.encoder).fit(X)
+
+    def _embeddings(self, X, *, reset):
+        return super()._embeddings(self.encoder_.transform(X), reset=reset)
 
 
 def test_the_parameters_of_an_owned_encoder_are_validated(blobs):
