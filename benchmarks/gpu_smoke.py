@@ -90,7 +90,7 @@ def estimators(device: str, args: argparse.Namespace) -> dict[str, tuple[str, Ca
     }
     table = {
         "SpectrogramTransformer": ("clips", lambda: SpectrogramTransformer(device=device)),
-        "BYOLAEmbedder": ("clips", lambda: BYOLAEmbedder(**byola, pretrain_epochs=1)),
+        "BYOLAEmbedder": ("clips", lambda: BYOLAEmbedder(**byola, pretrain_max_epochs=1)),
         "TEMIClusterer": (
             "embeddings",
             lambda: TEMIClusterer(N_SPEAKERS, max_steps=200, device=device, random_state=0),

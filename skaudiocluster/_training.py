@@ -149,6 +149,29 @@ def optimizer_steps(nets: Iterable[NeuralNet]) -> int:
     return sum(len(row["batches"]) for net in nets for row in net.history)
 
 
+def training_epochs(max_steps: int | None, max_epochs: int | None, steps_per_epoch: int) -> int:
+    """Whole epochs a training run lasts under the budget ``max_steps`` / ``max_epochs``.
+
+    The package's one budget convention: ``max_steps`` optimizer steps, rounded
+    up to the end of the epoch they fall in (so every sample is seen alike), and
+    at most ``max_epochs`` epochs; ``None`` leaves that bound out (one of the two
+    must be set). ``n_iter_`` then counts the optimizer steps the fit took.
+
+    Examples
+    --------
+    >>> training_epochs(1000, None, steps_per_epoch=30)
+    34
+    >>> training_epochs(1000, 5, steps_per_epoch=30), training_epochs(None, 5, 30)
+    (5, 5)
+    """
+    if max_steps is None and max_epochs is None:
+        raise ValueError("max_steps and max_epochs cannot both be None: set a training budget")
+    bounds = [] if max_epochs is None else [max_epochs]
+    if max_steps is not None:
+        bounds.append(max(1, math.ceil(max_steps / max(steps_per_epoch, 1))))
+    return min(bounds)
+
+
 class TrainingProgress(Callback):
     """One progress bar over a whole training run, labelled, with its total and time left.
 

@@ -321,7 +321,7 @@ LONG_FITS = [
         id="DeepDPMClusterer",
     ),
     pytest.param(
-        BYOLAEmbedder(weights=None, pretrain_epochs=20, pretrain_batch_size=2, random_state=0),
+        BYOLAEmbedder(weights=None, pretrain_max_epochs=20, pretrain_batch_size=2, random_state=0),
         1,
         id="BYOLAEmbedder-pretraining",
     ),

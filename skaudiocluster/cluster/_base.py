@@ -21,7 +21,6 @@ memory), the networks run in float32, and ``predict_proba`` returns float32.
 
 from __future__ import annotations
 
-import math
 from numbers import Integral
 
 import numpy as np
@@ -42,7 +41,18 @@ from skaudiocluster._torch import (
     resolve_device,
     torch_threads,
 )
+from skaudiocluster._training import training_epochs
 from skaudiocluster.cluster._confidence import fit_centroid_confidence
+
+__all__ = [
+    "BUDGET_CONSTRAINTS",
+    "BaseDeepClusterer",
+    "check_hidden_dims",
+    "fit_preprocessor",
+    "make_preprocessor",
+    "training_epochs",
+    "transform_rows",
+]
 
 # Inputs with more rows are preprocessed this many rows at a time, so that no step makes
 # N x D float64 temporaries (12 GB at 1M x 512); smaller inputs go through whole, as before.
@@ -133,34 +143,12 @@ def transform_rows(transformer, data: np.ndarray, dtype) -> np.ndarray:
 
 
 # The training budget every deep clusterer shares (a stage prefixes both names, e.g.
-# ``semi_max_steps``): optimizer steps, capped at whole passes over the data.
+# ``semi_max_steps``): optimizer steps, capped at whole passes over the data; the
+# epochs a budget gives are ``training_epochs(max_steps, max_epochs, steps_per_epoch)``.
 BUDGET_CONSTRAINTS: dict = {
     "max_steps": [Interval(Integral, 1, None, closed="left"), None],
     "max_epochs": [Interval(Integral, 1, None, closed="left"), None],
 }
-
-
-def training_epochs(max_steps: int | None, max_epochs: int | None, steps_per_epoch: int) -> int:
-    """Whole epochs a training run lasts under the budget ``max_steps`` / ``max_epochs``.
-
-    The package's one budget convention: ``max_steps`` optimizer steps, rounded
-    up to the end of the epoch they fall in (so every sample is seen alike), and
-    at most ``max_epochs`` epochs; ``None`` leaves that bound out (one of the two
-    must be set). ``n_iter_`` then counts the optimizer steps the fit took.
-
-    Examples
-    --------
-    >>> training_epochs(1000, None, steps_per_epoch=30)
-    34
-    >>> training_epochs(1000, 5, steps_per_epoch=30), training_epochs(None, 5, 30)
-    (5, 5)
-    """
-    if max_steps is None and max_epochs is None:
-        raise ValueError("max_steps and max_epochs cannot both be None: set a training budget")
-    bounds = [] if max_epochs is None else [max_epochs]
-    if max_steps is not None:
-        bounds.append(max(1, math.ceil(max_steps / max(steps_per_epoch, 1))))
-    return min(bounds)
 
 
 def check_hidden_dims(hidden_dims) -> tuple[int, ...]:

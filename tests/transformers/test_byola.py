@@ -273,7 +273,7 @@ def test_fsdd_speakers_cluster_better_than_log_mel_statistics(
 
 def test_pretraining_is_seeded_checkpointed_and_changes_the_encoder(tmp_path):
     clips = _clips(seed=6, lengths=(8000, 12000, 20000, 6000))
-    params = dict(weights=None, pretrain_epochs=1, pretrain_batch_size=2, random_state=0)
+    params = dict(weights=None, pretrain_max_epochs=1, pretrain_batch_size=2, random_state=0)
     rng_state = torch.random.get_rng_state()
     first = BYOLAEmbedder(checkpoint_dir=tmp_path, **params).fit(clips)
     assert torch.equal(torch.random.get_rng_state(), rng_state), "global torch RNG was touched"
@@ -291,6 +291,16 @@ def test_pretraining_is_seeded_checkpointed_and_changes_the_encoder(tmp_path):
         weights=tmp_path / "byola_params.pt", norm_stats=(first.mean_, first.std_)
     ).fit(clips)
     assert_array_equal(reloaded.transform(clips), first.transform(clips))
+
+
+def test_pretrain_budget_is_steps_rounded_up_to_epochs_capped_by_epochs():
+    clips = _clips()  # 5 clips, batches of 2: 2 steps an epoch
+    params = dict(weights=None, pretrain_batch_size=2, random_state=0)
+    est = BYOLAEmbedder(**params, pretrain_max_steps=3, pretrain_max_epochs=None).fit(clips)
+    assert len(est.pretrain_history_) == 2
+    est = BYOLAEmbedder(**params, pretrain_max_steps=30, pretrain_max_epochs=1).fit(clips)
+    assert len(est.pretrain_history_) == 1
+    assert len(BYOLAEmbedder(**params, pretrain_max_steps=30).fit(clips).pretrain_history_) == 0
 
 
 def _pretrain_args(**overrides):
@@ -351,7 +361,7 @@ def test_interrupted_pretraining_leaves_the_embedder_unfitted(monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_byola_pretrain.BYOLLoss, "forward", interrupt)
-    est = BYOLAEmbedder(weights=None, pretrain_epochs=2, pretrain_batch_size=2, random_state=0)
+    est = BYOLAEmbedder(weights=None, pretrain_max_epochs=2, pretrain_batch_size=2, random_state=0)
     with pytest.raises(KeyboardInterrupt):
         est.fit(_clips())
     assert not hasattr(est, "module_") and not hasattr(est, "mean_")
@@ -406,7 +416,7 @@ def test_fsdd_pretraining_from_random_init_lowers_loss_and_lifts_speaker_nmi(
     clips, speaker, digit = [paths[i] for i in subset], speaker[subset], digit[subset]
     untrained = BYOLAEmbedder(weights=None, random_state=0).fit_transform(clips)
     est = BYOLAEmbedder(
-        weights=None, random_state=0, pretrain_epochs=2, pretrain_batch_size=64, lr=3e-4
+        weights=None, random_state=0, pretrain_max_epochs=2, pretrain_batch_size=64, lr=3e-4
     ).fit(clips)
     trained = est.transform(clips)
     losses = [epoch["train_loss"] for epoch in est.pretrain_history_]
