@@ -187,8 +187,8 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
     * ``n_threads`` : int or None, default 1; CPU threads torch uses in ``fit`` and
       ``predict`` (restored after). One thread, because the networks and batches are
       small: torch's default of one thread per core spends more on synchronisation
-      than it saves, and on a busy 2-core machine a step took 14 times longer than
-      on one thread. ``None`` keeps torch's setting.
+      than it saves, most of all on a busy machine (:ref:`bench-threads`). ``None``
+      keeps torch's setting.
     * ``verbose`` : int; progress bars when positive.
 
     A subclass that trains declares its budget with :data:`BUDGET_CONSTRAINTS`
