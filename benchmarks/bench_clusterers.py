@@ -6,7 +6,7 @@ belongs to that run alone. Data: ``N`` rows of 512-d Gaussian blobs (float32).
 
     python benchmarks/bench_clusterers.py --method temi --n 10000 100000
     python benchmarks/bench_clusterers.py --method all --n 10000 --threads 2
-    python benchmarks/bench_clusterers.py --method temi --n 2000 --params '{"min_steps": 50}'
+    python benchmarks/bench_clusterers.py --method temi --n 2000 --params '{"max_steps": 50}'
     python benchmarks/bench_clusterers.py --method spice --n 10000 100000
     python benchmarks/bench_clusterers.py --method deepdpm --n 10000 100000 --dim 32
 
@@ -123,7 +123,7 @@ def run_one(
     estimator.fit(X)
     result["fit s"] = time.perf_counter() - start
     result["fit cpu s"] = time.process_time() - cpu
-    for attribute in ("n_steps_", "n_iter_", "n_clusters_"):
+    for attribute in ("n_iter_", "n_clusters_"):
         if hasattr(estimator, attribute):
             result[attribute] = getattr(estimator, attribute)
     result["peak rss MB"] = peak_rss_mb()
@@ -133,8 +133,14 @@ def run_one(
 
 # Training budgets of the threading benchmark: a few hundred optimizer steps each.
 THREADING_PARAMS = {
-    "temi": {"min_steps": 300, "min_epochs": 1},
-    "spice": {"max_epochs": 4, "n_repeats": 2, "semi_max_epochs": 8},
+    "temi": {"max_steps": 300},
+    "spice": {
+        "max_steps": None,
+        "max_epochs": 4,
+        "n_repeats": 2,
+        "semi_max_steps": None,
+        "semi_max_epochs": 8,
+    },
 }
 MIN_TIMED_STEPS = 20
 THREAD_SETTINGS = ("1 thread", "estimator", "torch default")
@@ -162,12 +168,10 @@ def run_threading_one(
     from sklearn.datasets import make_blobs
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from skaudiocluster.cluster import _base
-
     default_threads = torch.get_num_threads()
     if setting != "estimator":
-        # The fit then leaves torch's thread count as this process set it.
-        _base.FIT_THREADS = None
+        # n_threads=None: the fit then leaves torch's thread count as this process set it.
+        params = {**params, "n_threads": None}
         torch.set_num_threads(1 if setting == "1 thread" else default_threads)
     step_times: list[float] = []
     step_threads: set[int] = set()

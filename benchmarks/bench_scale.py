@@ -10,7 +10,7 @@ For each N it prints
   epochs) and peak RSS, each fit in its own subprocess so ``ru_maxrss`` is that fit's
   (it includes the N x 512 float32 input itself: 2 GB at 1M).
 
-The fits train on one thread (the package's ``FIT_THREADS``); ``--threads`` (default 2)
+The fits train on one thread (the clusterers' default ``n_threads=1``); ``--threads`` (default 2)
 sets torch's threads for the kNN runs and the process. Jobs run one at a time.
 The 1M runs take hours on 2 cores: ``--sizes 10000 100000`` for a quick look.
 
@@ -100,8 +100,14 @@ def run_knn(n_samples: int, k: int = N_NEIGHBORS, n_queries: int = RECALL_QUERIE
 def budget(method: str, n_epochs: int) -> dict:
     """Parameters that stop each clusterer after ``n_epochs`` epochs (50 clusters)."""
     return {
-        "temi": {"n_clusters": 50, "min_steps": 1, "min_epochs": n_epochs},
-        "spice": {"n_clusters": 50, "max_epochs": n_epochs, "semi_max_epochs": 1},
+        "temi": {"n_clusters": 50, "max_steps": None, "max_epochs": n_epochs},
+        "spice": {
+            "n_clusters": 50,
+            "max_steps": None,
+            "max_epochs": n_epochs,
+            "semi_max_steps": None,
+            "semi_max_epochs": 1,
+        },
         "deepdpm": {"max_epochs": n_epochs},
     }[method]
 

@@ -81,15 +81,19 @@ def estimators(device: str, args: argparse.Namespace) -> dict[str, tuple[str, Ca
     )
 
     byola = {"weights": args.byola_weights, "device": device, "random_state": 0}
-    spice_budget = {"max_epochs": 3, "n_repeats": 2, "semi_max_epochs": 5}
+    spice_budget = {
+        "max_steps": None,
+        "max_epochs": 3,
+        "n_repeats": 2,
+        "semi_max_steps": None,
+        "semi_max_epochs": 5,
+    }
     table = {
         "SpectrogramTransformer": ("clips", lambda: SpectrogramTransformer(device=device)),
-        "BYOLAEmbedder": ("clips", lambda: BYOLAEmbedder(**byola, pretrain_epochs=1)),
+        "BYOLAEmbedder": ("clips", lambda: BYOLAEmbedder(**byola, pretrain_max_epochs=1)),
         "TEMIClusterer": (
             "embeddings",
-            lambda: TEMIClusterer(
-                N_SPEAKERS, min_steps=200, min_epochs=1, device=device, random_state=0
-            ),
+            lambda: TEMIClusterer(N_SPEAKERS, max_steps=200, device=device, random_state=0),
         ),
         "SPICEClusterer": (
             "embeddings",

@@ -221,8 +221,14 @@ def _dpgmm(Z, K, seed, args):
 
 # --quick: training budgets for a smoke run of the deep clusterers (not for results)
 QUICK = {
-    "spice": {"max_epochs": 3, "n_repeats": 2, "semi_max_epochs": 5},
-    "temi": {"min_steps": 200, "min_epochs": 2, "n_heads": 4},
+    "spice": {
+        "max_steps": None,
+        "max_epochs": 3,
+        "n_repeats": 2,
+        "semi_max_steps": None,
+        "semi_max_epochs": 5,
+    },
+    "temi": {"max_steps": 200, "n_heads": 4},
     "deepdpm": {"max_epochs": 30, "split_merge_every": 6},
 }
 

@@ -61,6 +61,18 @@ def draw_seed(random_state: int | np.random.RandomState | None) -> int:
     return int(check_random_state(random_state).randint(0, 2**31 - 1))
 
 
+def draw_seeds(random_state: np.random.RandomState, n: int) -> list[int]:
+    """``n`` child seeds drawn from ``random_state``, one per independent random stream of a fit.
+
+    Examples
+    --------
+    >>> a, b = draw_seeds(np.random.RandomState(0), 2)
+    >>> a != b
+    True
+    """
+    return [draw_seed(random_state) for _ in range(n)]
+
+
 def make_generator(seed: int) -> torch.Generator:
     """A CPU :class:`torch.Generator` seeded with ``seed`` (for samplers, loaders)."""
     generator = torch.Generator()

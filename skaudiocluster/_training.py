@@ -9,6 +9,7 @@ import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback
 from skorch.history import History
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -60,11 +61,36 @@ class StopOnNonFiniteLoss(Callback):
             )
 
 
-class EMA(Callback):
-    """After every optimizer step, ``target <- m * target + (1 - m) * online``, parameter-wise.
+def ema_update_(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
+    """``target <- decay * target + (1 - decay) * online``, parameter by parameter, in place.
 
-    ``m`` follows a cosine schedule from ``momentum`` to ``final_momentum`` over
-    ``total_steps`` (DINO, TEMI); ``final_momentum=None`` keeps it constant (BYOL).
+    The package's one exponential moving average of weights (TEMI's teacher,
+    SPICE-Semi's evaluation model, BYOL-A's target branch): torch's own
+    (:func:`torch.optim.swa_utils.get_ema_multi_avg_fn`). Parameters are matched by
+    name, so ``target`` may hold a subset of ``online``'s (BYOL's target has no
+    predictor); buffers are left to ``target``.
+
+    Examples
+    --------
+    >>> target, online = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    >>> _ = target.weight.data.fill_(0.0), online.weight.data.fill_(1.0)
+    >>> ema_update_(target, online, 0.75)
+    >>> target.weight.item()
+    0.25
+    """
+    online_params = dict(online.named_parameters())
+    names = [name for name, _ in target.named_parameters()]
+    target_params = dict(target.named_parameters())
+    get_ema_multi_avg_fn(decay)(
+        [target_params[name] for name in names], [online_params[name] for name in names], None
+    )
+
+
+class EMA(Callback):
+    """After every optimizer step, :func:`ema_update_` of ``target`` towards ``online``.
+
+    The decay follows a cosine schedule from ``decay`` to ``final_decay`` over
+    ``total_steps`` (DINO, TEMI); ``final_decay=None`` keeps it constant (BYOL).
 
     Parameters
     ----------
@@ -72,14 +98,14 @@ class EMA(Callback):
         ``online(net)`` returns the trained module.
     target : callable
         ``target(net)`` returns its moving-average copy (same parameter names).
-    momentum : float
+    decay : float
     total_steps : int or None, default=None
-        Steps of the cosine schedule (needed with ``final_momentum``).
-    final_momentum : float or None, default=None
+        Steps of the cosine schedule (needed with ``final_decay``).
+    final_decay : float or None, default=None
 
     Examples
     --------
-    >>> EMA(None, None, 0.996, total_steps=101, final_momentum=1.0).momentum_at(100)
+    >>> EMA(None, None, 0.996, total_steps=101, final_decay=1.0).decay_at(100)
     1.0
     """
 
@@ -87,23 +113,23 @@ class EMA(Callback):
         self,
         online: Callable,
         target: Callable,
-        momentum: float,
+        decay: float,
         *,
         total_steps: int | None = None,
-        final_momentum: float | None = None,
+        final_decay: float | None = None,
     ):
         self.online = online
         self.target = target
-        self.momentum = momentum
+        self.decay = decay
         self.total_steps = total_steps
-        self.final_momentum = final_momentum
+        self.final_decay = final_decay
 
-    def momentum_at(self, step: int) -> float:
-        if self.final_momentum is None:
-            return self.momentum
+    def decay_at(self, step: int) -> float:
+        if self.final_decay is None:
+            return self.decay
         progress = min(step / max(self.total_steps - 1, 1), 1.0)
-        span = self.final_momentum - self.momentum
-        return self.final_momentum - span * (math.cos(math.pi * progress) + 1) / 2
+        span = self.final_decay - self.decay
+        return self.final_decay - span * (math.cos(math.pi * progress) + 1) / 2
 
     def on_train_begin(self, net, **kwargs):
         self.step_ = 0
@@ -111,15 +137,39 @@ class EMA(Callback):
     def on_batch_end(self, net, training=False, **kwargs):
         if not training:
             return
-        m = self.momentum_at(self.step_)
-        online = dict(self.online(net).named_parameters())
-        target = dict(self.target(net).named_parameters())
-        names = list(target)
-        with torch.no_grad():
-            target_params = [target[name] for name in names]
-            torch._foreach_mul_(target_params, m)
-            torch._foreach_add_(target_params, [online[name] for name in names], alpha=1.0 - m)
+        ema_update_(self.target(net), self.online(net), self.decay_at(self.step_))
         self.step_ += 1
+
+
+def optimizer_steps(nets: Iterable[NeuralNet]) -> int:
+    """Optimizer steps the training loops of ``nets`` took: their training batches.
+
+    What ``n_iter_`` counts on every deep clusterer (all stages of a fit summed).
+    """
+    return sum(len(row["batches"]) for net in nets for row in net.history)
+
+
+def training_epochs(max_steps: int | None, max_epochs: int | None, steps_per_epoch: int) -> int:
+    """Whole epochs a training run lasts under the budget ``max_steps`` / ``max_epochs``.
+
+    The package's one budget convention: ``max_steps`` optimizer steps, rounded
+    up to the end of the epoch they fall in (so every sample is seen alike), and
+    at most ``max_epochs`` epochs; ``None`` leaves that bound out (one of the two
+    must be set). ``n_iter_`` then counts the optimizer steps the fit took.
+
+    Examples
+    --------
+    >>> training_epochs(1000, None, steps_per_epoch=30)
+    34
+    >>> training_epochs(1000, 5, steps_per_epoch=30), training_epochs(None, 5, 30)
+    (5, 5)
+    """
+    if max_steps is None and max_epochs is None:
+        raise ValueError("max_steps and max_epochs cannot both be None: set a training budget")
+    bounds = [] if max_epochs is None else [max_epochs]
+    if max_steps is not None:
+        bounds.append(max(1, math.ceil(max_steps / max(steps_per_epoch, 1))))
+    return min(bounds)
 
 
 class TrainingProgress(Callback):

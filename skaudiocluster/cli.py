@@ -167,7 +167,7 @@ _DEMO_COLUMNS = ("pipeline", "K found", "NMI", "ARI", "accuracy", "fit s")
 # The demo's deep clusterers train on shorter budgets than their defaults, so that the
 # whole demo takes a couple of minutes on a laptop CPU; shown in their rows.
 _DEMO_BUDGETS = {
-    "temi": {"min_steps": 1500},
+    "temi": {"max_steps": 1500},
     "spice": {"max_steps": 600, "semi_max_steps": 400},
     "deepdpm": {"max_epochs": 75},
 }

@@ -306,7 +306,7 @@ def test_verbose_deep_clusterer_shows_one_labelled_bar_for_its_training(
     from skaudiocluster.cluster.temi import TEMIClusterer
 
     def temi():
-        return TEMIClusterer(n_clusters=2, n_heads=2, min_steps=6, min_epochs=3, random_state=0)
+        return TEMIClusterer(n_clusters=2, n_heads=2, max_steps=None, max_epochs=3, random_state=0)
 
     monkeypatch.setattr(cli, "_clusterers", lambda k, r: {"temi": temi})
     argv = ["cluster", str(tones), "--clusterer", "temi", "--n-clusters", "2", "--verbose"]
@@ -888,20 +888,23 @@ def test_demo_prints_a_score_table(capsys, monkeypatch):
         "loading torch and embedding them (log-mel mean+std)",
         "[1/3] log-mel mean+std -> scale -> PCA -> kmeans",
         "[2/3] log-mel mean+std -> scale -> PCA -> agglomerative",
-        "[3/3] log-mel mean+std -> temi (min_steps=1500)",
+        "[3/3] log-mel mean+std -> temi (max_steps=1500)",
     ]
     assert "| pipeline | K found | NMI | ARI | accuracy | fit s |" in out
     assert out.count("| log-mel mean+std -> scale -> PCA -> kmeans |") == 1
     assert out.count("| log-mel mean+std -> scale -> PCA -> agglomerative |") == 1
-    assert out.count("| log-mel mean+std -> temi (min_steps=1500) |") == 1
+    assert out.count("| log-mel mean+std -> temi (max_steps=1500) |") == 1
 
 
 def test_demo_budgets_are_parameters_of_the_deep_clusterers():
     # the demo shows them in its rows: each must reach the estimator
+    from skaudiocluster.cluster._temi_net import AUTO_STEPS
+
     clusterers = cli._clusterers(3, 0)
     for name, budget in cli._DEMO_BUDGETS.items():
         params = clusterers[name]().get_params()
-        assert all(key in params and params[key] > value for key, value in budget.items())
+        defaults = {key: AUTO_STEPS if params[key] == "auto" else params[key] for key in budget}
+        assert all(defaults[key] > value for key, value in budget.items())
 
 
 # ---------------------------------------------------------------------------------------------

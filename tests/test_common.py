@@ -86,8 +86,7 @@ ESTIMATORS = [
         n_heads=2,
         hidden_dims=(16,),
         bottleneck_dim=8,
-        min_steps=1,
-        min_epochs=1,
+        max_steps=1,
         random_state=0,
     ),
     SPICEClusterer(
@@ -278,15 +277,25 @@ def sigint_during_training(monkeypatch, *, delay: float = 0.3, nth_net: int = 1)
 _SPICE = dict(n_heads=2, hidden_dims=(16,), n_neighbors=5, random_state=0)
 LONG_FITS = [
     pytest.param(
-        TEMIClusterer(n_clusters=3, n_heads=2, hidden_dims=(16,), min_steps=1000, random_state=0),
+        TEMIClusterer(n_clusters=3, n_heads=2, hidden_dims=(16,), max_steps=1000, random_state=0),
         1,
         id="TEMIClusterer",
     ),
     pytest.param(
-        SPICEClusterer(3, n_components=8, max_epochs=200, **_SPICE), 1, id="SPICEClusterer-self"
+        SPICEClusterer(3, n_components=8, max_steps=None, max_epochs=200, **_SPICE),
+        1,
+        id="SPICEClusterer-self",
     ),
     pytest.param(
-        SPICEClusterer(3, n_components=8, max_epochs=1, n_repeats=1, semi_max_epochs=500, **_SPICE),
+        SPICEClusterer(
+            3,
+            n_components=8,
+            max_epochs=1,
+            n_repeats=1,
+            semi_max_steps=None,
+            semi_max_epochs=500,
+            **_SPICE,
+        ),
         2,
         id="SPICEClusterer-semi",
     ),
@@ -312,7 +321,7 @@ LONG_FITS = [
         id="DeepDPMClusterer",
     ),
     pytest.param(
-        BYOLAEmbedder(weights=None, pretrain_epochs=20, pretrain_batch_size=2, random_state=0),
+        BYOLAEmbedder(weights=None, pretrain_max_epochs=20, pretrain_batch_size=2, random_state=0),
         1,
         id="BYOLAEmbedder-pretraining",
     ),

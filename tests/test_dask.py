@@ -123,5 +123,5 @@ def test_grid_search_on_the_dask_backend(client, fsdd_features):
 @pytest.mark.slow
 def test_grid_search_of_a_deep_clusterer_on_worker_processes(process_client, fsdd_features):
     """Deep clusterers seed torch's process-wide generator: one fit per process at a time."""
-    temi = TEMIClusterer(n_heads=1, min_steps=1, min_epochs=1, device="cpu", random_state=0)
+    temi = TEMIClusterer(n_heads=1, max_steps=1, device="cpu", random_state=0)
     _grid_search_matches_local(process_client, temi, {"n_clusters": [5, 10]}, *fsdd_features)

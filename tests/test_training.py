@@ -211,7 +211,7 @@ def _target(net):
     return net.module_.target
 
 
-def test_ema_constant_momentum_is_the_exact_moving_average():
+def test_ema_constant_decay_is_the_exact_moving_average():
     net = _fit_ema(EMA(_online, _target, 0.9))
     rows = dict(net.callbacks_)["snapshots"].rows_
     assert len(rows) == 8
@@ -220,29 +220,29 @@ def test_ema_constant_momentum_is_the_exact_moving_average():
     assert not torch.equal(rows[0][0], rows[-1][2])  # the target did move
 
 
-def test_ema_cosine_momentum_follows_the_schedule_step_by_step():
-    ema = EMA(_online, _target, 0.5, total_steps=8, final_momentum=1.0)
+def test_ema_cosine_decay_follows_the_schedule_step_by_step():
+    ema = EMA(_online, _target, 0.5, total_steps=8, final_decay=1.0)
     net = _fit_ema(ema)
     rows = dict(net.callbacks_)["snapshots"].rows_
     for step, (before, online, after) in enumerate(rows):
         m = 1.0 - 0.5 * (math.cos(math.pi * step / 7) + 1) / 2
         torch.testing.assert_close(after, m * before + (1 - m) * online)
-    torch.testing.assert_close(rows[-1][2], rows[-1][0])  # momentum 1 at the last step
+    torch.testing.assert_close(rows[-1][2], rows[-1][0])  # decay 1 at the last step
     assert ema.step_ == 8
 
 
 def test_ema_schedule_end_points_midpoint_and_clip():
-    ema = EMA(None, None, 0.9, total_steps=11, final_momentum=1.0)
-    assert ema.momentum_at(0) == pytest.approx(0.9)
-    assert ema.momentum_at(5) == pytest.approx(0.95)
-    assert ema.momentum_at(10) == ema.momentum_at(50) == pytest.approx(1.0)
-    values = [ema.momentum_at(step) for step in range(11)]
+    ema = EMA(None, None, 0.9, total_steps=11, final_decay=1.0)
+    assert ema.decay_at(0) == pytest.approx(0.9)
+    assert ema.decay_at(5) == pytest.approx(0.95)
+    assert ema.decay_at(10) == ema.decay_at(50) == pytest.approx(1.0)
+    values = [ema.decay_at(step) for step in range(11)]
     assert values == sorted(values)
-    assert EMA(None, None, 0.99).momentum_at(1000) == 0.99
+    assert EMA(None, None, 0.99).decay_at(1000) == 0.99
 
 
 def test_ema_counts_training_steps_only_and_restarts_with_each_fit():
-    ema = EMA(_online, _target, 0.5, total_steps=100, final_momentum=1.0)
+    ema = EMA(_online, _target, 0.5, total_steps=100, final_decay=1.0)
     net = _fit_ema(ema, train_split=_split)  # 3 training + 1 validation batch per epoch
     assert ema.step_ == 6
     net.fit(X, Y)

@@ -4,7 +4,7 @@
 parameter names and validation of the shared parameters, the input transform
 (``preprocessing`` + ``n_components`` -> ``preprocessor_``), the device
 (``device`` -> ``device_``), seeding through a forked torch generator (the
-caller's global random state is untouched), one CPU thread while training
+caller's global random state is untouched), ``n_threads`` CPU threads while training
 (restored after), ``KeyboardInterrupt`` and errors leaving the estimator
 unfitted, ``predict`` as the argmax of ``predict_proba``, the confidence of each
 assignment (``confidence_``, ``predict_confidence``), and pickles whose tensors
@@ -29,6 +29,7 @@ from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -40,10 +41,19 @@ from skaudiocluster._torch import (
     resolve_device,
     torch_threads,
 )
+from skaudiocluster._training import training_epochs
 from skaudiocluster.cluster._confidence import fit_centroid_confidence
 
-# Training and inference run on this many CPU threads (see _torch.torch_threads).
-FIT_THREADS = 1
+__all__ = [
+    "BUDGET_CONSTRAINTS",
+    "BaseDeepClusterer",
+    "check_hidden_dims",
+    "fit_preprocessor",
+    "make_preprocessor",
+    "training_epochs",
+    "transform_rows",
+]
+
 # Inputs with more rows are preprocessed this many rows at a time, so that no step makes
 # N x D float64 temporaries (12 GB at 1M x 512); smaller inputs go through whole, as before.
 PREPROCESS_ROWS = 65_536
@@ -132,6 +142,15 @@ def transform_rows(transformer, data: np.ndarray, dtype) -> np.ndarray:
     return out
 
 
+# The training budget every deep clusterer shares (a stage prefixes both names, e.g.
+# ``semi_max_steps``): optimizer steps, capped at whole passes over the data; the
+# epochs a budget gives are ``training_epochs(max_steps, max_epochs, steps_per_epoch)``.
+BUDGET_CONSTRAINTS: dict = {
+    "max_steps": [Interval(Integral, 1, None, closed="left"), None],
+    "max_epochs": [Interval(Integral, 1, None, closed="left"), None],
+}
+
+
 def check_hidden_dims(hidden_dims) -> tuple[int, ...]:
     """``hidden_dims`` as a tuple of positive ints, or a ``ValueError`` that says what is wrong.
 
@@ -165,7 +184,16 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
     * ``device`` : "auto", a string or a :class:`torch.device`; resolved as ``device_``.
     * ``random_state`` : int, RandomState instance or None; an int makes CPU fits
       repeat exactly.
+    * ``n_threads`` : int or None, default 1; CPU threads torch uses in ``fit`` and
+      ``predict`` (restored after). One thread, because the networks and batches are
+      small: torch's default of one thread per core spends more on synchronisation
+      than it saves, most of all on a busy machine (:ref:`bench-threads`). ``None``
+      keeps torch's setting.
     * ``verbose`` : int; progress bars when positive.
+
+    A subclass that trains declares its budget with :data:`BUDGET_CONSTRAINTS`
+    (``max_steps``, ``max_epochs``; :func:`training_epochs`) and sets ``n_iter_``,
+    the optimizer steps its fit took (every stage summed).
     """
 
     _parameter_constraints: dict = {
@@ -174,6 +202,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         "n_components": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device],
         "random_state": ["random_state"],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
     }
 
@@ -195,23 +224,25 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
             The fitted clusterer.
         """
         device = resolve_device(self.device)
-        seed = draw_seed(self.random_state)
-        with fit_context(self, seed, device, n_threads=FIT_THREADS):
+        # The one source of the fit's randomness: every independent stream gets a child seed.
+        random_state = check_random_state(self.random_state)
+        with fit_context(self, draw_seed(random_state), device, n_threads=self.n_threads):
             self.device_ = device
             check_hidden_dims(self.hidden_dims)
-            embeddings = self._embeddings(X, reset=True, seed=seed)
+            self._fit_encoder(X, random_state)
+            embeddings = self._embeddings(X, reset=True)
             self.preprocessor_ = fit_preprocessor(
                 make_preprocessor(
                     self.preprocessing,
                     self._n_components(len(embeddings)),
                     embeddings.shape,
-                    seed,
+                    draw_seed(random_state),
                 ),
                 embeddings,
             )
             features = self._preprocess(embeddings)
             del embeddings  # a float64 copy of X: not held while training
-            features = self._fit_features(features, X, seed)
+            features = self._fit_features(features, X, random_state)
             self.labels_ = self._proba(features).argmax(axis=1)
             self.confidence_model_ = fit_centroid_confidence(features, self.labels_)
             self.confidence_ = self.confidence_model_(features, self.labels_)
@@ -230,7 +261,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
             Rows sum to 1.
         """
         check_is_fitted(self)
-        with torch_threads(FIT_THREADS if self.device_.type == "cpu" else None):
+        with torch_threads(self.n_threads if self.device_.type == "cpu" else None):
             return self._proba(self._preprocess(self._embeddings(X, reset=False)))
 
     def predict_confidence(self, X) -> np.ndarray:
@@ -251,7 +282,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
         confidence : ndarray of shape (n_samples,), float64
         """
         check_is_fitted(self)
-        with torch_threads(FIT_THREADS if self.device_.type == "cpu" else None):
+        with torch_threads(self.n_threads if self.device_.type == "cpu" else None):
             features = self._preprocess(self._embeddings(X, reset=False))
             labels = self._proba(features).argmax(axis=1)
         return self.confidence_model_(features, labels)
@@ -278,7 +309,14 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
 
     # -- what subclasses implement or may override ----------------------------------------------
 
-    def _embeddings(self, X, *, reset: bool, seed: int | None = None) -> np.ndarray:
+    def _fit_encoder(self, X, random_state: np.random.RandomState) -> None:
+        """Fit the encoder a clusterer owns (as ``encoder_``) on the raw input ``X`` of ``fit``.
+
+        Called in ``fit`` before anything is embedded, with the fit's
+        ``random_state``; a clusterer without an encoder does nothing here.
+        """
+
+    def _embeddings(self, X, *, reset: bool) -> np.ndarray:
         """``X`` validated as a float64 2-D array (a clusterer owning an encoder embeds here)."""
         min_samples = self._min_samples() if reset else 1
         return validate_data(self, X, dtype=np.float64, reset=reset, ensure_min_samples=min_samples)
@@ -294,12 +332,18 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
     def _preprocess(self, embeddings: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(transform_rows(self.preprocessor_, embeddings, np.float32))
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(
+        self, features: np.ndarray, X, random_state: np.random.RandomState
+    ) -> np.ndarray:
         """Train on the preprocessed ``features`` (float32); ``X`` is the raw input of ``fit``.
 
-        Runs inside the fit context (forked RNG seeded by ``seed``, one CPU
-        thread). Returns the training features the fitted model labels (usually
-        ``features`` itself) for ``labels_``.
+        Runs inside the fit context (torch's generators forked and seeded from
+        ``random_state``, ``n_threads`` CPU threads). ``random_state`` is the
+        fit's one :class:`~numpy.random.RandomState`: draw one child seed from it
+        (:func:`~skaudiocluster._torch.draw_seed`) for each independent random
+        stream (batches, views, k-means...), never one seed for two. Returns the
+        training features the fitted model labels (usually ``features``
+        itself) for ``labels_``.
         """
         raise NotImplementedError
 

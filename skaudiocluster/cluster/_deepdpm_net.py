@@ -1,7 +1,9 @@
 """The skorch side of DeepDPM: the networks, the loss, the net and the split/merge schedule.
 
-:class:`DeepDPMNet` owns the mixture (:class:`~skaudiocluster.cluster._dpm_mixture.DPMixture`)
-the networks learn; its criterion is :class:`DeepDPMLoss`. The
+:class:`DeepDPMNet` builds and owns the mixture
+(:class:`~skaudiocluster.cluster._dpm_mixture.DPMixture`) the networks learn, from
+plain hyperparameters (``mixture__*``), on the head's mask of active units (one
+mask, which the head owns); its criterion is :class:`DeepDPMLoss`. The
 :class:`SplitMergeSchedule` callback gathers the mixture's statistics batch by batch
 and, between epochs, runs the M-steps and the split and merge rounds, keeping the
 network's head in step with the mixture.
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 from torch import nn
@@ -22,10 +25,13 @@ from torch.nn import functional as F
 
 from skaudiocluster._training import TrainingNet
 from skaudiocluster.cluster._dpm_mixture import DPMixture, smoothed_kl, sub_cluster_loss
+from skaudiocluster.cluster._niw import prior_from_data, sufficient_stats
 from skaudiocluster.cluster._split_merge import merge_pairs, split_decisions
 
 # The head is refitted after a split or merge round on at most this many training rows.
 HEAD_FIT_MAX_SAMPLES = 20_000
+# The initial K-means is fitted on at most this many rows (as the official init).
+KMEANS_MAX_SAMPLES = 200_000
 
 
 class DeepDPMModule(nn.Module):
@@ -114,10 +120,9 @@ class DeepDPMModule(nn.Module):
 
     @torch.no_grad()
     def copy_unit(self, source: int, target: int):
-        """Duplicate the head unit ``source`` into ``target`` and activate it."""
+        """Duplicate the head unit ``source`` into ``target`` (the mixture activates it)."""
         self.head.weight[target] = self.head.weight[source]
         self.head.bias[target] = self.head.bias[source]
-        self.active[target] = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked cluster logits (B, max_clusters) and sub-cluster logits (B, 2)."""
@@ -165,30 +170,75 @@ class DeepDPMLoss(nn.Module):
 class DeepDPMNet(TrainingNet):
     """skorch net fitting a :class:`DeepDPMModule` to a mixture (its criterion: DeepDPMLoss).
 
+    ``fit(X)`` builds the mixture ``mixture_`` on ``X`` (:meth:`initialize_mixture`)
+    after the module: its E-step is what the cluster net learns, its
+    sub-clusters what the sub-nets learn (once it has them), and
+    :class:`SplitMergeSchedule` updates it during training. The mixture works on
+    the module's ``active`` buffer itself, so a split or merge changes the one
+    mask that the head and the mixture read.
+
     Parameters
     ----------
     *args, **kwargs
-        :class:`skorch.NeuralNet`'s.
-    mixture : DPMixture
-        The mixture whose E-step the cluster net learns and whose sub-clusters the
-        sub-nets learn; :class:`SplitMergeSchedule` updates it during training.
-        The sub-nets train once the mixture has sub-clusters.
+        :class:`skorch.NeuralNet`'s, and the mixture's hyperparameters as
+        ``mixture__<name>`` (:meth:`initialize_mixture`).
     """
 
-    def __init__(self, *args, mixture: DPMixture, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.mixture = mixture
+    prefixes_ = [*TrainingNet.prefixes_, "mixture"]
+
+    def fit(self, X, y=None, **fit_params):
+        self.initialize()
+        self.initialize_mixture(X)
+        return self.partial_fit(X, y, **fit_params)
+
+    def initialize_mixture(self, X) -> DeepDPMNet:
+        """Build ``mixture_`` on the training data ``X`` from the ``mixture__*`` parameters.
+
+        ``n_clusters`` K-means clusters (``seed``) of ``X`` start the mixture,
+        under the data-driven NIW prior (``kappa``, ``nu``, ``sigma_scale``,
+        ``diagonal``; :func:`~skaudiocluster.cluster._niw.prior_from_data`) with
+        weight smoothing ``weight_smoothing``.
+        """
+        params = self.get_params_for("mixture")
+        data = to_tensor(X, device=self.device)
+        diagonal = params["diagonal"]
+        prior = prior_from_data(
+            data,
+            kappa=params["kappa"],
+            nu=params["nu"],
+            sigma_scale=params["sigma_scale"],
+            diagonal=diagonal,
+        )
+        active = self.module_.active
+        self.mixture_ = DPMixture(prior, len(active), params["weight_smoothing"], active=active)
+        n_init = min(params["n_clusters"], len(data))
+        labels = kmeans_labels(data.cpu().numpy(), n_init, params["seed"])
+        one_hot = F.one_hot(torch.as_tensor(labels, device=data.device).long(), n_init)
+        self.mixture_.set_clusters(
+            torch.arange(n_init, device=data.device),
+            sufficient_stats(data, one_hot.to(torch.float64), diagonal=diagonal),
+        )
+        return self
 
     def get_loss(self, y_pred, y_true=None, X=None, training=False):
         logits, sub_logits = y_pred
         x = to_tensor(X, device=self.device)
-        mixture = self.mixture
+        mixture = self.mixture_
         sub_means = None
         if mixture.has_sub_clusters:
             sub_means = mixture.sub_means[logits.detach().argmax(dim=1)]
         return self.criterion_(
             logits[:, mixture.index], sub_logits, x, mixture.e_step(x), sub_means
         )
+
+
+def kmeans_labels(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """K-means labels of all rows, fitted on at most 200,000 of them (as the official init)."""
+    sample_seed, kmeans_seed = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(sample_seed)
+    sample = X if len(X) <= KMEANS_MAX_SAMPLES else X[rng.choice(len(X), KMEANS_MAX_SAMPLES)]
+    kmeans = KMeans(n_clusters, n_init=3, random_state=int(kmeans_seed.generate_state(1)[0]))
+    return kmeans.fit(sample).predict(X)
 
 
 def fit_head_to_mixture(
@@ -252,9 +302,8 @@ class SplitMergeSchedule(Callback):
     ``j``); the ``5/30 every`` epochs after a proposal skip the M-step. ``every =
     30`` gives the official 25 / 45 / 55, 85, 115... / 5.
 
-    The mixture is the net's (``net.mixture``). At the start of training the
-    head's active units are set to the mixture's, and up to ``head_fit_size``
-    training rows are drawn (``seed``) for :func:`fit_head_to_mixture`; they are
+    The mixture is the net's (``net.mixture_``). At the start of training up to
+    ``head_fit_size`` training rows are drawn (``seed``) for :func:`fit_head_to_mixture`; they are
     dropped when training ends. Every epoch records ``n_clusters`` and ``event``
     (``"split 2"``, ``"merge 0"`` or ``""``) in the net's history.
 
@@ -288,24 +337,24 @@ class SplitMergeSchedule(Callback):
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         self.frozen_until_ = 0
-        self.rng_ = np.random.default_rng(self.seed)
+        moves_seed, rows_seed = np.random.SeedSequence(self.seed).spawn(2)  # two streams
+        self.rng_ = np.random.default_rng(moves_seed)
         data = to_tensor(X, device=net.device)
         self.n_samples_ = len(data)
-        sample = np.random.default_rng(self.seed).permutation(len(data))[: self.head_fit_size]
+        sample = np.random.default_rng(rows_seed).permutation(len(data))[: self.head_fit_size]
         self.head_fit_rows_ = data[torch.as_tensor(np.sort(sample), device=data.device)]
-        net.module_.active.copy_(net.mixture.active)
 
     def on_train_end(self, net, **kwargs):
         del self.head_fit_rows_, self.rng_  # no copy of the training data outlives the fit
 
     def on_epoch_begin(self, net, **kwargs):
-        net.mixture.reset_stats()
+        net.mixture_.reset_stats()
 
     def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
         if not training:
             return
         epoch = len(net.history)
-        mixture = net.mixture
+        mixture = net.mixture_
         logits, sub_logits = y_pred
         mixture.accumulate(
             to_tensor(batch[0], device=net.device),
@@ -316,7 +365,7 @@ class SplitMergeSchedule(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         epoch = len(net.history)
-        mixture = net.mixture
+        mixture = net.mixture_
         mixture.count_once(self.n_samples_)
         if epoch >= self.m_step_from_ and epoch > self.frozen_until_:
             mixture.m_step()
@@ -351,7 +400,7 @@ class SplitMergeSchedule(Callback):
         return not is_split or epoch + self.every <= max_epochs
 
     def _split(self, net) -> int:
-        mixture, module = net.mixture, net.module_
+        mixture, module = net.mixture_, net.module_
         index = mixture.index
         sub_index = torch.stack([2 * index, 2 * index + 1], dim=1).flatten()
         accept, log_ratio = split_decisions(
@@ -380,7 +429,7 @@ class SplitMergeSchedule(Callback):
         return len(chosen)
 
     def _merge(self, net) -> int:
-        mixture, module = net.mixture, net.module_
+        mixture = net.mixture_
         index = mixture.index
         hard = [s[index] for s in mixture.hard]
         means = mixture.means[index]
@@ -388,7 +437,6 @@ class SplitMergeSchedule(Callback):
         for kept, removed in pairs:
             kept, removed = int(index[kept]), int(index[removed])
             mixture.merge(kept, removed)
-            module.active[removed] = False
             self._reset_sub_nets(net, [kept], [kept])
         return len(pairs)
 
@@ -402,6 +450,6 @@ class SplitMergeSchedule(Callback):
         module = net.module_
         slots_t = torch.tensor(slots, device=module.active.device)
         sources_t = torch.tensor(sources, device=module.active.device)
-        module.point_sub_nets(slots_t, net.mixture.sub_means[slots_t])
+        module.point_sub_nets(slots_t, net.mixture_.sub_means[slots_t])
         for param in (module.sub_w1, module.sub_b1, module.sub_w2, module.sub_b2):
             reset_adam_rows(net.optimizer_, param, slots_t, sources_t)

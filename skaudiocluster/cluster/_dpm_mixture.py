@@ -53,6 +53,10 @@ class DPMixture:
     max_clusters : int
     weight_smoothing : float
         Dirichlet smoothing ``a`` of the mixture weights.
+    active : bool tensor (max_clusters,) or None, default=None
+        The mask of slots in use to work on, in place: the network head's
+        (:class:`~skaudiocluster.cluster._deepdpm_net.DeepDPMModule`), so that
+        the mask has one owner; ``None`` makes a mask of the mixture's own.
 
     Attributes
     ----------
@@ -66,13 +70,21 @@ class DPMixture:
         statistics (sub-cluster ``j`` of slot ``k`` at index ``2k + j``)
     """
 
-    def __init__(self, prior: NIWPrior, max_clusters: int, weight_smoothing: float):
+    def __init__(
+        self,
+        prior: NIWPrior,
+        max_clusters: int,
+        weight_smoothing: float,
+        active: torch.Tensor | None = None,
+    ):
         self.prior = prior
         self.weight_smoothing = weight_smoothing
         device = prior.mean.device
         n_features = prior.mean.shape[0]
         cov_shape = (n_features,) if prior.diagonal else (n_features, n_features)
-        self.active = torch.zeros(max_clusters, dtype=torch.bool, device=device)
+        if active is None:
+            active = torch.zeros(max_clusters, dtype=torch.bool, device=device)
+        self.active = active
         self.means = torch.zeros(max_clusters, n_features, dtype=torch.float64, device=device)
         self.covariances = prior.psi.expand(max_clusters, *cov_shape).clone()
         self.weights = torch.zeros(max_clusters, dtype=torch.float64, device=device)

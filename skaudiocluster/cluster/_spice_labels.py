@@ -24,7 +24,7 @@ def select_prototype_samples(
     center_ratio: float = 0.5,
     select_ratio: float = 1.0,
 ) -> torch.Tensor:
-    """SPICE-Self's prototype pseudo-labelling of one big batch, for every head at once.
+    """SPICE-Self's prototype pseudo-labelling of one labelling chunk, for every head at once.
 
     For each head and cluster ``c``, the ``m = floor(center_ratio * M / K)`` samples with
     the highest probability of ``c`` are averaged into a prototype; the
@@ -35,7 +35,7 @@ def select_prototype_samples(
     Parameters
     ----------
     proba : tensor of shape (n_heads, M, K) or (M, K)
-        Cluster probabilities of the big batch (weak views).
+        Cluster probabilities of the labelling chunk (weak views).
     features : tensor of shape (M, D)
         The clean, L2-normalised embeddings of the same samples.
     center_ratio : float, default=0.5

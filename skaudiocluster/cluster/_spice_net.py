@@ -1,7 +1,7 @@
 """skorch plumbing of SPICE on embeddings: SPICE-Self's heads and SPICE-Semi's FixMatch net.
 
 :class:`SPICESelfNet` fits on the preprocessed features; its iterator labels each
-big batch with the current heads (:func:`~skaudiocluster.cluster._spice_labels.
+labelling chunk with the current heads (:func:`~skaudiocluster.cluster._spice_labels.
 select_prototype_samples`) and its criterion is :class:`DoubleSoftmaxLoss`.
 :class:`FixMatchNet` fits on data with pseudo-labels as ``y`` (``IGNORE`` for the
 unreliable samples); its criterion is :class:`FixMatchLoss` and a ``views`` callable
@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from skaudiocluster._torch import batched_forward, make_generator
-from skaudiocluster._training import TrainingNet
+from skaudiocluster._training import TrainingNet, ema_update_
 from skaudiocluster.cluster._spice_labels import (
     IGNORE,
     double_softmax_cross_entropy,
@@ -122,16 +122,16 @@ class FixMatchLoss(nn.Module):
 
 
 def prototype_batches_per_epoch(
-    n_samples: int, n_clusters: int, *, big_batch_size: int, batch_size: int, n_repeats: int
+    n_samples: int, n_clusters: int, *, labelling_size: int, batch_size: int, n_repeats: int
 ) -> int:
     """Training steps of one SPICE-Self epoch (what :class:`PrototypeBatches` yields).
 
     Examples
     --------
-    >>> prototype_batches_per_epoch(1000, 4, big_batch_size=500, batch_size=128, n_repeats=2)
+    >>> prototype_batches_per_epoch(1000, 4, labelling_size=500, batch_size=128, n_repeats=2)
     16
     """
-    big = min(big_batch_size, n_samples)
+    big = min(labelling_size, n_samples)
     n_select = max(1, min(big, big // n_clusters))
     return n_samples // big * n_repeats * math.ceil(n_clusters * n_select / batch_size)
 
@@ -139,7 +139,7 @@ def prototype_batches_per_epoch(
 class PrototypeBatches:
     """SPICE-Self's training batches for one epoch, labelled by the current heads.
 
-    Shuffled big batches of ``big_batch_size`` samples are scored by every head of
+    Shuffled labelling chunks of ``labelling_size`` samples are scored by every head of
     ``module`` on weak views; each head's prototype pseudo-labels are then replayed
     ``n_repeats`` times in shuffled mini-batches of strong views. Yields ``(x, y)``
     with ``x`` of shape ``(batch, n_heads, D)`` (head ``h`` trains on ``x[:, h]``) and
@@ -154,7 +154,7 @@ class PrototypeBatches:
         The heads being trained, ``(batch, D) -> (n_heads, batch, K)`` logits.
     device : torch.device
         Where ``module`` lives.
-    big_batch_size, batch_size, n_repeats : int
+    labelling_size, batch_size, n_repeats : int
     center_ratio : float
     weak_view, strong_view : dict
         ``noise`` and ``dropout`` of :func:`embedding_view`.
@@ -168,7 +168,7 @@ class PrototypeBatches:
         *,
         module: nn.Module,
         device: torch.device,
-        big_batch_size: int,
+        labelling_size: int,
         batch_size: int,
         n_repeats: int,
         center_ratio: float,
@@ -179,7 +179,7 @@ class PrototypeBatches:
         self.features = features
         self.module = module
         self.device = device
-        self.big_batch_size = big_batch_size
+        self.labelling_size = labelling_size
         self.batch_size = batch_size
         self.n_repeats = n_repeats
         self.center_ratio = center_ratio
@@ -190,7 +190,7 @@ class PrototypeBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         features, gen = self.features, self.generator
         n_samples = len(features)
-        big = min(self.big_batch_size, n_samples)
+        big = min(self.labelling_size, n_samples)
         order = torch.randperm(n_samples, generator=gen)
         for start in range(0, n_samples - big + 1, big):
             clean = features[order[start : start + big]]
@@ -221,7 +221,7 @@ class SPICESelfNet(TrainingNet):
 
     Parameters
     ----------
-    big_batch_size, n_repeats : int
+    labelling_size, n_repeats : int
     center_ratio : float
     weak_view, strong_view : dict
         ``noise`` and ``dropout`` of :func:`embedding_view`.
@@ -232,7 +232,7 @@ class SPICESelfNet(TrainingNet):
     def __init__(
         self,
         *args,
-        big_batch_size: int = 5000,
+        labelling_size: int = 5000,
         n_repeats: int = 8,
         center_ratio: float = 0.5,
         weak_view: dict | None = None,
@@ -241,7 +241,7 @@ class SPICESelfNet(TrainingNet):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.big_batch_size = big_batch_size
+        self.labelling_size = labelling_size
         self.n_repeats = n_repeats
         self.center_ratio = center_ratio
         self.weak_view = weak_view
@@ -255,7 +255,7 @@ class SPICESelfNet(TrainingNet):
             torch.as_tensor(dataset.X),
             module=self.module_,
             device=self.device,
-            big_batch_size=self.big_batch_size,
+            labelling_size=self.labelling_size,
             batch_size=self.batch_size,
             n_repeats=self.n_repeats,
             center_ratio=self.center_ratio,
@@ -486,7 +486,8 @@ class FixMatchNet(TrainingNet):
         Optimiser steps per epoch; ``None`` is one pass over the samples as unlabelled data.
     ema_decay : float, default=0.0
         When positive, ``ema_module_`` holds an exponential moving average of the
-        module's parameters (updated after every step; buffers copied), FixMatch's
+        module's parameters (:func:`~skaudiocluster._training.ema_update_` after every
+        step; the heads have no buffers), FixMatch's
         evaluation model. ``0`` keeps no average (``ema_module_`` is ``None``).
     seed : int
         Seeds the batches and views: one generator per fit, drawn on across epochs.
@@ -537,12 +538,7 @@ class FixMatchNet(TrainingNet):
     def train_step(self, batch, **fit_params):
         step = super().train_step(batch, **fit_params)
         if self.ema_module_ is not None:
-            with torch.no_grad():
-                decay = self.ema_decay
-                for ema, live in zip(self.ema_module_.parameters(), self.module_.parameters()):
-                    ema.lerp_(live, 1.0 - decay)
-                for ema, live in zip(self.ema_module_.buffers(), self.module_.buffers()):
-                    ema.copy_(live)
+            ema_update_(self.ema_module_, self.module_, self.ema_decay)
         return step
 
     def infer(self, x, **fit_params):

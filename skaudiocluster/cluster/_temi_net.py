@@ -30,6 +30,7 @@ from skaudiocluster._training import (
     TrainingNet,
     progress_callbacks,
 )
+from skaudiocluster.cluster._base import training_epochs
 from skaudiocluster.cluster._heads import MultiHead
 from skaudiocluster.cluster._temi_loss import temi_loss, updated_prior
 
@@ -39,6 +40,9 @@ FREEZE_LAST_LAYER_EPOCHS = 1
 LAST_LAYER = "student.last_layer.*"
 # The learning rate decays along a cosine to this fraction of its peak.
 FINAL_LR_RATIO = 0.1
+# max_steps="auto": at least this many optimizer steps, and at least this many epochs.
+AUTO_STEPS = 4000
+AUTO_EPOCHS = 20
 
 
 class NeighborPairs(torch.utils.data.Dataset):
@@ -248,7 +252,7 @@ def teacher(net: TEMINet) -> nn.Module:
 
 def training_callbacks(
     *,
-    teacher_momentum: float,
+    ema_decay: float,
     total_steps: int,
     warmup_steps: int,
     name: str,
@@ -257,7 +261,7 @@ def training_callbacks(
 ) -> list[tuple[str, Callback]]:
     """The callbacks of a TEMI training run, for ``TEMINet(callbacks=...)``.
 
-    Teacher EMA (cosine momentum from ``teacher_momentum`` to 1 over
+    Teacher EMA (cosine decay from ``ema_decay`` to 1 over
     ``total_steps``), last layer frozen for the first
     :data:`FREEZE_LAST_LAYER_EPOCHS` epochs, per-batch learning-rate schedule
     (:func:`warmup_cosine`), per-head loss history, non-finite loss guard and,
@@ -265,7 +269,7 @@ def training_callbacks(
 
     Examples
     --------
-    >>> callbacks = training_callbacks(teacher_momentum=0.996, total_steps=100, warmup_steps=10,
+    >>> callbacks = training_callbacks(ema_decay=0.996, total_steps=100, warmup_steps=10,
     ...                                name="TEMIClusterer")
     >>> [key for key, _ in callbacks][:3]
     ['teacher_ema', 'freeze_last_layer', 'unfreeze_last_layer']
@@ -279,7 +283,7 @@ def training_callbacks(
     return [
         (
             "teacher_ema",
-            EMA(student, teacher, teacher_momentum, total_steps=total_steps, final_momentum=1.0),
+            EMA(student, teacher, ema_decay, total_steps=total_steps, final_decay=1.0),
         ),
         # skorch counts epochs from 1 and applies these at the start of epoch ``at``.
         ("freeze_last_layer", Freezer(LAST_LAYER, at=1)),
@@ -311,32 +315,42 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, final_ratio
 
 
 def training_budget(
-    n_samples: int, batch_size: int, min_steps: int, min_epochs: int
-) -> tuple[int, int]:
-    """Epochs and optimizer steps: ``max(min_epochs, ceil(min_steps / steps_per_epoch))`` epochs.
+    n_samples: int, batch_size: int | str, max_steps: int | str | None, max_epochs: int | None
+) -> tuple[int, int, int]:
+    """Mini-batch size, steps per epoch and epochs of a TEMI fit.
 
-    An epoch is ``n_samples // batch_size`` steps (the last partial batch is
-    dropped), so a small collection is seen for many epochs until it has had
-    ``min_steps`` optimizer steps, while a large one trains for ``min_epochs``.
+    ``batch_size="auto"`` is ``min(256, max(32, n_samples // 8))``, and a batch
+    is never larger than ``n_samples``. An epoch is ``n_samples // batch_size``
+    steps (the last partial batch is dropped). The epochs follow
+    :func:`~skaudiocluster.cluster._base.training_epochs`, with ``max_steps="auto"``
+    meaning ``max(AUTO_STEPS, AUTO_EPOCHS * steps_per_epoch)``: a small collection
+    is seen for many epochs until it has had 4,000 optimizer steps, while a large
+    one still gets 20 passes.
 
     Examples
     --------
-    >>> training_budget(3000, 256, min_steps=4000, min_epochs=20)
-    (364, 4004)
-    >>> training_budget(100_000, 256, min_steps=4000, min_epochs=20)
-    (20, 7800)
+    >>> training_budget(3000, "auto", "auto", None), training_budget(100_000, 256, "auto", None)
+    ((256, 11, 364), (256, 390, 20))
+    >>> training_budget(100, "auto", 4000, 100)
+    (32, 3, 100)
     """
-    steps_per_epoch = max(n_samples // batch_size, 1)
-    n_epochs = max(min_epochs, math.ceil(min_steps / steps_per_epoch))
-    return n_epochs, n_epochs * steps_per_epoch
+    if batch_size == "auto":
+        batch_size = min(256, max(32, n_samples // 8))
+    batch_size = min(batch_size, n_samples)
+    steps_per_epoch = n_samples // batch_size
+    if max_steps == "auto":
+        max_steps = max(AUTO_STEPS, AUTO_EPOCHS * steps_per_epoch)
+    return batch_size, steps_per_epoch, training_epochs(max_steps, max_epochs, steps_per_epoch)
 
 
-def make_net(est, n_features: int, seed: int, *, batches_per_epoch: int) -> TEMINet:
-    """The :class:`TEMINet` a fitting :class:`~skaudiocluster.cluster.TEMIClusterer` trains.
+def make_net(est, n_features: int, seed: int, n_epochs: int, steps_per_epoch: int) -> TEMINet:
+    """The :class:`TEMINet` a fitting :class:`~skaudiocluster.cluster.TEMIClusterer` trains
+    for ``n_epochs`` epochs of ``steps_per_epoch`` steps, its batches shuffled from ``seed``.
 
     Reads ``est``'s parameters and the sizes its ``fit`` has set (``n_head_clusters_``,
-    ``n_steps_``, ``n_iter_``, ``batch_size_``, ``device_``).
+    ``batch_size_``, ``device_``).
     """
+    total_steps = n_epochs * steps_per_epoch
     heads = MultiHead(
         n_features,
         est.n_head_clusters_,
@@ -346,12 +360,12 @@ def make_net(est, n_features: int, seed: int, *, batches_per_epoch: int) -> TEMI
         cosine_last_layer=True,
     )
     callbacks = training_callbacks(
-        teacher_momentum=est.teacher_momentum,
-        total_steps=est.n_steps_,
-        warmup_steps=max(int(est.warmup * est.n_steps_), 1),
+        ema_decay=est.ema_decay,
+        total_steps=total_steps,
+        warmup_steps=max(int(est.warmup * total_steps), 1),
         name=type(est).__name__,
         verbose=est.verbose,
-        batches_per_epoch=batches_per_epoch,
+        batches_per_epoch=steps_per_epoch,
     )
     no_decay = {"weight_decay": 0.0}
     return TEMINet(
@@ -365,12 +379,12 @@ def make_net(est, n_features: int, seed: int, *, batches_per_epoch: int) -> TEMI
         optimizer__weight_decay=est.weight_decay,
         optimizer__param_groups=[("*bias", no_decay), ("*magnitude", no_decay)],
         lr=est.lr,
-        max_epochs=est.n_iter_,
+        max_epochs=n_epochs,
         batch_size=est.batch_size_,
         iterator_train__shuffle=True,
         iterator_train__drop_last=True,
         iterator_train__collate_fn=keep_batch,
-        iterator_train__generator=make_generator(seed + 1),
+        iterator_train__generator=make_generator(seed),
         train_split=None,
         callbacks=callbacks,
         device=est.device_,

@@ -23,15 +23,23 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch.func import functional_call
-from torch.nn import functional as F
 from torch.utils.data import BatchSampler, RandomSampler
 
-from skaudiocluster._torch import batched_forward, to_numpy
-from skaudiocluster._training import StopOnNonFiniteLoss, epoch_history, progress_callbacks
-from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims
+from skaudiocluster._torch import batched_forward, draw_seeds, to_numpy
+from skaudiocluster._training import (
+    StopOnNonFiniteLoss,
+    epoch_history,
+    optimizer_steps,
+    progress_callbacks,
+)
+from skaudiocluster.cluster._base import (
+    BUDGET_CONSTRAINTS,
+    BaseDeepClusterer,
+    check_hidden_dims,
+    training_epochs,
+)
 from skaudiocluster.cluster._deepdpm_net import (
     DeepDPMLoss,
     DeepDPMModule,
@@ -40,7 +48,6 @@ from skaudiocluster.cluster._deepdpm_net import (
 )
 from skaudiocluster.cluster._dpm_mixture import DPMixture
 from skaudiocluster.cluster._k_check import KCheckWarning, check_n_clusters
-from skaudiocluster.cluster._niw import prior_from_data, sufficient_stats
 
 # Above this dimension covariance_type="auto" uses diagonal covariances: a full
 # model keeps 6 * max_clusters D x D statistics and fits D^2 / 2 parameters per
@@ -49,7 +56,6 @@ AUTO_DIAGONAL_ABOVE = 64
 # On small collections one pass is a handful of steps, too few for the networks to
 # follow the mixture between M-steps; an epoch then draws this many batches.
 MIN_STEPS_PER_EPOCH = 20
-KMEANS_MAX_SAMPLES = 200_000
 # n_components="auto" (see auto_n_components): one dimension per this many clips, within
 # these bounds, from FEW_CLIPS clips up.
 CLIPS_PER_DIMENSION = 50
@@ -135,10 +141,14 @@ class DeepDPMClusterer(BaseDeepClusterer):
     hidden_dims : tuple of int, default=(50,)
         Hidden layer widths of the clustering net. Each sub-clustering net has
         one hidden layer of width ``hidden_dims[0]`` (at least 2).
-    max_epochs : int, default=150
-        Passes over the data (the official runs use 500; see
-        ``split_merge_every``). A split round is only held if a merge round
-        follows it within ``max_epochs``.
+    max_steps : int or None, default=None
+        Optimizer steps, rounded up to whole epochs of ``steps_per_epoch``
+        steps; ``None``: ``max_epochs`` alone. DeepDPM's budget is epochs, as
+        its split/merge schedule counts them.
+    max_epochs : int or None, default=150
+        At most this many epochs, each an M-step of the mixture (the official
+        runs use 500; see ``split_merge_every``). A split round is only held if
+        a merge round follows it within the epochs trained.
     split_merge_every : int, default=15
         Epochs between split and merge rounds; the whole schedule scales with it
         (see :class:`~skaudiocluster.cluster._deepdpm_net.SplitMergeSchedule`).
@@ -157,8 +167,11 @@ class DeepDPMClusterer(BaseDeepClusterer):
     random_state : int, RandomState instance or None, default=None
         An int makes CPU fits repeat exactly; torch's global generator is left
         untouched.
+    n_threads : int or None, default=1
+        CPU threads of torch while fitting and predicting (small networks run
+        fastest on one); ``None`` keeps torch's setting.
     verbose : int, default=0
-        1 shows a progress bar per epoch, 2 also skorch's epoch table.
+        1 shows a progress bar, 2 also skorch's epoch table.
     check_k : bool, default=True
         After training, score k-means partitions of the features the mixture saw
         for K from ``n_clusters_ - 3`` to ``n_clusters_ + 6`` by their
@@ -195,6 +208,8 @@ class DeepDPMClusterer(BaseDeepClusterer):
     module_ : torch.nn.Module
         The trained networks (clustering net and sub-clustering nets), on ``device_``.
     device_ : torch.device
+    n_iter_ : int
+        Optimizer steps of the fit.
     history_ : skorch.History
         One row per epoch: ``epoch``, ``train_loss``, ``dur``, ``n_clusters`` and
         ``event`` (``"split 2"``, ``"merge 1"`` or ``""``), e.g.
@@ -267,7 +282,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         "prior_sigma_scale": [Interval(Real, 0, None, closed="neither")],
         "weight_smoothing": [Interval(Real, 0, None, closed="neither")],
         "covariance_type": [StrOptions({"auto", "full", "diag"})],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        **BUDGET_CONSTRAINTS,
         "split_merge_every": [Interval(Integral, 3, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
@@ -290,7 +305,8 @@ class DeepDPMClusterer(BaseDeepClusterer):
         covariance_type: str = "auto",
         preprocessing: str | None = "l2",
         hidden_dims: tuple[int, ...] = (50,),
-        max_epochs: int = 150,
+        max_steps: int | None = None,
+        max_epochs: int | None = 150,
         split_merge_every: int = 15,
         batch_size: int = 128,
         steps_per_epoch: int | None = None,
@@ -298,6 +314,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         sub_lr: float = 5e-3,
         device: str | torch.device = "auto",
         random_state=None,
+        n_threads: int | None = 1,
         verbose: int = 0,
         check_k: bool = True,
     ):
@@ -312,6 +329,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.covariance_type = covariance_type
         self.preprocessing = preprocessing
         self.hidden_dims = hidden_dims
+        self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.split_merge_every = split_merge_every
         self.batch_size = batch_size
@@ -320,6 +338,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
         self.sub_lr = sub_lr
         self.device = device
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
         self.check_k = check_k
 
@@ -328,7 +347,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
             return auto_n_components(n_samples)
         return self.n_components
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(self, features: np.ndarray, X, random_state) -> np.ndarray:
         if self.n_clusters_init > self.max_clusters:
             raise ValueError(
                 f"n_clusters_init={self.n_clusters_init} exceeds max_clusters={self.max_clusters}"
@@ -345,14 +364,20 @@ class DeepDPMClusterer(BaseDeepClusterer):
         )
         self.covariance_type_ = "diag" if diagonal else "full"
         data = torch.from_numpy(features).to(self.device_)
-        mixture = self._initial_mixture(data, seed, diagonal)
+        kmeans_seed, schedule_seed, check_seed = draw_seeds(random_state, 3)
 
         batch_size = min(self.batch_size, n_samples)
         steps = self.steps_per_epoch or max(-(-n_samples // batch_size), MIN_STEPS_PER_EPOCH)
         net = DeepDPMNet(
             DeepDPMModule,
             criterion=DeepDPMLoss,
-            mixture=mixture,
+            mixture__n_clusters=self.n_clusters_init,
+            mixture__seed=kmeans_seed,
+            mixture__kappa=self.prior_kappa,
+            mixture__nu=self.prior_nu,
+            mixture__sigma_scale=self.prior_sigma_scale,
+            mixture__diagonal=diagonal,
+            mixture__weight_smoothing=self.weight_smoothing,
             module__n_features=n_features,
             module__max_clusters=self.max_clusters,
             module__hidden_dims=hidden_dims,
@@ -360,7 +385,7 @@ class DeepDPMClusterer(BaseDeepClusterer):
             optimizer=torch.optim.Adam,
             lr=self.lr,
             optimizer__param_groups=[("sub_*", {"lr": self.sub_lr})],
-            max_epochs=self.max_epochs,
+            max_epochs=training_epochs(self.max_steps, self.max_epochs, steps),
             batch_size=batch_size,
             # Whole batches are sampled and indexed at once (no per-row fetch and collate).
             iterator_train__batch_size=None,
@@ -372,7 +397,10 @@ class DeepDPMClusterer(BaseDeepClusterer):
             train_split=None,
             device=self.device_,
             callbacks=[
-                ("split_merge", SplitMergeSchedule(self.split_merge_every, self.alpha, seed)),
+                (
+                    "split_merge",
+                    SplitMergeSchedule(self.split_merge_every, self.alpha, schedule_seed),
+                ),
                 ("non_finite_loss", StopOnNonFiniteLoss("DeepDPMClusterer")),
                 *progress_callbacks(self.verbose, batches_per_epoch=steps, desc="DeepDPMClusterer"),
             ],
@@ -381,9 +409,10 @@ class DeepDPMClusterer(BaseDeepClusterer):
         net.fit(data)
         self.module_ = net.module_
         self.history_ = epoch_history([net])
-        self._drop_unused_units(mixture, features)
+        self.n_iter_ = optimizer_steps([net])
+        self._drop_unused_units(net.mixture_, features)
         self.k_check_ = (
-            check_n_clusters(features, self.n_clusters_, random_state=seed)
+            check_n_clusters(features, self.n_clusters_, random_state=check_seed)
             if self.check_k
             else None
         )
@@ -404,33 +433,13 @@ class DeepDPMClusterer(BaseDeepClusterer):
             warnings.warn(check.message("DeepDPMClusterer"), KCheckWarning, stacklevel=4)
         return features
 
-    def _initial_mixture(self, data: torch.Tensor, seed: int, diagonal: bool) -> DPMixture:
-        """The NIW prior from the data and a mixture on the K-means clusters of ``data``."""
-        prior = prior_from_data(
-            data,
-            kappa=self.prior_kappa,
-            nu=self.prior_nu,
-            sigma_scale=self.prior_sigma_scale,
-            diagonal=diagonal,
-        )
-        mixture = DPMixture(prior, self.max_clusters, self.weight_smoothing)
-        n_init = min(self.n_clusters_init, len(data))
-        labels = _kmeans_labels(data.cpu().numpy(), n_init, seed)
-        one_hot = F.one_hot(torch.as_tensor(labels, device=data.device).long(), n_init)
-        mixture.set_clusters(
-            torch.arange(n_init, device=data.device),
-            sufficient_stats(data, one_hot.to(torch.float64), diagonal=diagonal),
-        )
-        return mixture
-
     def _drop_unused_units(self, mixture: DPMixture, features: np.ndarray):
         """Mask the units no training point selects, so ``n_clusters_`` counts used clusters."""
         slots = mixture.index
         used = self._slot_logits(features).argmax(dim=1).unique().to(slots.device)
         unused = slots[~torch.isin(slots, used)]
         if len(unused):
-            mixture.deactivate(unused)
-            self.module_.active[unused] = False
+            mixture.deactivate(unused)  # the module's mask: the mixture works on it
         index = mixture.index
         self.n_clusters_ = len(index)
         self.means_ = to_numpy(mixture.means[index])
@@ -454,11 +463,3 @@ class DeepDPMClusterer(BaseDeepClusterer):
     def _proba(self, features: np.ndarray) -> np.ndarray:
         index = self.module_.active.nonzero().flatten().cpu()
         return to_numpy(torch.softmax(self._slot_logits(features)[:, index], dim=1))
-
-
-def _kmeans_labels(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    """K-means labels of all rows, fitted on at most 200,000 of them (as the official init)."""
-    rng = np.random.default_rng(seed)
-    sample = X if len(X) <= KMEANS_MAX_SAMPLES else X[rng.choice(len(X), KMEANS_MAX_SAMPLES)]
-    kmeans = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(sample)
-    return kmeans.predict(X)

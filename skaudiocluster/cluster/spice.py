@@ -8,6 +8,7 @@ The skorch nets live in ``_spice_net`` (stages on embeddings) and ``_spice_joint
 
 from __future__ import annotations
 
+import copy
 import math
 from numbers import Integral, Real
 
@@ -16,10 +17,20 @@ import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
-from skaudiocluster._torch import batched_forward, draw_seed
-from skaudiocluster._training import StopOnNonFiniteLoss, epoch_history, progress_callbacks
+from skaudiocluster._torch import batched_forward, draw_seed, draw_seeds
+from skaudiocluster._training import (
+    StopOnNonFiniteLoss,
+    epoch_history,
+    optimizer_steps,
+    progress_callbacks,
+)
 from skaudiocluster.augment import strong_augmentation, weak_augmentation
-from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims
+from skaudiocluster.cluster._base import (
+    BUDGET_CONSTRAINTS,
+    BaseDeepClusterer,
+    check_hidden_dims,
+    training_epochs,
+)
 from skaudiocluster.cluster._consensus import consensus_partition
 from skaudiocluster.cluster._heads import MultiHead, copy_head
 from skaudiocluster.cluster._spice_joint import ClipDataset, ClipViews, JointNetwork
@@ -47,7 +58,7 @@ class SPICEClusterer(BaseDeepClusterer):
     components, then L2-normalised):
 
     1. **SPICE-Self.** ``n_heads`` MLP heads ``Linear-ReLU-Linear-softmax`` are trained
-       on prototype pseudo-labels: in each big batch of ``big_batch_size`` samples, the
+       on prototype pseudo-labels: in each chunk of ``labelling_size`` samples, the
        ``center_ratio * M / K`` most confident samples of a cluster are averaged into a
        prototype and the ``M / K`` samples nearest to it (cosine) get that cluster's label;
        each head is trained on its labels with the cross-entropy of its *probabilities*
@@ -77,8 +88,8 @@ class SPICEClusterer(BaseDeepClusterer):
     With an ``encoder`` (a :class:`~skaudiocluster.transformers.byola.BYOLAEmbedder`),
     ``fit`` takes raw audio: the encoder (cloned to ``encoder_``; seeded from
     ``random_state`` when its own ``random_state`` is None) embeds the clips, stages
-    1-3 run on those embeddings as above, and then stage 3 continues for
-    ``joint_max_epochs`` on the audio itself, training the encoder (learning rate
+    1-3 run on those embeddings as above, and then stage 3 continues (``joint_max_steps``,
+    ``joint_max_epochs``) on the audio itself, training the encoder (learning rate
     ``encoder_lr``; its batch-norm statistics stay frozen) and the classifier together.
     Its weak views are random crops of 90-100 % of each clip with +/- 3 dB gain; the
     strong views crop 60-100 %, change the gain by up to +/- 6 dB, fade in and out and
@@ -91,7 +102,7 @@ class SPICEClusterer(BaseDeepClusterer):
     Budgets and defaults. Both embedding stages are budgeted in optimiser steps, not
     epochs, so a collection of 60 clips trains as long as one of 3,000: the paper's 30
     epochs gave a fresh stage-3 classifier about 100 steps at 300 clips, and with
-    ``n_samples <= big_batch_size`` its 30 SPICE-Self epochs refreshed the pseudo-labels
+    ``n_samples <= labelling_size`` its 30 SPICE-Self epochs refreshed the pseudo-labels
     only 30 times (200-360 in the official runs). ``max_steps=1500`` with
     ``n_repeats=2`` (the paper: 8) refreshes them every 48 steps at 3,000 clips (31
     refreshes) and every 2-6 steps at 60-300 clips; ``semi_max_steps=1000`` with the
@@ -134,19 +145,20 @@ class SPICEClusterer(BaseDeepClusterer):
     n_components : int or None, default=64
         Inputs with more features are standardised and projected on this many principal
         components (at most ``n_samples``); ``None`` skips the projection.
-    max_steps : int, default=1500
+    max_steps : int or None, default=1500
         SPICE-Self optimiser steps, rounded up to whole epochs (an epoch labels every big
         batch and replays its labels ``n_repeats`` times), whatever ``n_samples``, so
-        that small collections train as long as large ones (:ref:`bench-spice-budget`).
+        that small collections train as long as large ones (:ref:`bench-spice-budget`);
+        ``None``: ``max_epochs`` alone.
     max_epochs : int or None, default=None
-        Epoch budget of SPICE-Self instead of ``max_steps`` (the budget before the
-        step-based one, kept for compatibility; the steps then grow with ``n_samples``).
-    big_batch_size : int, default=5000
-        Samples per prototype-labelling big batch (clipped to ``n_samples``).
+        At most this many SPICE-Self epochs; ``None``: no cap.
+    labelling_size : int, default=5000
+        Samples pseudo-labelled together, from which each cluster's prototype is drawn
+        (clipped to ``n_samples``): a labelling chunk, not a training mini-batch.
     batch_size : int, default=128
         Mini-batch size of head training.
     n_repeats : int, default=2
-        Training passes over each big batch's pseudo-labels.
+        Training passes over each labelling chunk's pseudo-labels.
     lr : float, default=5e-3
         Adam learning rate of the heads.
     center_ratio : float, default=0.5
@@ -168,12 +180,12 @@ class SPICEClusterer(BaseDeepClusterer):
     min_reliable : int, default=10
         Reliable samples each cluster is guaranteed (topped up with its most consistent
         members, with a warning).
-    semi_max_steps : int, default=1000
+    semi_max_steps : int or None, default=1000
         Stage-3 optimiser steps (rounded up to whole epochs of at most 50 steps); 0 keeps
-        SPICE-Self.
+        SPICE-Self; ``None``: ``semi_max_epochs`` alone.
     semi_max_epochs : int or None, default=None
-        Epoch budget of stage 3 (passes over all samples as unlabelled data) instead of
-        ``semi_max_steps``, kept for compatibility; 0 keeps SPICE-Self.
+        At most this many stage-3 passes over all samples as unlabelled data (then run
+        as such passes); 0 keeps SPICE-Self; ``None``: no cap.
     ema_decay : float, default=0.99
         Decay of the stage-3 weight average kept as the classifier; 0 keeps the last
         weights.
@@ -187,8 +199,12 @@ class SPICEClusterer(BaseDeepClusterer):
         FixMatch confidence threshold.
     unlabelled_weight : float, default=1.0
         Weight of FixMatch's unlabelled loss.
-    joint_max_epochs : int, default=3
-        With ``encoder``: epochs of joint encoder and classifier training on raw audio.
+    joint_max_steps : int or None, default=None
+        With ``encoder``: optimiser steps of joint encoder and classifier training on raw
+        audio, rounded up to whole epochs; ``None``: ``joint_max_epochs`` alone.
+    joint_max_epochs : int or None, default=3
+        At most this many joint epochs (passes over the clips as unlabelled data), few
+        because every step runs the encoder on a CPU; 0 skips the joint stage.
     encoder_lr : float, default=1e-5
         Adam learning rate of the encoder in joint training.
     joint_batch_size : int, default=16
@@ -201,6 +217,9 @@ class SPICEClusterer(BaseDeepClusterer):
         Seeds initialisation, batching and views (and an unseeded ``encoder``); an int
         makes CPU runs repeat exactly. The caller's global torch random state is left
         untouched.
+    n_threads : int or None, default=1
+        CPU threads of torch while fitting and predicting (small heads run fastest on
+        one); ``None`` keeps torch's setting.
     verbose : int, default=0
         Progress bars when positive.
 
@@ -237,6 +256,8 @@ class SPICEClusterer(BaseDeepClusterer):
         SPICE-Self head (read through ``consensus_``) or the selected one.
     preprocessor_ : sklearn Pipeline
         The fitted input transform.
+    n_iter_ : int
+        Optimiser steps of the fit, all stages summed.
     history_ : skorch History
         One row per epoch of every stage run (``stage`` is ``"self"``, ``"semi"`` or
         ``"joint"``) with ``train_loss`` and ``dur``; SPICE-Self rows also hold
@@ -269,9 +290,8 @@ class SPICEClusterer(BaseDeepClusterer):
         "encoder": [HasMethods(["fit", "transform", "waveforms", "log_mel"]), None],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "head_selection": [StrOptions({"consensus", "best"})],
-        "max_steps": [Interval(Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left"), None],
-        "big_batch_size": [Interval(Integral, 2, None, closed="left")],
+        **BUDGET_CONSTRAINTS,
+        "labelling_size": [Interval(Integral, 2, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -285,7 +305,7 @@ class SPICEClusterer(BaseDeepClusterer):
         "min_agreement": [Interval(Real, 0, 1, closed="both")],
         "min_confidence": [Interval(Real, 0, 1, closed="left")],
         "min_reliable": [Interval(Integral, 1, None, closed="left")],
-        "semi_max_steps": [Interval(Integral, 0, None, closed="left")],
+        "semi_max_steps": [Interval(Integral, 0, None, closed="left"), None],
         "semi_max_epochs": [Interval(Integral, 0, None, closed="left"), None],
         "ema_decay": [Interval(Real, 0, 1, closed="left")],
         "semi_lr": [Interval(Real, 0, None, closed="neither")],
@@ -293,7 +313,8 @@ class SPICEClusterer(BaseDeepClusterer):
         "unlabelled_ratio": [Interval(Integral, 1, None, closed="left")],
         "threshold": [Interval(Real, 0, 1, closed="both")],
         "unlabelled_weight": [Interval(Real, 0, None, closed="left")],
-        "joint_max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "joint_max_steps": [Interval(Integral, 0, None, closed="left"), None],
+        "joint_max_epochs": [Interval(Integral, 0, None, closed="left"), None],
         "encoder_lr": [Interval(Real, 0, None, closed="neither")],
         "joint_batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_audio_seconds": [Interval(Real, 0, None, closed="neither")],
@@ -309,9 +330,9 @@ class SPICEClusterer(BaseDeepClusterer):
         hidden_dims: tuple[int, ...] = (512,),
         preprocessing: str | None = "l2",
         n_components: int | None = 64,
-        max_steps: int = 1500,
+        max_steps: int | None = 1500,
         max_epochs: int | None = None,
-        big_batch_size: int = 5000,
+        labelling_size: int = 5000,
         batch_size: int = 128,
         n_repeats: int = 2,
         lr: float = 5e-3,
@@ -325,7 +346,7 @@ class SPICEClusterer(BaseDeepClusterer):
         min_agreement: float = 0.9,
         min_confidence: float = 0.99,
         min_reliable: int = 10,
-        semi_max_steps: int = 1000,
+        semi_max_steps: int | None = 1000,
         semi_max_epochs: int | None = None,
         ema_decay: float = 0.99,
         semi_lr: float = 1e-3,
@@ -333,12 +354,14 @@ class SPICEClusterer(BaseDeepClusterer):
         unlabelled_ratio: int = 7,
         threshold: float = 0.95,
         unlabelled_weight: float = 1.0,
-        joint_max_epochs: int = 3,
+        joint_max_steps: int | None = None,
+        joint_max_epochs: int | None = 3,
         encoder_lr: float = 1e-5,
         joint_batch_size: int = 16,
         max_audio_seconds: float = 2.0,
         device: str | torch.device = "auto",
         random_state=None,
+        n_threads: int | None = 1,
         verbose: int = 0,
     ):
         self.n_clusters = n_clusters
@@ -350,7 +373,7 @@ class SPICEClusterer(BaseDeepClusterer):
         self.n_components = n_components
         self.max_steps = max_steps
         self.max_epochs = max_epochs
-        self.big_batch_size = big_batch_size
+        self.labelling_size = labelling_size
         self.batch_size = batch_size
         self.n_repeats = n_repeats
         self.lr = lr
@@ -372,31 +395,37 @@ class SPICEClusterer(BaseDeepClusterer):
         self.unlabelled_ratio = unlabelled_ratio
         self.threshold = threshold
         self.unlabelled_weight = unlabelled_weight
+        self.joint_max_steps = joint_max_steps
         self.joint_max_epochs = joint_max_epochs
         self.encoder_lr = encoder_lr
         self.joint_batch_size = joint_batch_size
         self.max_audio_seconds = max_audio_seconds
         self.device = device
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
 
     def _min_samples(self) -> int:
         # Stage 2 and the prototypes need room for two samples per cluster.
         return 2 * self.n_clusters
 
-    def _embeddings(self, X, *, reset: bool, seed: int | None = None) -> np.ndarray:
+    def _fit_encoder(self, X, random_state) -> None:
+        """Clone ``encoder`` to ``encoder_`` (seeded from ``random_state`` if unseeded), fit it."""
         if self.encoder is None:
-            return super()._embeddings(X, reset=reset, seed=seed)
-        if reset:
-            if self.joint_max_epochs and not self._runs_semi() and self.head_selection != "best":
-                raise ValueError(  # checked before the clips are embedded
-                    "the joint stage trains one classifier: with semi_max_steps=0 (or "
-                    'semi_max_epochs=0) it needs head_selection="best"'
-                )
-            encoder = clone(self.encoder)
-            if getattr(encoder, "random_state", 0) is None:
-                encoder.set_params(random_state=draw_seed(seed))
-            self.encoder_ = encoder.fit(X)
+            return
+        if self._runs_joint() and not self._runs_semi() and self.head_selection != "best":
+            raise ValueError(  # checked before the clips are embedded
+                "the joint stage trains one classifier: with semi_max_steps=0 (or "
+                'semi_max_epochs=0) it needs head_selection="best"'
+            )
+        encoder, encoder_seed = clone(self.encoder), draw_seed(random_state)
+        if getattr(encoder, "random_state", 0) is None:
+            encoder.set_params(random_state=encoder_seed)
+        self.encoder_ = encoder.fit(X)
+
+    def _embeddings(self, X, *, reset: bool) -> np.ndarray:
+        if self.encoder is None:
+            return super()._embeddings(X, reset=reset)
         embeddings = np.asarray(self.encoder_.transform(X), dtype=np.float64)
         if reset and len(embeddings) < self._min_samples():
             raise ValueError(
@@ -405,9 +434,10 @@ class SPICEClusterer(BaseDeepClusterer):
             )
         return embeddings
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(self, features: np.ndarray, X, random_state) -> np.ndarray:
         hidden_dims = check_hidden_dims(self.hidden_dims)
-        self_net = self._fit_self(features, hidden_dims, seed)
+        self_seed, consensus_seed, semi_seed, joint_seed = draw_seeds(random_state, 4)
+        self_net = self._fit_self(features, hidden_dims, self_seed)
         # The best (epoch, head) by the label-free loss, as in SPICE's official code.
         best = dict(self_net.callbacks_)["head_losses"]
         self.best_epoch_, self.best_head_ = best.best_epoch_, best.best_head_
@@ -421,7 +451,9 @@ class SPICEClusterer(BaseDeepClusterer):
         head_probs = _head_probs(self.module_, features, self.device_)
         self.consensus_ = None
         if consensus:
-            self.consensus_ = consensus_partition(head_probs, self.n_clusters, random_state=seed)
+            self.consensus_ = consensus_partition(
+                head_probs, self.n_clusters, random_state=consensus_seed
+            )
         proba = self._combine_heads(head_probs)
         self.self_labels_ = proba.argmax(axis=1)
         # A neighbourhood larger than a typical cluster could never agree with itself.
@@ -439,21 +471,25 @@ class SPICEClusterer(BaseDeepClusterer):
         targets = np.where(self.labels_reliable_, self.self_labels_, IGNORE).astype(np.int64)
         nets, stages = [self_net], ["self"]
         if self._runs_semi():
-            semi_net = self._fit_semi(features, targets, hidden_dims, seed)
+            semi_net = self._fit_semi(features, targets, hidden_dims, semi_seed)
             module = semi_net.module_ if semi_net.ema_module_ is None else semi_net.ema_module_
             self.module_ = module.requires_grad_(True).eval()  # trainable for the joint stage
             self.consensus_ = None  # the classifier predicts alone
             nets.append(semi_net)
             stages.append("semi")
-        if self.encoder is not None and self.joint_max_epochs:
-            nets.append(self._fit_joint(X, targets, seed))
+        if self._runs_joint():
+            nets.append(self._fit_joint(X, targets, joint_seed))
             stages.append("joint")
             features = self._preprocess(self._embeddings(X, reset=False))
         self.history_ = epoch_history(nets, stage=stages)
+        self.n_iter_ = optimizer_steps(nets)
         return features
 
     def _runs_semi(self) -> bool:
-        return bool(self.semi_max_steps if self.semi_max_epochs is None else self.semi_max_epochs)
+        return self.semi_max_steps != 0 and self.semi_max_epochs != 0
+
+    def _runs_joint(self) -> bool:
+        return self.encoder is not None and self.joint_max_steps != 0 and self.joint_max_epochs != 0
 
     def _proba(self, features: np.ndarray) -> np.ndarray:
         return self._combine_heads(_head_probs(self.module_, features, self.device_))
@@ -482,11 +518,11 @@ class SPICEClusterer(BaseDeepClusterer):
         steps = prototype_batches_per_epoch(
             len(features),
             self.n_clusters,
-            big_batch_size=self.big_batch_size,
+            labelling_size=self.labelling_size,
             batch_size=self.batch_size,
             n_repeats=self.n_repeats,
         )
-        n_epochs = self.max_epochs or max(1, math.ceil(self.max_steps / steps))
+        n_epochs = training_epochs(self.max_steps, self.max_epochs, steps)
         net = SPICESelfNet(
             MultiHead,
             module__in_features=features.shape[1],
@@ -499,7 +535,7 @@ class SPICEClusterer(BaseDeepClusterer):
             lr=self.lr,
             max_epochs=n_epochs,
             batch_size=self.batch_size,
-            big_batch_size=self.big_batch_size,
+            labelling_size=self.labelling_size,
             n_repeats=self.n_repeats,
             center_ratio=self.center_ratio,
             weak_view=weak_view,
@@ -537,10 +573,16 @@ class SPICEClusterer(BaseDeepClusterer):
         self, features: np.ndarray, targets: np.ndarray, hidden_dims: tuple[int, ...], seed: int
     ):
         """SPICE-Semi on embeddings: a fresh classifier, FixMatch on embedding views."""
-        if self.semi_max_epochs is None:
+        pass_steps = fixmatch_batches_per_epoch(
+            len(features), batch_size=self.semi_batch_size, unlabelled_ratio=self.unlabelled_ratio
+        )
+        if self.semi_max_steps is None or (
+            self.semi_max_epochs is not None
+            and self.semi_max_epochs * pass_steps <= self.semi_max_steps
+        ):  # the epoch cap binds: whole passes over the samples
+            n_epochs, steps = training_epochs(None, self.semi_max_epochs, pass_steps), None
+        else:
             n_epochs, steps = semi_schedule(self.semi_max_steps)
-        else:  # the epoch budget: one pass over the samples per epoch
-            n_epochs, steps = self.semi_max_epochs, None
         net = FixMatchNet(
             MultiHead,
             module__in_features=features.shape[1],
@@ -553,21 +595,18 @@ class SPICEClusterer(BaseDeepClusterer):
             batch_size=self.semi_batch_size,
             views=EmbeddingViews(*self._views()),
             seed=seed,
-            callbacks=self._callbacks(
-                "SPICE-Semi",
-                steps
-                or fixmatch_batches_per_epoch(
-                    len(features),
-                    batch_size=self.semi_batch_size,
-                    unlabelled_ratio=self.unlabelled_ratio,
-                ),
-            ),
+            callbacks=self._callbacks("SPICE-Semi", steps or pass_steps),
             **self._fixmatch_params(),
         )
         return net.fit(features, targets)
 
     def _fit_joint(self, X, targets: np.ndarray, seed: int):
-        """Stage 3 again on raw audio, training ``encoder_.module_`` and ``module_`` in place."""
+        """Stage 3 again on raw audio, on copies of the encoder's network and of ``module_``.
+
+        The trained copies replace ``module_`` and, through the encoder's
+        :meth:`~skaudiocluster.transformers._base.BaseAudioEmbedder.with_module`,
+        ``encoder_`` (a new fitted embedder).
+        """
         encoder = self.encoder_
         clips = encoder.waveforms(X)
         crop = {
@@ -575,14 +614,16 @@ class SPICEClusterer(BaseDeepClusterer):
             "min_samples": encoder.min_samples,
         }
         encoder_device = next(encoder.module_.parameters()).device
-        network = JointNetwork(encoder.module_, self.module_, self.preprocessor_)
+        network = JointNetwork(
+            copy.deepcopy(encoder.module_), copy.deepcopy(self.module_), self.preprocessor_
+        )
         steps = fixmatch_batches_per_epoch(
             len(clips), batch_size=self.joint_batch_size, unlabelled_ratio=self.unlabelled_ratio
         )
         net = FixMatchNet(
             network,
             optimizer__param_groups=[("encoder.*", {"lr": self.encoder_lr})],
-            max_epochs=self.joint_max_epochs,
+            max_epochs=training_epochs(self.joint_max_steps, self.joint_max_epochs, steps),
             batch_size=self.joint_batch_size,
             views=ClipViews(
                 weak_augmentation(**crop), strong_augmentation(**crop), encoder.log_mel
@@ -593,7 +634,9 @@ class SPICEClusterer(BaseDeepClusterer):
         )
         net.fit(ClipDataset(clips, targets))
         network.eval()
-        encoder.module_.to(encoder_device)  # where the encoder's own methods expect it
+        # the encoder's network back where the encoder's own methods expect it
+        self.encoder_ = encoder.with_module(network.encoder.to(encoder_device))
+        self.module_ = network.classifier
         return net
 
     def __sklearn_tags__(self):

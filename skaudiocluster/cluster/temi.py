@@ -14,9 +14,9 @@ import torch
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skaudiocluster._torch import batched_forward, to_numpy
-from skaudiocluster._training import epoch_history
-from skaudiocluster.cluster._base import BaseDeepClusterer
+from skaudiocluster._torch import batched_forward, draw_seeds, to_numpy
+from skaudiocluster._training import epoch_history, optimizer_steps
+from skaudiocluster.cluster._base import BUDGET_CONSTRAINTS, BaseDeepClusterer
 from skaudiocluster.cluster._consensus import (
     coassociation_partition,
     consensus_partition,
@@ -40,11 +40,9 @@ class TEMIClusterer(BaseDeepClusterer):
     probabilities (:func:`~skaudiocluster.cluster._consensus.consensus_partition`)
     or, with ``overclustering`` > 1, an average-linkage cut of how often the heads
     put two samples together (:func:`~skaudiocluster.cluster._consensus.coassociation_partition`).
-    A fit lasts ``max(min_epochs, ceil(min_steps / (n_samples // batch_size)))``
-    epochs; the learning rate warms up over ``warmup`` of the steps, then decays
-    along a cosine to ``lr / 10``; the teacher momentum rises to 1 along a cosine;
-    the heads' last layers are frozen for the first epoch (DINO's trick). Measured
-    figures behind the defaults: :ref:`bench-temi`.
+    The learning rate warms up over ``warmup`` of the steps, then decays along a cosine
+    to ``lr / 10``; the teacher's EMA decay rises to 1 along a cosine; the heads' last
+    layers are frozen for the first epoch (DINO's trick). Figures: :ref:`bench-temi`.
 
     Parameters
     ----------
@@ -70,8 +68,9 @@ class TEMIClusterer(BaseDeepClusterer):
         other value beat on every set (:ref:`bench-temi-beta`).
     student_temperature, teacher_temperature : float, default=0.1
         Softmax temperatures (TEMI's defaults).
-    prior_momentum, teacher_momentum : float, default=0.9, 0.996
-        EMA momenta of the cluster prior and (initially) of the teacher (TEMI's).
+    prior_momentum, ema_decay : float, default=0.9, 0.996
+        EMA momentum of the cluster prior, and the initial EMA decay of the teacher's
+        weights, which rises to 1 (TEMI's).
     hidden_dims : tuple of int, default=(128,)
         Hidden widths of each head (GELU after each); TEMI's 512 suit 768-d image
         features on GPUs, a quarter lets many heads train on a CPU.
@@ -89,9 +88,13 @@ class TEMIClusterer(BaseDeepClusterer):
     lr, weight_decay : float, default=3e-3, 1e-4
         Peak AdamW learning rate (TEMI's 1e-4 per 256 learns too slowly on audio
         embeddings) and weight decay (not on biases and weight-norm magnitudes).
-    min_steps, min_epochs : int, default=4000, 20
-        Least optimizer steps, so that a small collection trains as long as a large
-        one (:ref:`bench-temi-budget`), and least epochs.
+    max_steps : int, "auto" or None, default="auto"
+        Optimizer steps, rounded up to whole epochs of ``n_samples // batch_size_``
+        steps, so that a small collection trains as long as a large one
+        (:ref:`bench-temi-budget`); ``"auto"`` is ``max(4000, 20 epochs)``, where the
+        20 passes only exceed 4,000 steps above about 51,000 rows at batch 256.
+    max_epochs : int or None, default=None
+        At most this many epochs (passes over the data); ``None``: no cap.
     warmup : float, default=0.1
         Fraction of the steps with a linear learning-rate warm-up.
     predict_with : {"consensus", "best"}, default="consensus"
@@ -104,8 +107,10 @@ class TEMIClusterer(BaseDeepClusterer):
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, pairs and shuffling: CPU runs repeat exactly; torch's
         global random state is left untouched.
+    n_threads : int or None, default=1
+        Torch's CPU threads in fit and predict (small heads run fastest on one); ``None``: torch's.
     verbose : int, default=0
-        ``> 0`` shows a progress bar per epoch.
+        ``> 0`` shows a progress bar.
 
     Attributes
     ----------
@@ -128,8 +133,8 @@ class TEMIClusterer(BaseDeepClusterer):
         ``exp(entropy(prior_))``.
     history_ : skorch.History
         Per epoch: ``train_loss`` (mean over heads), ``head_losses``, ``dur``, ...
-    n_neighbors_, batch_size_, n_iter_, n_steps_ : int
-        Neighbours, batch size, epochs and optimizer steps used.
+    n_neighbors_, batch_size_, n_iter_ : int
+        Neighbours, batch size and optimizer steps used (epochs: ``len(history_)``).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when ``X`` has string feature names.
@@ -144,7 +149,7 @@ class TEMIClusterer(BaseDeepClusterer):
     >>> from skaudiocluster.cluster import TEMIClusterer
     >>> X, y = make_blobs(200, n_features=8, centers=3, random_state=0)
     >>> temi = TEMIClusterer(n_clusters=3, n_heads=2, hidden_dims=(32,), bottleneck_dim=16,
-    ...                      min_steps=100, random_state=0).fit(X)
+    ...                      max_steps=100, random_state=0).fit(X)
     >>> temi.labels_.shape
     (200,)
     >>> temi.predict_proba(X[:2]).shape
@@ -162,13 +167,13 @@ class TEMIClusterer(BaseDeepClusterer):
         "student_temperature": [Interval(Real, 0, None, closed="neither")],
         "teacher_temperature": [Interval(Real, 0, None, closed="neither")],
         "prior_momentum": [Interval(Real, 0, 1, closed="both")],
-        "teacher_momentum": [Interval(Real, 0, 1, closed="both")],
+        "ema_decay": [Interval(Real, 0, 1, closed="both")],
         "bottleneck_dim": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "min_steps": [Interval(Integral, 1, None, closed="left")],
-        "min_epochs": [Interval(Integral, 1, None, closed="left")],
+        **BUDGET_CONSTRAINTS,
+        "max_steps": [*BUDGET_CONSTRAINTS["max_steps"], StrOptions({"auto"})],
         "warmup": [Interval(Real, 0, 1, closed="left")],
         "predict_with": [StrOptions({"consensus", "best"})],
     }
@@ -185,7 +190,7 @@ class TEMIClusterer(BaseDeepClusterer):
         student_temperature: float = 0.1,
         teacher_temperature: float = 0.1,
         prior_momentum: float = 0.9,
-        teacher_momentum: float = 0.996,
+        ema_decay: float = 0.996,
         hidden_dims: tuple[int, ...] = (128,),
         bottleneck_dim: int = 64,
         preprocessing: str | None = "l2",
@@ -193,12 +198,13 @@ class TEMIClusterer(BaseDeepClusterer):
         batch_size: int | str = "auto",
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
-        min_steps: int = 4000,
-        min_epochs: int = 20,
+        max_steps: int | str | None = "auto",
+        max_epochs: int | None = None,
         warmup: float = 0.1,
         predict_with: str = "consensus",
         device: str | torch.device = "auto",
         random_state: int | np.random.RandomState | None = None,
+        n_threads: int | None = 1,
         verbose: int = 0,
     ):
         self.n_clusters = n_clusters
@@ -210,7 +216,7 @@ class TEMIClusterer(BaseDeepClusterer):
         self.student_temperature = student_temperature
         self.teacher_temperature = teacher_temperature
         self.prior_momentum = prior_momentum
-        self.teacher_momentum = teacher_momentum
+        self.ema_decay = ema_decay
         self.hidden_dims = hidden_dims
         self.bottleneck_dim = bottleneck_dim
         self.preprocessing = preprocessing
@@ -218,16 +224,18 @@ class TEMIClusterer(BaseDeepClusterer):
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
-        self.min_steps = min_steps
-        self.min_epochs = min_epochs
+        self.max_steps = max_steps
+        self.max_epochs = max_epochs
         self.warmup = warmup
         self.predict_with = predict_with
         self.device = device
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(self, features: np.ndarray, X, random_state) -> np.ndarray:
         """Mine the neighbours of the preprocessed ``features`` and train the heads."""
+        umap_seed, pairs_seed, batches_seed, consensus_seed = draw_seeds(random_state, 4)
         n_samples = len(features)
         if self.n_clusters > n_samples:
             raise ValueError(
@@ -250,21 +258,17 @@ class TEMIClusterer(BaseDeepClusterer):
         # features; the heads then train on the preprocessed features.
         embeddings = check_array(X, dtype=np.float32)
         if self.neighbors == "umap":
-            neighbors = umap_knn(embeddings, self.n_neighbors_, random_state=seed)
+            neighbors = umap_knn(embeddings, self.n_neighbors_, random_state=umap_seed)
         else:
             neighbors, _ = cosine_knn(embeddings, self.n_neighbors_, device=self.device_)
 
-        if self.batch_size == "auto":
-            self.batch_size_ = min(256, max(32, n_samples // 8), n_samples)
-        else:
-            self.batch_size_ = min(self.batch_size, n_samples)
-        self.n_iter_, self.n_steps_ = training_budget(
-            n_samples, self.batch_size_, self.min_steps, self.min_epochs
+        self.batch_size_, steps_per_epoch, n_epochs = training_budget(
+            n_samples, self.batch_size, self.max_steps, self.max_epochs
         )
-        net = make_net(
-            self, features.shape[1], seed, batches_per_epoch=n_samples // self.batch_size_
-        )
-        net.fit(NeighborPairs(torch.from_numpy(features), torch.from_numpy(neighbors), seed), None)
+        net = make_net(self, features.shape[1], batches_seed, n_epochs, steps_per_epoch)
+        pairs = NeighborPairs(torch.from_numpy(features), torch.from_numpy(neighbors), pairs_seed)
+        net.fit(pairs, None)
+        self.n_iter_ = optimizer_steps([net])
 
         self.module_ = net.module_.eval()
         self.history_ = epoch_history([net])
@@ -276,12 +280,9 @@ class TEMIClusterer(BaseDeepClusterer):
 
         head_probs = self._head_probs(features)
         self.head_agreement_ = head_agreement(head_probs)
-        if self.n_head_clusters_ > self.n_clusters:
-            self.consensus_ = coassociation_partition(
-                head_probs, self.n_clusters, random_state=seed
-            )
-        else:
-            self.consensus_ = consensus_partition(head_probs, self.n_clusters, random_state=seed)
+        over = self.n_head_clusters_ > self.n_clusters
+        partition = coassociation_partition if over else consensus_partition
+        self.consensus_ = partition(head_probs, self.n_clusters, random_state=consensus_seed)
         self._warn_if_collapsed(self._combine(head_probs).argmax(axis=1))
         return features
 

@@ -17,6 +17,7 @@ gives it the content view (:mod:`skaudiocluster.transformers._content`).
 
 from __future__ import annotations
 
+import copy
 from numbers import Integral
 
 import numpy as np
@@ -72,8 +73,10 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
     its own (``SPICEClusterer(encoder=...)``) uses :meth:`waveforms`,
     :meth:`log_mel`, :attr:`model_sample_rate`, :attr:`min_samples` and the
     fitted ``module_``: ``est.module_(*est.log_mel(batch))`` gives embeddings with
-    gradients to ``module_``'s parameters. An embedder that does not support it
-    raises ``NotImplementedError`` from :meth:`log_mel`.
+    gradients to ``module_``'s parameters. It trains a copy of ``module_`` and
+    gets the embedder of the trained copy from :meth:`with_module`, a new fitted
+    embedder: the one it trained from is left as it was. An embedder that does
+    not support it raises ``NotImplementedError`` from :meth:`log_mel`.
 
     Attributes
     ----------
@@ -243,6 +246,27 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
         raise NotImplementedError(
             f"{type(self).__name__} cannot be trained as an encoder (it has no log_mel)"
         )
+
+    def with_module(self, module: torch.nn.Module) -> BaseAudioEmbedder:
+        """A new fitted embedder: a copy of this one whose network ``module_`` is ``module``.
+
+        How a clusterer that trains this embedder's network (see Encoder training
+        above) installs the trained copy. Everything else is deep-copied, so the
+        two embedders share no state; ``module`` itself is taken as it is (put in
+        eval mode), on its own device.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            A network of ``module_``'s architecture, e.g. a trained copy of it.
+
+        Returns
+        -------
+        embedder : BaseAudioEmbedder
+            Fitted, of the same class and parameters.
+        """
+        check_is_fitted(self)
+        return copy.deepcopy(self, memo={id(self.module_): module.eval()})
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

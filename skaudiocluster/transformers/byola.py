@@ -15,6 +15,7 @@ from skorch.history import History
 from torch.nn import functional as F
 
 from skaudiocluster._torch import progress
+from skaudiocluster._training import training_epochs
 from skaudiocluster.audio import length_batches
 from skaudiocluster.transformers._base import GROUP_BY, BaseAudioEmbedder
 from skaudiocluster.transformers._byola_net import (
@@ -95,10 +96,15 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         ``std = 1`` (no scaling), rather than NaN embeddings.
     batch_size : int, default=64
         Clips per forward pass when embedding.
-    pretrain_epochs : int, default=0
-        Epochs of BYOL-A self-supervised training on the clips given to ``fit``,
-        starting from ``weights`` (fine-tuning) or from a random init. 0 keeps the
-        encoder as loaded.
+    pretrain_max_steps : int or None, default=None
+        Optimizer steps of BYOL-A self-supervised training on the clips given to
+        ``fit``, rounded up to whole epochs, starting from ``weights``
+        (fine-tuning) or from a random init; ``None``: ``pretrain_max_epochs``
+        alone; 0 keeps the encoder as loaded.
+    pretrain_max_epochs : int or None, default=0
+        At most this many epochs of that training (passes over the clips); the
+        default 0 keeps the encoder as loaded, as pretrained weights are the
+        point of the embedder; ``None``: no cap.
     pretrain_batch_size : int, default=64
         Clips per training step.
     lr : float, default=3e-4
@@ -134,7 +140,7 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         Number of clips seen in ``fit``.
     pretrain_history_ : skorch History
         One row per epoch of the self-supervised training (``epoch``,
-        ``train_loss``, ``dur``); empty when ``pretrain_epochs=0``.
+        ``train_loss``, ``dur``); empty without pretraining.
 
     See Also
     --------
@@ -174,7 +180,8 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         "unit_sec": [Interval(Real, 0, None, closed="neither"), None],
         "group_by": [GROUP_BY],
         "norm_stats": ["array-like", None],
-        "pretrain_epochs": [Interval(Integral, 0, None, closed="left")],
+        "pretrain_max_steps": [Interval(Integral, 0, None, closed="left"), None],
+        "pretrain_max_epochs": [Interval(Integral, 0, None, closed="left"), None],
         "pretrain_batch_size": [Interval(Integral, 2, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "ema_decay": [Interval(Real, 0, 1, closed="both")],
@@ -193,7 +200,8 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         group_by: str = "source",
         norm_stats: tuple[float, float] | None = None,
         batch_size: int = 64,
-        pretrain_epochs: int = 0,
+        pretrain_max_steps: int | None = None,
+        pretrain_max_epochs: int | None = 0,
         pretrain_batch_size: int = 64,
         lr: float = 3e-4,
         ema_decay: float = 0.99,
@@ -209,7 +217,8 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         self.group_by = group_by
         self.norm_stats = norm_stats
         self.batch_size = batch_size
-        self.pretrain_epochs = pretrain_epochs
+        self.pretrain_max_steps = pretrain_max_steps
+        self.pretrain_max_epochs = pretrain_max_epochs
         self.pretrain_batch_size = pretrain_batch_size
         self.lr = lr
         self.ema_decay = ema_decay
@@ -229,12 +238,17 @@ class BYOLAEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
             norm_stats = self._learn_norm_stats(clips, self.device_)
         self.mean_, self.std_ = norm_stats
         self.pretrain_history_ = History()
-        if self.pretrain_epochs > 0:
+        if self.pretrain_max_steps != 0 and self.pretrain_max_epochs != 0:
+            # an epoch is len(clips) // batch steps (the last incomplete batch is dropped)
+            steps_per_epoch = len(clips) // min(self.pretrain_batch_size, len(clips))
+            epochs = training_epochs(
+                self.pretrain_max_steps, self.pretrain_max_epochs, steps_per_epoch
+            )
             self.pretrain_history_ = pretrain(
                 module,
                 self._normalised_log_mels(clips),
                 floor=(float(np.log(LOG_EPS)) - self.mean_) / self.std_,
-                epochs=self.pretrain_epochs,
+                epochs=epochs,
                 batch_size=self.pretrain_batch_size,
                 lr=self.lr,
                 ema_decay=self.ema_decay,

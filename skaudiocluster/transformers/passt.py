@@ -60,13 +60,13 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         cheaper option; see Notes). Their source, licence (Apache-2.0) and
         citation are the ``PASST_*`` constants of
         :mod:`skaudiocluster.transformers._weights`.
-    embedding : {"features", "logits", "all"}, default="features"
+    output : {"features", "logits", "both"}, default="features"
         ``"features"``: the 768-d mean of the class and distillation tokens.
         ``"logits"``: the AudioSet class logits (before the sigmoid).
-        ``"all"``: logits followed by features, the HEAR 2021 scene embedding
+        ``"both"``: logits followed by features, the HEAR 2021 scene embedding
         (1295-d). The default suits clustering: the logits are an affine map
         of the layer-normalised features, so they add no information, and
-        their different scale would re-weight the distances of ``"all"``.
+        their different scale would re-weight the distances of ``"both"``.
     sample_rate : int, default=32000
         Rate of in-memory arrays in X; audio is resampled to 32 kHz.
     batch_size : int, default=1
@@ -130,7 +130,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     _parameter_constraints: dict = {
         **BaseAudioEmbedder._parameter_constraints,
         "weights": [str, os.PathLike, None],
-        "embedding": [StrOptions({"features", "logits", "all"})],
+        "output": [StrOptions({"features", "logits", "both"})],
         "patchout_time": [Interval(Integral, 0, None, closed="left")],
         "patchout_freq": [Interval(Integral, 0, None, closed="left")],
         "device": [str, torch.device],
@@ -140,7 +140,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     def __init__(
         self,
         weights: str | os.PathLike | None = "passt_s_swa_p16_128_ap476",
-        embedding: str = "features",
+        output: str = "features",
         sample_rate: int = SAMPLE_RATE,
         batch_size: int = 1,
         patchout_time: int = 0,
@@ -150,7 +150,7 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         verbose: int = 0,
     ):
         self.weights = weights
-        self.embedding = embedding
+        self.output = output
         self.sample_rate = sample_rate
         self.batch_size = batch_size
         self.patchout_time = patchout_time
@@ -220,8 +220,8 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
     @property
     def _n_features_out(self) -> int:
         dims = {"features": self.config_.embed_dim, "logits": self.config_.n_classes}
-        dims["all"] = dims["features"] + dims["logits"]
-        return dims[self.embedding]
+        dims["both"] = dims["features"] + dims["logits"]
+        return dims[self.output]
 
     def _build(self, config: PaSSTConfig) -> PaSSTNet:
         """An uninitialised network (on the meta device: its tensors are replaced next)."""
@@ -276,9 +276,9 @@ class PaSSTEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         return mels
 
     def _select(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        if self.embedding == "features":
+        if self.output == "features":
             return features
-        if self.embedding == "logits":
+        if self.output == "logits":
             return logits
         return torch.cat([logits, features], dim=1)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 TINY = {
-    "temi": {"min_steps": 25, "min_epochs": 1, "n_heads": 2},
+    "temi": {"max_steps": 25, "n_heads": 2},
     "spice": {"max_epochs": 1, "n_repeats": 1, "semi_max_epochs": 1},
     "deepdpm": {"max_epochs": 2, "steps_per_epoch": 3},
 }

@@ -21,7 +21,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import check_is_fitted
 
 from skaudiocluster import _torch
-from skaudiocluster._torch import batched_forward, to_numpy
+from skaudiocluster._torch import batched_forward, draw_seed, to_numpy
 from skaudiocluster.cluster import centroid_confidence
 from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims, make_preprocessor
 
@@ -43,6 +43,7 @@ class SoftKMeans(BaseDeepClusterer):
         n_components=None,
         device="cpu",
         random_state=None,
+        n_threads=1,
         verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -51,18 +52,19 @@ class SoftKMeans(BaseDeepClusterer):
         self.n_components = n_components
         self.device = device
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
 
     def _min_samples(self):
         return max(2, self.n_clusters)
 
-    def _fit_features(self, features, X, seed):
+    def _fit_features(self, features, X, random_state):
         self.seen_ = {
             "dtype": features.dtype,
             "contiguous": features.flags.c_contiguous,
             "threads": torch.get_num_threads(),
             "X": X,
-            "seed": seed,
+            "seed": draw_seed(random_state),  # a child seed, as a stream of the fit takes it
         }
         data = torch.from_numpy(features)
         # Global RNG on purpose: the base forks it, so this draw depends on the seed alone.
@@ -94,7 +96,7 @@ class Failing(SoftKMeans):
 
     error = KeyboardInterrupt
 
-    def _fit_features(self, features, X, seed):
+    def _fit_features(self, features, X, random_state):
         self.centers_ = torch.zeros(self.n_clusters, features.shape[1])
         raise self.error
 
@@ -287,10 +289,11 @@ class Encoded(SoftKMeans):
         )
         self.encoder = encoder
 
-    def _embeddings(self, X, *, reset, seed=None):
-        if reset:
-            self.encoder_ = clone(self.encoder).fit(X)
-        return super()._embeddings(self.encoder_.transform(X), reset=reset, seed=seed)
+    def _fit_encoder(self, X, random_state):
+        self.encoder_ = clone(self.encoder).fit(X)
+
+    def _embeddings(self, X, *, reset):
+        return super()._embeddings(self.encoder_.transform(X), reset=reset)
 
 
 def test_the_parameters_of_an_owned_encoder_are_validated(blobs):
@@ -316,6 +319,14 @@ def test_fit_and_predict_use_one_thread_and_restore_the_callers(blobs, two_threa
     assert torch.get_num_threads() == 2
     est.predict(blobs[0])
     assert est.proba_threads_ == 1 and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("n_threads, expected", [(None, 2), (3, 3)])
+def test_n_threads_sets_the_threads_of_fit_and_predict(blobs, two_threads, n_threads, expected):
+    est = SoftKMeans(n_threads=n_threads, random_state=0).fit(blobs[0])
+    est.predict(blobs[0])
+    assert est.seen_["threads"] == est.proba_threads_ == expected
+    assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])

@@ -19,8 +19,6 @@ from skaudiocluster.cluster._deepdpm_net import (
     SplitMergeSchedule,
     reset_adam_rows,
 )
-from skaudiocluster.cluster._dpm_mixture import DPMixture
-from skaudiocluster.cluster._niw import prior_from_data, sufficient_stats
 from skaudiocluster.cluster.deepdpm import DeepDPMClusterer, auto_n_components
 
 
@@ -255,9 +253,9 @@ def test_small_collection_epochs_count_each_point_once():
         ),
     )
     net.fit(X)
-    assert net.mixture.n_drawn == len(X)
-    assert net.mixture.hard[0].sum().item() == pytest.approx(len(X))
-    assert net.mixture.soft[0].sum().item() == pytest.approx(len(X))
+    assert net.mixture_.n_drawn == len(X)
+    assert net.mixture_.hard[0].sum().item() == pytest.approx(len(X))
+    assert net.mixture_.soft[0].sum().item() == pytest.approx(len(X))
 
 
 def test_reset_rows_take_adam_sized_steps():
@@ -282,15 +280,17 @@ def test_reset_rows_take_adam_sized_steps():
 
 def _net(n_points=60, max_epochs=1, head_fit_size=20_000, seed=0):
     X = torch.tensor(make_blobs(n_samples=n_points, centers=2, random_state=0)[0]).float()
-    prior = prior_from_data(X, kappa=1e-4, nu=None, sigma_scale=0.05, diagonal=False)
-    mixture = DPMixture(prior, max_clusters=4, weight_smoothing=0.1)
-    halves = torch.nn.functional.one_hot((X[:, 0] > X[:, 0].median()).long(), 2).double()
-    mixture.set_clusters(torch.tensor([0, 2]), sufficient_stats(X, halves, diagonal=False))
     schedule = SplitMergeSchedule(3, 10.0, seed=seed, head_fit_size=head_fit_size)
     net = DeepDPMNet(
         DeepDPMModule,
         criterion=DeepDPMLoss,
-        mixture=mixture,
+        mixture__n_clusters=2,
+        mixture__seed=0,
+        mixture__kappa=1e-4,
+        mixture__nu=None,
+        mixture__sigma_scale=0.05,
+        mixture__diagonal=False,
+        mixture__weight_smoothing=0.1,
         module__n_features=2,
         module__max_clusters=4,
         max_epochs=max_epochs,
@@ -301,9 +301,9 @@ def _net(n_points=60, max_epochs=1, head_fit_size=20_000, seed=0):
     return net, schedule, X
 
 
-def test_schedule_draws_head_fit_rows_and_syncs_the_head():
+def test_schedule_draws_head_fit_rows_and_the_mixture_works_on_the_heads_mask():
     net, schedule, X = _net(head_fit_size=25)
-    net.initialize()
+    net.initialize().initialize_mixture(X)
     schedule.on_train_begin(net, X=X)
     rows = schedule.head_fit_rows_
     assert rows.shape == (25, 2)
@@ -315,7 +315,10 @@ def test_schedule_draws_head_fit_rows_and_syncs_the_head():
     again.on_train_begin(net, X=X)
     other.on_train_begin(net, X=X)
     assert torch.equal(again.head_fit_rows_, rows) and not torch.equal(other.head_fit_rows_, rows)
-    assert net.module_.active.tolist() == [True, False, True, False]
+    assert net.mixture_.active is net.module_.active  # one mask
+    assert net.module_.active.tolist() == [True, True, False, False]  # the 2 K-means clusters
+    net.mixture_.split(0, 3)
+    assert net.module_.active.tolist() == [True, True, False, True]
 
 
 def test_net_trains_on_its_mixture_and_forgets_the_rows():
@@ -325,7 +328,7 @@ def test_net_trains_on_its_mixture_and_forgets_the_rows():
     assert net.history[:, "n_clusters"] == [2, 2]
     assert net.history[-1, "train_loss"] < net.history[0, "train_loss"]
     logits, _ = net.forward(X)
-    assert torch.isinf(logits[:, [1, 3]]).all()
+    assert torch.isinf(logits[:, [2, 3]]).all()
 
 
 def test_loss_adds_the_sub_cluster_term_when_given():
@@ -354,7 +357,7 @@ def test_module_masks_inactive_units_and_routes_sub_nets():
         torch.testing.assert_close(sub_logits[i], hidden @ module.sub_w2[k] + module.sub_b2[k])
     module.copy_unit(0, 2)
     torch.testing.assert_close(module.head.weight[2], module.head.weight[0])
-    assert bool(module.active[2])
+    assert not bool(module.active[2])  # activating a unit is the mixture's move
 
 
 def test_pointed_sub_nets_cut_between_the_sub_cluster_means():

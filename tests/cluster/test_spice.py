@@ -129,8 +129,8 @@ def test_fixmatch_criterion_splits_labelled_weak_and_strong_views():
 # --- iterators -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_samples, big_batch_size", [(100, 5000), (250, 60)])
-def test_prototype_batches_shapes_labels_and_count(n_samples, big_batch_size):
+@pytest.mark.parametrize("n_samples, labelling_size", [(100, 5000), (250, 60)])
+def test_prototype_batches_shapes_labels_and_count(n_samples, labelling_size):
     # 16 features: a strong view (dropout 0.4) practically never drops every coordinate.
     features = torch.nn.functional.normalize(torch.randn(n_samples, 16, generator=_gen()), dim=1)
     heads = MultiHead(16, n_clusters=4, n_heads=3, hidden_dims=(8,))
@@ -138,7 +138,7 @@ def test_prototype_batches_shapes_labels_and_count(n_samples, big_batch_size):
         features,
         module=heads,
         device=torch.device("cpu"),
-        big_batch_size=big_batch_size,
+        labelling_size=labelling_size,
         batch_size=16,
         n_repeats=2,
         center_ratio=0.5,
@@ -148,14 +148,14 @@ def test_prototype_batches_shapes_labels_and_count(n_samples, big_batch_size):
     )
     seen = list(batches)
     expected = prototype_batches_per_epoch(
-        n_samples, 4, big_batch_size=big_batch_size, batch_size=16, n_repeats=2
+        n_samples, 4, labelling_size=labelling_size, batch_size=16, n_repeats=2
     )
     assert len(seen) == expected
     for x, y in seen:
         assert x.shape[1:] == (3, 16) and y.shape == (len(x), 3)
         assert int(y.min()) >= 0 and int(y.max()) < 4
         assert torch.allclose(x.norm(dim=-1), torch.ones(x.shape[:2]))
-    # Every head's labels are balanced over a big batch: n_repeats passes of M / K per cluster.
+    # Every head's labels are balanced over a labelling chunk: n_repeats passes of M / K each.
     labels = torch.cat([y for _, y in seen])
     per_cluster = torch.stack([torch.bincount(labels[:, h], minlength=4) for h in range(3)])
     assert bool((per_cluster == per_cluster[0, 0]).all())
@@ -228,7 +228,7 @@ def test_nets_draw_new_shuffles_and_views_every_epoch(blobs):
         module__n_heads=2,
         criterion=DoubleSoftmaxLoss,
         batch_size=16,
-        big_batch_size=60,
+        labelling_size=60,
         n_repeats=1,
         weak_view={"noise": 0.2, "dropout": 0.1},
         strong_view={"noise": 0.6, "dropout": 0.4},
@@ -309,17 +309,23 @@ def test_stages_are_budgeted_in_steps_whatever_n_samples(blobs):
     assert semi_steps == [[40, 40, 40], [40, 40, 40]]
 
 
-def test_epoch_budgets_still_override_the_step_budgets(blobs):
+def test_epoch_caps_bound_the_step_budgets_and_n_iter_counts_every_step(blobs):
     X, _ = blobs
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
-        spice = _tiny(max_epochs=3, semi_max_epochs=2).fit(X)
+        spice = _tiny(max_steps=40, max_epochs=3, semi_max_steps=1000, semi_max_epochs=2).fit(X)
+        epochs_only = _tiny(max_steps=None, max_epochs=3, semi_max_steps=None, semi_max_epochs=2)
+        losses = epochs_only.fit(X).history_[:, "train_loss"]
+    assert losses == spice.history_[:, "train_loss"]  # the same caps bind
     assert spice.history_[:, "stage"] == ["self"] * 3 + ["semi"] * 2
     one_pass = fixmatch_batches_per_epoch(240, batch_size=64, unlabelled_ratio=7)
     assert spice.history_[:, "train_batch_count"][3:] == [one_pass] * 2
+    assert spice.n_iter_ == sum(spice.history_[:, "train_batch_count"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TOP_UP, category=UserWarning)
         assert _tiny(semi_max_epochs=0).fit(X).history_[:, "stage"] == ["self"] * 2
+    with pytest.raises(ValueError, match="cannot both be None"):
+        _tiny(max_steps=None).fit(X)
 
 
 def test_embedding_views_stack_weak_labelled_weak_and_strong_unlabelled():
@@ -562,7 +568,7 @@ def test_verbose_progress_bars_know_each_stage_length(blobs, capsys):
     totals = {int(total) for total in re.findall(r"\d+/(\d+) \[", err)}
     assert "SPICE-Self:" in err and "SPICE-Semi:" in err  # each bar names its stage
     self_steps = prototype_batches_per_epoch(
-        240, 3, big_batch_size=5000, batch_size=128, n_repeats=2
+        240, 3, labelling_size=5000, batch_size=128, n_repeats=2
     )
     semi_steps = 7
     assert totals == {self_steps, semi_steps} and self_steps != semi_steps

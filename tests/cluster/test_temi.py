@@ -32,8 +32,7 @@ def tiny_temi(**params) -> TEMIClusterer:
         n_heads=2,
         hidden_dims=(16,),
         bottleneck_dim=8,
-        min_steps=100,
-        min_epochs=1,
+        max_steps=100,
         random_state=0,
     )
     return TEMIClusterer(**{**defaults, **params})
@@ -63,9 +62,9 @@ def test_fit_clusters_separated_blobs(fitted, blobs):
 
 
 def test_history_has_one_row_per_epoch_with_every_head_loss(fitted):
-    assert len(fitted.history_) == fitted.n_iter_
-    assert fitted.n_steps_ >= 100
-    assert [row["epoch"] for row in fitted.history_] == list(range(1, fitted.n_iter_ + 1))
+    n_epochs = len(fitted.history_)
+    assert fitted.n_iter_ == n_epochs * (len(fitted.labels_) // fitted.batch_size_) >= 100
+    assert [row["epoch"] for row in fitted.history_] == list(range(1, n_epochs + 1))
     for row in fitted.history_:
         assert "batches" not in row
         assert len(row["head_losses"]) == 4
@@ -91,8 +90,8 @@ def test_teacher_never_gets_gradients(fitted):
 
 
 def test_last_layer_is_unchanged_after_one_epoch(blobs):
-    temi = tiny_temi(min_steps=1, min_epochs=1).fit(blobs[0])
-    assert temi.n_iter_ == 1 and temi.n_steps_ > 1
+    temi = tiny_temi(max_steps=1).fit(blobs[0])
+    assert len(temi.history_) == 1 and temi.n_iter_ > 1
     student, teacher = temi.module_.student, temi.module_.teacher
     # the teacher started as a copy of the student: both still hold the initial last layer
     for trained, reference in zip(
@@ -117,7 +116,7 @@ def test_neighbours_are_mined_on_the_input_rows_not_the_preprocessed_features(bl
 
     monkeypatch.setattr(temi_module, "cosine_knn", spy)
     X = np.hstack([blobs[0], blobs[0] ** 2])  # 12 features, the heads see 4 components
-    temi = tiny_temi(n_components=4, min_steps=5).fit(X)
+    temi = tiny_temi(n_components=4, max_steps=5).fit(X)
     (mined_on,) = seen
     np.testing.assert_allclose(mined_on, X, rtol=1e-6)
     assert temi.module_.student.body[0].weight.shape[1] == 4
@@ -135,7 +134,7 @@ def test_umap_neighbours_are_mined_in_a_layout_of_the_input_rows(blobs, monkeypa
 
     monkeypatch.setattr(temi_module, "umap_knn", layout_spy)
     monkeypatch.setattr(temi_module, "cosine_knn", no_cosine)
-    temi = tiny_temi(neighbors="umap", n_components=4, min_steps=5).fit(blobs[0])
+    temi = tiny_temi(neighbors="umap", n_components=4, max_steps=5).fit(blobs[0])
     ((mined_on, n_neighbors),) = calls
     np.testing.assert_allclose(mined_on, blobs[0], rtol=1e-6)
     assert n_neighbors == temi.n_neighbors_
@@ -148,7 +147,7 @@ def test_umap_neighbours_are_mined_in_a_layout_of_the_input_rows(blobs, monkeypa
 )
 def test_neighbourhood_size(n_samples, n_clusters, n_neighbors, expected):
     X = np.random.default_rng(0).normal(size=(n_samples, 4))
-    temi = tiny_temi(n_clusters=n_clusters, n_neighbors=n_neighbors, min_steps=1).fit(X)
+    temi = tiny_temi(n_clusters=n_clusters, n_neighbors=n_neighbors, max_steps=1).fit(X)
     assert temi.n_neighbors_ == expected
 
 
@@ -200,7 +199,7 @@ def test_other_seed_trains_differently(fitted, blobs):
 
 def test_default_input_transform_is_64_unit_norm_principal_components():
     X = np.random.default_rng(0).normal(size=(200, 100))
-    temi = TEMIClusterer(n_clusters=3, n_heads=1, min_steps=1, min_epochs=1, random_state=0)
+    temi = TEMIClusterer(n_clusters=3, n_heads=1, max_steps=1, random_state=0)
     features = temi.fit(X).preprocessor_.transform(X)
     assert features.shape == (200, 64)
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-6)
@@ -249,7 +248,7 @@ def test_overclustering_needs_the_consensus_and_leaves_it_unfitted(blobs):
 
 def test_head_clusters_never_exceed_the_samples():
     X = np.random.default_rng(0).normal(size=(10, 4))
-    temi = tiny_temi(n_clusters=4, overclustering=3.0, min_steps=2).fit(X)
+    temi = tiny_temi(n_clusters=4, overclustering=3.0, max_steps=2).fit(X)
     assert temi.n_head_clusters_ == 10
 
 
@@ -264,7 +263,7 @@ def test_more_clusters_than_samples_is_an_error_and_leaves_it_unfitted(blobs):
 def test_collapse_warns_with_the_figure_at_the_callers_line():
     X = np.ones((40, 5))
     with pytest.warns(UserWarning, match=r"only 1 of 4 clusters \(effective number") as record:
-        tiny_temi(n_clusters=4, min_steps=5).fit(X)
+        tiny_temi(n_clusters=4, max_steps=5).fit(X)
     assert record[0].filename == __file__
 
 
@@ -292,10 +291,10 @@ def test_bad_parameters_are_rejected(params, message, blobs):
 
 
 def test_verbose_shows_one_labelled_progress_bar_over_all_steps(blobs, capsys):
-    temi = tiny_temi(min_steps=4, min_epochs=3, verbose=1).fit(blobs[0])
+    temi = tiny_temi(max_steps=None, max_epochs=3, verbose=1).fit(blobs[0])
     err = capsys.readouterr().err
-    assert temi.n_steps_ == temi.n_iter_ * (len(blobs[0]) // temi.batch_size_)
-    assert err.count(f"TEMIClusterer:   0%|          | 0/{temi.n_steps_} [") == 1
+    assert temi.n_iter_ == 3 * (len(blobs[0]) // temi.batch_size_)
+    assert err.count(f"TEMIClusterer:   0%|          | 0/{temi.n_iter_} [") == 1
 
 
 # -- quality on real audio ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ from skaudiocluster.cluster._temi_net import (
 )
 
 N_SAMPLES, N_FEATURES, N_CLUSTERS, N_HEADS = 32, 6, 3, 2
-TEACHER_MOMENTUM = 0.9
+EMA_DECAY = 0.9
 
 
 class BatchSpy(Callback):
@@ -51,7 +51,7 @@ def make_module(seed: int = 0) -> TEMIModule:
 def make_net(module: TEMIModule, *, batch_size: int, max_epochs: int, spy=None) -> TEMINet:
     steps = max_epochs * (N_SAMPLES // batch_size)
     callbacks = training_callbacks(
-        teacher_momentum=TEACHER_MOMENTUM, total_steps=steps, warmup_steps=1, name="test"
+        ema_decay=EMA_DECAY, total_steps=steps, warmup_steps=1, name="test"
     )
     return TEMINet(
         module,
@@ -160,7 +160,7 @@ def test_get_loss_neither_moves_the_prior_nor_writes_history(one_step, data):
 
 def test_teacher_follows_the_student_by_ema(one_step):
     net, start, _ = one_step
-    m = TEACHER_MOMENTUM  # the cosine schedule starts at the initial momentum
+    m = EMA_DECAY  # the cosine schedule starts at the initial decay
     trained = dict(net.module_.student.named_parameters())
     teacher = dict(net.module_.teacher.named_parameters())
     moved = 0.0
@@ -171,18 +171,18 @@ def test_teacher_follows_the_student_by_ema(one_step):
     assert all(not p.requires_grad for p in net.module_.teacher.parameters())
 
 
-def test_teacher_momentum_rises_from_its_start_to_one():
+def test_teacher_ema_decay_rises_from_its_start_to_one():
     (ema,) = [
         cb
         for _, cb in training_callbacks(
-            teacher_momentum=0.996, total_steps=101, warmup_steps=1, name="test"
+            ema_decay=0.996, total_steps=101, warmup_steps=1, name="test"
         )
         if isinstance(cb, EMA)
     ]
-    momenta = [ema.momentum_at(step) for step in range(101)]
-    assert momenta[0] == pytest.approx(0.996)
-    assert momenta[-1] == pytest.approx(1.0)
-    assert np.all(np.diff(momenta) >= 0)
+    decays = [ema.decay_at(step) for step in range(101)]
+    assert decays[0] == pytest.approx(0.996)
+    assert decays[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(decays) >= 0)
 
 
 def test_last_layer_is_frozen_for_the_first_epoch_only(data):
@@ -239,15 +239,22 @@ def test_warmup_rises_linearly_then_decays_to_the_final_ratio():
 
 
 @pytest.mark.parametrize(
-    ("n_samples", "batch_size", "epochs", "steps"),
+    ("n_samples", "batch_size", "max_steps", "max_epochs", "epochs"),
     [
-        (3000, 256, 728, 8008),
-        (100_000, 256, 21, 8190),
-        (1_000_000, 256, 20, 78_120),
-        (5, 8, 8000, 8000),
+        (3000, 256, "auto", None, 364),  # 4,000 steps: 364 epochs of 11
+        (100_000, 256, "auto", None, 20),  # 20 passes: 7,800 steps
+        (1_000_000, 256, "auto", None, 20),
+        (3000, 256, 8000, None, 728),
+        (3000, 256, 8000, 100, 100),  # the epoch cap
+        (3000, 256, None, 7, 7),
     ],
 )
 def test_training_budget_gives_small_and_large_collections_enough_steps(
-    n_samples, batch_size, epochs, steps
+    n_samples, batch_size, max_steps, max_epochs, epochs
 ):
-    assert training_budget(n_samples, batch_size, min_steps=8000, min_epochs=20) == (epochs, steps)
+    spe = n_samples // batch_size
+    assert training_budget(n_samples, batch_size, max_steps, max_epochs) == (
+        batch_size,
+        spe,
+        epochs,
+    )

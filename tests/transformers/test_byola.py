@@ -1,3 +1,4 @@
+import copy
 import os
 import pickle
 import subprocess
@@ -166,6 +167,18 @@ def test_pickle_round_trip_gives_identical_embeddings(random_embedder):
     assert_array_equal(loaded.transform(clips), random_embedder.transform(clips))
 
 
+def test_with_module_is_a_new_fitted_embedder_of_the_given_network(random_embedder):
+    trained = copy.deepcopy(random_embedder.module_).train()
+    with torch.no_grad():
+        next(trained.parameters()).mul_(2.0)
+    new = random_embedder.with_module(trained)
+    assert new.module_ is trained and not trained.training
+    assert new.get_params() == random_embedder.get_params() and new.mean_ == random_embedder.mean_
+    assert not np.allclose(new.transform(_clips()), random_embedder.transform(_clips()))
+    again = random_embedder.with_module(copy.deepcopy(random_embedder.module_))
+    assert_array_equal(again.transform(_clips()), random_embedder.transform(_clips()))
+
+
 def test_random_state_repeats_random_init():
     clips = _clips()
     first = BYOLAEmbedder(weights=None, random_state=7).fit_transform(clips)
@@ -260,7 +273,7 @@ def test_fsdd_speakers_cluster_better_than_log_mel_statistics(
 
 def test_pretraining_is_seeded_checkpointed_and_changes_the_encoder(tmp_path):
     clips = _clips(seed=6, lengths=(8000, 12000, 20000, 6000))
-    params = dict(weights=None, pretrain_epochs=1, pretrain_batch_size=2, random_state=0)
+    params = dict(weights=None, pretrain_max_epochs=1, pretrain_batch_size=2, random_state=0)
     rng_state = torch.random.get_rng_state()
     first = BYOLAEmbedder(checkpoint_dir=tmp_path, **params).fit(clips)
     assert torch.equal(torch.random.get_rng_state(), rng_state), "global torch RNG was touched"
@@ -278,6 +291,16 @@ def test_pretraining_is_seeded_checkpointed_and_changes_the_encoder(tmp_path):
         weights=tmp_path / "byola_params.pt", norm_stats=(first.mean_, first.std_)
     ).fit(clips)
     assert_array_equal(reloaded.transform(clips), first.transform(clips))
+
+
+def test_pretrain_budget_is_steps_rounded_up_to_epochs_capped_by_epochs():
+    clips = _clips()  # 5 clips, batches of 2: 2 steps an epoch
+    params = dict(weights=None, pretrain_batch_size=2, random_state=0)
+    est = BYOLAEmbedder(**params, pretrain_max_steps=3, pretrain_max_epochs=None).fit(clips)
+    assert len(est.pretrain_history_) == 2
+    est = BYOLAEmbedder(**params, pretrain_max_steps=30, pretrain_max_epochs=1).fit(clips)
+    assert len(est.pretrain_history_) == 1
+    assert len(BYOLAEmbedder(**params, pretrain_max_steps=30).fit(clips).pretrain_history_) == 0
 
 
 def _pretrain_args(**overrides):
@@ -338,7 +361,7 @@ def test_interrupted_pretraining_leaves_the_embedder_unfitted(monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_byola_pretrain.BYOLLoss, "forward", interrupt)
-    est = BYOLAEmbedder(weights=None, pretrain_epochs=2, pretrain_batch_size=2, random_state=0)
+    est = BYOLAEmbedder(weights=None, pretrain_max_epochs=2, pretrain_batch_size=2, random_state=0)
     with pytest.raises(KeyboardInterrupt):
         est.fit(_clips())
     assert not hasattr(est, "module_") and not hasattr(est, "mean_")
@@ -393,7 +416,7 @@ def test_fsdd_pretraining_from_random_init_lowers_loss_and_lifts_speaker_nmi(
     clips, speaker, digit = [paths[i] for i in subset], speaker[subset], digit[subset]
     untrained = BYOLAEmbedder(weights=None, random_state=0).fit_transform(clips)
     est = BYOLAEmbedder(
-        weights=None, random_state=0, pretrain_epochs=2, pretrain_batch_size=64, lr=3e-4
+        weights=None, random_state=0, pretrain_max_epochs=2, pretrain_batch_size=64, lr=3e-4
     ).fit(clips)
     trained = est.transform(clips)
     losses = [epoch["train_loss"] for epoch in est.pretrain_history_]

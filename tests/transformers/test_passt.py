@@ -46,7 +46,7 @@ def frozen_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frozen_embedder(frozen_checkpoint):
-    return PaSSTEmbedder(weights=frozen_checkpoint, embedding="all").fit(FIT_CLIPS)
+    return PaSSTEmbedder(weights=frozen_checkpoint, output="both").fit(FIT_CLIPS)
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +100,11 @@ def test_scene_embedding_10s_and_12s_match_reference(frozen_embedder, reference,
 
 def test_embedding_option_selects_logits_features_or_both(small_checkpoint):
     clip = [reference_signal(16000)]
-    both = PaSSTEmbedder(weights=small_checkpoint, embedding="all").fit(FIT_CLIPS).transform(clip)
+    both = PaSSTEmbedder(weights=small_checkpoint, output="both").fit(FIT_CLIPS).transform(clip)
     features = PaSSTEmbedder(weights=small_checkpoint).fit(FIT_CLIPS)
     assert features.get_feature_names_out()[0] == "passtembedder0"
     np.testing.assert_allclose(features.transform(clip), both[:, 527:], atol=1e-6)
-    logits = features.set_params(embedding="logits").transform(clip)
+    logits = features.set_params(output="logits").transform(clip)
     np.testing.assert_allclose(logits, both[:, :527], atol=1e-6)
 
 
@@ -167,8 +167,8 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
 
 
 def test_invalid_parameters_are_rejected_in_fit():
-    with pytest.raises(ValueError, match="embedding"):
-        PaSSTEmbedder(weights=None, embedding="tokens").fit(FIT_CLIPS)
+    with pytest.raises(ValueError, match="output"):
+        PaSSTEmbedder(weights=None, output="tokens").fit(FIT_CLIPS)
     with pytest.raises(ValueError, match="batch_size"):
         PaSSTEmbedder(weights=None, batch_size=0).fit(FIT_CLIPS)
 
@@ -275,7 +275,7 @@ def test_live_cross_check_against_hear21passt(tmp_path):
     )
     model = base.PasstBasicWrapper(mel=mel, net=net).eval()
     torch.save(net.state_dict(), tmp_path / "seed0.pt")
-    ours = PaSSTEmbedder(weights=tmp_path / "seed0.pt", embedding="all").fit(FIT_CLIPS)
+    ours = PaSSTEmbedder(weights=tmp_path / "seed0.pt", output="both").fit(FIT_CLIPS)
     rng = np.random.default_rng(1)
     for shape in ((2, 40000), (1, 352000)):  # 1.25 s twice; 11 s, cut into 5 windows
         audio = (0.1 * rng.standard_normal(shape)).astype(np.float32)
