@@ -17,6 +17,7 @@ _WHERE = {
     "centroid_confidence": "cluster._confidence",
     "SPICEClusterer": "cluster.spice",
     "TEMIClusterer": "cluster.temi",
+    "TemporalClusterer": "cluster.temporal",
     "load_audio_folder": "datasets",
     "load_dcase2018_task5": "datasets",
     "load_fsdd": "datasets",

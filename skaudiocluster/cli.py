@@ -69,12 +69,15 @@ EXIT_INTERRUPTED = 130
 # Clusterers that standardise and reduce their input themselves (``preprocessing``,
 # ``n_components``): they get the embeddings as they are. K-means and Ward get
 # StandardScaler + PCA(32) in front (see ``_head``).
-_SELF_PREPROCESSING = frozenset({"temi", "spice", "deepdpm"})
+_SELF_PREPROCESSING = frozenset({"temi", "spice", "deepdpm", "temporal"})
 # What the options are checked against before torch is imported (tests check these
 # against the estimators): the clusterers that find K themselves, the embedders with
 # pretrained weights.
 _FINDS_K = frozenset({"deepdpm"})
 _WITH_WEIGHTS = frozenset({"byola", "passt", "birdnet"})
+# The embedders with a content view (group_by="content"), and the clusterer that needs one.
+_WITH_CONTENT = frozenset({"spectrogram", "byola"})
+_NEEDS_CONTENT = frozenset({"temporal"})
 
 
 def _embedders() -> dict[str, Callable]:
@@ -134,12 +137,18 @@ def _clusterers(n_clusters: int, random_state: int) -> dict[str, Callable]:
 
         return DeepDPMClusterer(random_state=random_state)
 
+    def temporal():
+        from skaudiocluster.cluster.temporal import TemporalClusterer
+
+        return TemporalClusterer(n_clusters=n_clusters, random_state=random_state)
+
     return {
         "kmeans": kmeans,
         "agglomerative": agglomerative,
         "temi": temi,
         "spice": spice,
         "deepdpm": deepdpm,
+        "temporal": temporal,
     }
 
 
@@ -434,6 +443,8 @@ def _load_embedder(args: argparse.Namespace, stages: _Stages):
     with stages(f"loading the {args.embedder} embedder"):
         embedder = _embedders()[args.embedder]()
         _configure(embedder, device=args.device, verbose=args.verbose)
+        if getattr(args, "group_by", "source") != "source":
+            embedder.set_params(group_by=args.group_by)
         if args.weights is not None:
             embedder.set_params(weights=args.weights)
         _check_device(args.device)
@@ -591,6 +602,15 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--n-clusters does not apply to --clusterer {args.clusterer}, which finds the "
             "number of clusters itself; leave it out"
+        )
+    if args.group_by == "content" and args.embedder not in _WITH_CONTENT:
+        raise ValueError(
+            f"--embedder {args.embedder} has no content view; with --group-by content use "
+            f"--embedder {_or(sorted(_WITH_CONTENT))}"
+        )
+    if args.clusterer in _NEEDS_CONTENT and args.group_by != "content":
+        raise ValueError(
+            f"--clusterer {args.clusterer} clusters frame sequences: add --group-by content"
         )
     _check_weights_option(args)
 
@@ -851,14 +871,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _weights_option(p_cluster)
     p_cluster.add_argument(
-        "--clusterer", choices=sorted(_clusterers(2, 0)), default="kmeans", help="algorithm"
+        "--group-by",
+        choices=["source", "content"],
+        default="source",
+        help="source: who or what makes the sound (speaker, species, instrument); content: "
+        "what is said or sung, in order, whoever says it (words, syllable sequences; "
+        "embedders spectrogram and byola)",
+    )
+    p_cluster.add_argument(
+        "--clusterer",
+        choices=sorted(_clusterers(2, 0)),
+        default="kmeans",
+        help="algorithm; temporal: a deep clusterer of --group-by content frame sequences "
+        "that tolerates shifts and tempo",
     )
     p_cluster.add_argument(
         "--n-clusters",
         type=_positive_int,
         default=None,
         metavar="K",
-        help="number of clusters: required by kmeans, agglomerative, temi and spice; "
+        help="number of clusters: required by kmeans, agglomerative, temi, spice and temporal; "
         "not accepted by deepdpm, which finds it",
     )
     p_cluster.add_argument(

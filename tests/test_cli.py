@@ -156,6 +156,24 @@ def test_readme_cluster_line_on_fsdd_clips(fsdd_clips, tmp_path, clusterer):
     assert list(tmp_path.iterdir()) == [out]
 
 
+@pytest.mark.parametrize(
+    "clusterer", ["kmeans", pytest.param("temporal", marks=pytest.mark.slow)]
+)
+def test_group_by_content_groups_the_same_clips_by_digit(fsdd_clips, tmp_path, clusterer):
+    out = tmp_path / "assignments.csv"
+    argv = ["cluster", str(fsdd_clips), "--group-by", "content", "--n-clusters", "8"]
+    assert main([*argv, "--clusterer", clusterer, "--out", str(out)]) == 0
+    rows = _rows(out)
+    labels = [int(row["cluster"]) for row in rows]
+    digits = [Path(row["path"]).stem.split("_")[0] for row in rows]
+    speakers = [Path(row["path"]).stem.split("_")[1] for row in rows]
+    # the same 24 clips grouped by source follow the 3 speakers (test above)
+    assert normalized_mutual_info_score(digits, labels) > 0.5
+    assert normalized_mutual_info_score(digits, labels) > normalized_mutual_info_score(
+        speakers, labels
+    )
+
+
 def test_byola_with_a_weights_file(fsdd_clips, byola_d512_weights, tmp_path):
     out = tmp_path / "a.csv"
     argv = ["cluster", str(fsdd_clips), "--embedder", "byola", "--weights"]
@@ -322,7 +340,7 @@ def test_head_scales_and_reduces_only_for_kmeans_and_agglomerative():
     for name, make in cli._clusterers(2, 0).items():
         model = make()
         head = cli._head(features, model, name)
-        if name in ("temi", "spice", "deepdpm"):
+        if name in ("temi", "spice", "deepdpm", "temporal"):
             assert head is model
         else:
             assert [type(step).__name__ for _, step in head.steps] == [
@@ -408,6 +426,11 @@ def test_out_exists_read_only(tones, tmp_path, monkeypatch, capsys):
         (["--clusterer", "temi"], "--clusterer temi needs --n-clusters"),
         (["--n-clusters", "13"], "--n-clusters 13 is more than the 12 audio files"),
         (["--n-clusters", "2", "--weights", "byola-v1-d512"], "--weights does not apply to"),
+        (
+            ["--n-clusters", "2", "--group-by", "content", "--embedder", "passt"],
+            "--embedder passt has no content view",
+        ),
+        (["--n-clusters", "2", "--clusterer", "temporal"], "add --group-by content"),
     ],
 )
 def test_options_that_do_not_apply_are_errors(tones, tmp_path, no_work, capsys, options, message):
@@ -608,6 +631,7 @@ def test_the_option_tables_match_the_estimators():
         assert ("n_clusters" not in make().get_params()) == (name in cli._FINDS_K), name
     for name, make in cli._embedders().items():
         assert ("weights" in make().get_params()) == (name in cli._WITH_WEIGHTS), name
+        assert ("group_by" in make().get_params()) == (name in cli._WITH_CONTENT), name
 
 
 def test_unknown_weights_name_the_option(tones, tmp_path, no_work, capsys):

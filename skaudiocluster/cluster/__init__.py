@@ -8,6 +8,7 @@ _WHERE = {
     "KCheckWarning": "_k_check",
     "SPICEClusterer": "spice",
     "TEMIClusterer": "temi",
+    "TemporalClusterer": "temporal",
 }
 
 __all__ = list(_WHERE)

@@ -18,8 +18,13 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skaudiocluster._torch import batched_forward, progress, to_numpy
-from skaudiocluster.cluster._base import BaseDeepClusterer, check_hidden_dims
+from skaudiocluster._torch import batched_forward, draw_seeds, progress, to_numpy
+from skaudiocluster.cluster._base import (
+    BUDGET_CONSTRAINTS,
+    BaseDeepClusterer,
+    check_hidden_dims,
+    training_epochs,
+)
 from skaudiocluster.cluster._consensus import consensus_partition, head_agreement
 from skaudiocluster.cluster._neighbors import cosine_knn, umap_knn
 from skaudiocluster.cluster._temporal_net import TemporalModule, scan_loss, timing_views
@@ -66,16 +71,22 @@ class TemporalClusterer(BaseDeepClusterer):
         scales every (frame, feature) column, which keeps the sequence.
     n_components : None
         Must stay ``None``: a PCA would mix the frames.
-    max_steps : int, default=1000
-        Optimizer steps.
+    max_steps : int or None, default=1000
+        Training budget in optimizer steps, rounded up to a whole epoch (see
+        :ref:`vocabulary`).
+    max_epochs : int or None, default=None
+        At most this many passes over the data; ``None``: no cap.
     batch_size : int, default=256
         Clips per training step (at most the number of clips).
     lr : float, default=1e-3
         Adam learning rate.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when present, else the CPU.
+    n_threads : int or None, default=1
+        CPU threads torch uses while fitting and predicting (``None``: torch's own
+        setting).
     random_state : int, RandomState instance or None, default=None
-        Seeds the network, the views, the batches and the consensus.
+        Seeds the networks, the neighbours, the views, the batches and the consensus.
     verbose : int, default=0
         Progress bar over the training steps when positive.
 
@@ -125,7 +136,7 @@ class TemporalClusterer(BaseDeepClusterer):
         "neighbors": [StrOptions({"umap", "cosine"})],
         "entropy_weight": [Interval(Real, 0, None, closed="left")],
         "n_components": [None],
-        "max_steps": [Interval(Integral, 1, None, closed="left")],
+        **BUDGET_CONSTRAINTS,
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
     }
@@ -142,10 +153,12 @@ class TemporalClusterer(BaseDeepClusterer):
         hidden_dims: tuple[int, ...] = (64,),
         preprocessing: str | None = "standardize",
         n_components: None = None,
-        max_steps: int = 1000,
+        max_steps: int | None = 1000,
+        max_epochs: int | None = None,
         batch_size: int = 256,
         lr: float = 1e-3,
         device: str | torch.device = "auto",
+        n_threads: int | None = 1,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
     ):
@@ -159,16 +172,20 @@ class TemporalClusterer(BaseDeepClusterer):
         self.preprocessing = preprocessing
         self.n_components = n_components
         self.max_steps = max_steps
+        self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 
     def _min_samples(self) -> int:
         return max(2, self.n_clusters)
 
-    def _fit_features(self, features: np.ndarray, X, seed: int) -> np.ndarray:
+    def _fit_features(
+        self, features: np.ndarray, X, random_state: np.random.RandomState
+    ) -> np.ndarray:
         """Mine neighbours, then train the temporal heads with SCAN's loss."""
         n_samples, n_features = features.shape
         if n_features % self.n_frames:
@@ -180,28 +197,29 @@ class TemporalClusterer(BaseDeepClusterer):
         if len(dims) != 1:
             raise ValueError(f"hidden_dims takes one width, got {self.hidden_dims!r}")
         device = self.device_
+        neighbor_seed, init_seed, view_seed, consensus_seed = draw_seeds(random_state, 4)
         n_neighbors = min(self.n_neighbors, n_samples - 1)
         if self.neighbors == "umap":
-            neighbors = umap_knn(features, n_neighbors, random_state=seed)
+            neighbors = umap_knn(features, n_neighbors, random_state=neighbor_seed)
         else:
             neighbors, _ = cosine_knn(features, n_neighbors, device=device)
         neighbors = torch.from_numpy(np.asarray(neighbors)).to(device)
         frames = torch.from_numpy(self._sequences(features)).to(device)
 
-        generator = torch.Generator(device=device).manual_seed(seed)
+        torch.manual_seed(init_seed)
         module = TemporalModule(frames.shape[2], dims[0], self.n_clusters, self.n_heads)
         module = module.to(device).train()
         optimizer = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=1e-4)
         batch_size = min(self.batch_size, n_samples)
+        steps_per_epoch = n_samples // batch_size
+        n_epochs = training_epochs(self.max_steps, self.max_epochs, steps_per_epoch)
+        generator = torch.Generator(device=device).manual_seed(view_seed)
         self.loss_curve_ = []
-        order = torch.randperm(n_samples, generator=generator, device=device)
-        position = 0
-        for _ in progress(range(self.max_steps), verbose=self.verbose, desc="training"):
-            if position + batch_size > n_samples:
+        steps = progress(range(n_epochs * steps_per_epoch), verbose=self.verbose, desc="training")
+        for step in steps:
+            if step % steps_per_epoch == 0:
                 order = torch.randperm(n_samples, generator=generator, device=device)
-                position = 0
-            batch = order[position : position + batch_size]
-            position += batch_size
+            batch = order[(step % steps_per_epoch) * batch_size :][:batch_size]
             pick = torch.randint(n_neighbors, (len(batch),), generator=generator, device=device)
             anchor = frames[batch]
             partner = frames[neighbors[batch, pick]]
@@ -211,13 +229,15 @@ class TemporalClusterer(BaseDeepClusterer):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            self.loss_curve_.append(float(loss))
-        self.n_iter_ = self.max_steps
+            self.loss_curve_.append(loss.item())
+        self.n_iter_ = len(self.loss_curve_)
         self.module_ = module.eval()
 
         head_probs = self._head_probs(features)
         self.head_agreement_ = head_agreement(head_probs)
-        self.consensus_ = consensus_partition(head_probs, self.n_clusters, random_state=seed)
+        self.consensus_ = consensus_partition(
+            head_probs, self.n_clusters, random_state=consensus_seed
+        )
         return features
 
     def _sequences(self, features: np.ndarray) -> np.ndarray:
