@@ -156,9 +156,7 @@ def test_readme_cluster_line_on_fsdd_clips(fsdd_clips, tmp_path, clusterer):
     assert list(tmp_path.iterdir()) == [out]
 
 
-@pytest.mark.parametrize(
-    "clusterer", ["kmeans", pytest.param("temporal", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("clusterer", ["kmeans", pytest.param("temporal", marks=pytest.mark.slow)])
 def test_group_by_content_groups_the_same_clips_by_digit(fsdd_clips, tmp_path, clusterer):
     out = tmp_path / "assignments.csv"
     argv = ["cluster", str(fsdd_clips), "--group-by", "content", "--n-clusters", "8"]
