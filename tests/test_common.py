@@ -42,6 +42,7 @@ from skaudiocluster import (
     SpectrogramTransformer,
     SPICEClusterer,
     TEMIClusterer,
+    TemporalClusterer,
     _torch,
 )
 from skaudiocluster.transformers._base import BaseAudioEmbedder
@@ -109,6 +110,10 @@ ESTIMATORS = [
         sub_lr=0.02,
         preprocessing="standardize",
         random_state=0,
+    ),
+    # one frame per row: the checks' inputs have any number of features
+    TemporalClusterer(
+        n_clusters=3, n_frames=1, n_heads=2, hidden_dims=(8,), max_steps=2, random_state=0
     ),
 ]
 CLUSTERERS = [est for est in ESTIMATORS if isinstance(est, ClusterMixin)]
@@ -198,16 +203,15 @@ def test_fit_leaves_global_random_states_alone(estimator):
 
 @pytest.fixture
 def training_threads(monkeypatch):
-    """Torch's thread count at every skorch batch of the test (all nets are skorch nets)."""
+    """Torch's thread count at every backward pass of the test (any training loop)."""
     seen = []
-    notify = NeuralNet.notify
+    backward = torch.Tensor.backward
 
-    def spy(net, method_name, **kwargs):
-        if method_name == "on_batch_end":
-            seen.append(torch.get_num_threads())
-        return notify(net, method_name, **kwargs)
+    def spy(tensor, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return backward(tensor, *args, **kwargs)
 
-    monkeypatch.setattr(NeuralNet, "notify", spy)
+    monkeypatch.setattr(torch.Tensor, "backward", spy)
     return seen
 
 

@@ -92,6 +92,8 @@ def timing_views(
     """
     batch, n_frames, _ = frames.shape
     device = frames.device
+    if n_frames < 2:  # nothing to re-time
+        span, warp = (1.0, 1.0), (1.0, 1.0)
 
     def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
         return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
@@ -101,10 +103,10 @@ def timing_views(
     exponent = torch.exp(uniform(*torch.log(torch.tensor(warp)).tolist(), batch, 1))
     grid = torch.linspace(0.0, 1.0, n_frames, device=device).expand(batch, -1)
     position = (start + length * grid**exponent) * (n_frames - 1)
-    low = position.floor().clamp(max=n_frames - 2).long()
+    low = position.floor().clamp(0, max(n_frames - 2, 0)).long()
     weight = (position - low).unsqueeze(-1)
     gather = lambda index: frames.gather(1, index.unsqueeze(-1).expand_as(frames))  # noqa: E731
-    views = (1 - weight) * gather(low) + weight * gather(low + 1)
+    views = (1 - weight) * gather(low) + weight * gather((low + 1).clamp(max=n_frames - 1))
     keep = uniform(0.0, 1.0, batch, n_frames, 1) >= mask_prob
     return views * keep
 

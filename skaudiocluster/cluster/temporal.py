@@ -69,8 +69,6 @@ class TemporalClusterer(BaseDeepClusterer):
     preprocessing : {"standardize", "l2"} or None, default="standardize"
         Input transform before the frames are read back; ``"standardize"``
         scales every (frame, feature) column, which keeps the sequence.
-    n_components : None
-        Must stay ``None``: a PCA would mix the frames.
     max_steps : int or None, default=1000
         Training budget in optimizer steps, rounded up to a whole epoch (see
         :ref:`vocabulary`).
@@ -128,14 +126,18 @@ class TemporalClusterer(BaseDeepClusterer):
     """
 
     _parameter_constraints: dict = {
-        **BaseDeepClusterer._parameter_constraints,
+        # no n_components: a PCA would mix the frames
+        **{
+            name: constraint
+            for name, constraint in BaseDeepClusterer._parameter_constraints.items()
+            if name != "n_components"
+        },
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
-        "n_frames": [Interval(Integral, 2, None, closed="left")],
+        "n_frames": [Interval(Integral, 1, None, closed="left")],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "neighbors": [StrOptions({"umap", "cosine"})],
         "entropy_weight": [Interval(Real, 0, None, closed="left")],
-        "n_components": [None],
         **BUDGET_CONSTRAINTS,
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -152,7 +154,6 @@ class TemporalClusterer(BaseDeepClusterer):
         entropy_weight: float = 5.0,
         hidden_dims: tuple[int, ...] = (64,),
         preprocessing: str | None = "standardize",
-        n_components: None = None,
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
         batch_size: int = 256,
@@ -170,7 +171,6 @@ class TemporalClusterer(BaseDeepClusterer):
         self.entropy_weight = entropy_weight
         self.hidden_dims = hidden_dims
         self.preprocessing = preprocessing
-        self.n_components = n_components
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -179,6 +179,9 @@ class TemporalClusterer(BaseDeepClusterer):
         self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
+
+    def _n_components(self, n_samples: int) -> None:
+        return None
 
     def _min_samples(self) -> int:
         return max(2, self.n_clusters)
