@@ -28,7 +28,6 @@ from skaudiocluster.cluster._base import (
 from skaudiocluster.cluster._consensus import consensus_partition, head_agreement
 from skaudiocluster.cluster._neighbors import cosine_knn, umap_knn
 from skaudiocluster.cluster._temporal_net import TemporalModule, scan_loss, timing_views
-from skaudiocluster.transformers._content import CONTENT_FRAMES
 
 __all__ = ["TemporalClusterer"]
 
@@ -37,14 +36,15 @@ class TemporalClusterer(BaseDeepClusterer):
     """Cluster content-view rows by what happens in them, whenever it happens.
 
     Each row of ``X`` is a clip's sequence of ``n_frames`` frames, flattened frame
-    by frame (the output of an embedder with ``group_by="content"``). A small
-    temporal network (two convolutions along time, mean and max over time,
-    ``n_heads`` linear heads) is trained with SCAN's loss: each clip's assignment
-    must agree with that of a re-timed view of its own frames (another start and
-    span, a tempo curve, masked frames) and with that of one of its
-    ``n_neighbors`` nearest neighbours, while the mean assignment stays spread
-    over the clusters. The clusters are the heads' consensus (k-means on their
-    concatenated probabilities).
+    by frame (the output of an embedder with ``group_by="content"``).
+    ``n_heads`` small temporal networks (two convolutions along time, the mean
+    and the maximum over time, a hidden layer, a linear head), independent but
+    trained together, learn with SCAN's loss: each clip's assignment must agree
+    with that of a re-timed view of its own frames (another start and span, a
+    tempo curve, masked frames) and with that of one of its ``n_neighbors``
+    nearest neighbours, while the batch's mean assignment stays spread over the
+    clusters. The clusters are the networks' consensus (k-means on their
+    concatenated probabilities), steadier than any one network.
 
     Parameters
     ----------
@@ -52,9 +52,10 @@ class TemporalClusterer(BaseDeepClusterer):
         Number of clusters.
     n_frames : int, default=10
         Frames per row; ``n_features`` must be a multiple of it. The content
-        view's ``CONTENT_FRAMES``.
+        view's frame count, ``skaudiocluster.transformers.CONTENT_FRAMES``.
     n_heads : int, default=5
-        Heads trained together; their consensus is steadier than any one head.
+        Independent networks trained together; their consensus is steadier than
+        any one of them.
     n_neighbors : int, default=10
         Nearest neighbours a clip is paired with.
     neighbors : {"cosine", "umap"}, default="cosine"
@@ -64,7 +65,7 @@ class TemporalClusterer(BaseDeepClusterer):
     entropy_weight : float, default=5.0
         Weight of the entropy of the mean assignment: larger keeps clusters
         closer in size (SCAN uses 2-5).
-    hidden_dims : tuple of int, default=(64,)
+    hidden_dims : tuple of int, default=(32,)
         Width of the convolutions and of the hidden layer (one value).
     preprocessing : {"standardize", "l2"} or None, default="standardize"
         Input transform before the frames are read back; ``"standardize"``
@@ -99,7 +100,7 @@ class TemporalClusterer(BaseDeepClusterer):
     consensus_ : Consensus
         The heads' consensus, which ``predict_proba`` reads.
     head_agreement_ : ndarray of shape (n_heads,)
-        Mean NMI of each head's partition with the other heads'.
+        Mean NMI of each network's partition with the other networks'.
     loss_curve_ : list of float
         Training loss of every step.
     n_iter_ : int
@@ -147,12 +148,12 @@ class TemporalClusterer(BaseDeepClusterer):
         self,
         n_clusters: int = 8,
         *,
-        n_frames: int = CONTENT_FRAMES,
+        n_frames: int = 10,
         n_heads: int = 5,
         n_neighbors: int = 10,
         neighbors: str = "cosine",
         entropy_weight: float = 5.0,
-        hidden_dims: tuple[int, ...] = (64,),
+        hidden_dims: tuple[int, ...] = (32,),
         preprocessing: str | None = "standardize",
         max_steps: int | None = 1000,
         max_epochs: int | None = None,

@@ -98,6 +98,12 @@ def test_rows_that_are_not_frame_sequences_are_refused():
         TemporalClusterer(2, n_frames=7, max_steps=2).fit(X)
 
 
+def test_default_frames_are_the_content_views():
+    from skaudiocluster.transformers import CONTENT_FRAMES
+
+    assert TemporalClusterer().n_frames == CONTENT_FRAMES
+
+
 def test_has_no_pca_which_would_mix_the_frames():
     assert "n_components" not in TemporalClusterer().get_params()
 
