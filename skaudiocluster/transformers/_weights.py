@@ -44,6 +44,7 @@ __all__ = [
     "PASST_S_P16_S16_128_AP468",
     "PASST_B_F128_P16_S16_AP_459",
     "PASST_U600_F128_P16_S16_AP_460",
+    "GE2E_RESEMBLYZER",
 ]
 
 
@@ -196,6 +197,24 @@ PASST_U600_F128_P16_S16_AP_460 = _passt(
     "passt_u600_f128_p16_s16_ap_460", "v.0.0.7-audioset/passt-u600-f128-p16-s16-ap.460.pt"
 )
 
+#: The GE2E speaker encoder of Resemblyzer 0.1.4 (:class:`~skaudiocluster.SpeakerEmbedder`).
+#: The file is ``resemblyzer/pretrained.pt`` in the repository and in the PyPI wheel; it
+#: is cached under that relative path (a bare ``pretrained.pt`` would name nothing).
+GE2E_RESEMBLYZER = register_weights(
+    WeightsInfo(
+        name="ge2e-resemblyzer",
+        url="https://github.com/resemble-ai/Resemblyzer/raw/master/resemblyzer/pretrained.pt",
+        sha256="39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+        filename="resemblyzer/pretrained.pt",
+        licence="Apache-2.0 (https://github.com/resemble-ai/Resemblyzer/blob/master/LICENSE)",
+        source="https://github.com/resemble-ai/Resemblyzer (Resemblyzer 0.1.4 voice encoder)",
+        citation=(
+            "L. Wan, Q. Wang, A. Papir and I. L. Moreno, "
+            '"Generalized End-to-End Loss for Speaker Verification", ICASSP 2018'
+        ),
+    )
+)
+
 
 def cache_dir() -> Path:
     """Where downloaded weights are kept.
@@ -280,10 +299,11 @@ def resolve_weights(
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint's state dict safely (``weights_only=True``) onto the CPU.
 
-    Checkpoints that wrap the state dict (``{"state_dict": ...}`` or
-    ``{"model": ...}``) are unwrapped. Anything else, or a tensor holding NaN
-    or inf (a diverged training, a corrupt file), raises a ``ValueError``
-    naming the file and, for the latter, the tensor; so does an empty file.
+    Checkpoints that wrap the state dict (``{"state_dict": ...}``,
+    ``{"model": ...}`` or Resemblyzer's ``{"model_state": ...}``) are
+    unwrapped. Anything else, or a tensor holding NaN or inf (a diverged
+    training, a corrupt file), raises a ``ValueError`` naming the file and,
+    for the latter, the tensor; so does an empty file.
     Which tensors a network needs, their dtype and shape are checked by
     :func:`load_into`.
     """
@@ -301,7 +321,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as exc:
         reason = str(exc).strip() or type(exc).__name__
         raise ValueError(f"cannot load checkpoint {os.fspath(path)!r}: {reason}") from exc
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
