@@ -174,6 +174,12 @@ def byola_d512_weights(shared_dir: Path) -> Path:
     return shared_file(shared_dir, "weights/AudioNTT2020-BYOLA-64x96d512.pth")
 
 
+@pytest.fixture(scope="session")
+def ge2e_weights(shared_dir: Path) -> Path:
+    """Resemblyzer 0.1.4's GE2E speaker encoder checkpoint (``pretrained.pt``)."""
+    return shared_file(shared_dir, "weights/resemblyzer-ge2e-pretrained.pt")
+
+
 def _test_cache():
     """joblib cache for costly fixtures when ``$SKAUDIOCLUSTER_TEST_CACHE`` is set (dev only)."""
     from joblib import Memory
@@ -256,6 +262,7 @@ for _name in (
     "bench_scale_embed",
     "dpm_evidence",
     "gpu_smoke",
+    "make_speaker_reference",
     "run_dcase",
 ):
     globals()[_name] = _script_fixture(_name)

@@ -6,6 +6,7 @@ _WHERE = {
     "BYOLAEmbedder": "byola",
     "BirdNETEmbedder": "birdnet",
     "PaSSTEmbedder": "passt",
+    "SpeakerEmbedder": "speaker",
     "SpectrogramTransformer": "spectrogram",
     "resolve_birdnet_weights": "_birdnet_model",
     "resolve_weights": "_weights",
