@@ -202,7 +202,7 @@ PASST_U600_F128_P16_S16_AP_460 = _passt(
 #: is cached under that relative path (a bare ``pretrained.pt`` would name nothing).
 GE2E_RESEMBLYZER = register_weights(
     WeightsInfo(
-        name="ge2e-resemblyzer",
+        name="speaker-ge2e-resemblyzer",
         url="https://github.com/resemble-ai/Resemblyzer/raw/master/resemblyzer/pretrained.pt",
         sha256="39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
         filename="resemblyzer/pretrained.pt",

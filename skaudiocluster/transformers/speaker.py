@@ -54,8 +54,8 @@ class SpeakerEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
 
     Parameters
     ----------
-    weights : str, path or None, default="ge2e-resemblyzer"
-        The registered name ``"ge2e-resemblyzer"``, downloaded into the cache
+    weights : str, path or None, default="speaker-ge2e-resemblyzer"
+        The registered name ``"speaker-ge2e-resemblyzer"``, downloaded into the cache
         directory on first use (``$SKAUDIOCLUSTER_CACHE``, else
         ``~/.cache/skaudiocluster``); a path to a checkpoint (Resemblyzer's
         ``pretrained.pt``, or a plain state dict with the ``lstm.*`` and ``linear.*``
@@ -130,7 +130,7 @@ class SpeakerEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
 
     def __init__(
         self,
-        weights: str | os.PathLike | None = "ge2e-resemblyzer",
+        weights: str | os.PathLike | None = "speaker-ge2e-resemblyzer",
         *,
         sample_rate: int = 16000,
         trim_db: float | None = 40.0,
@@ -217,7 +217,7 @@ class SpeakerEmbedder(ClassNamePrefixFeaturesOutMixin, BaseAudioEmbedder):
         if self.weights is None:
             return GE2EEncoder()
         path = resolve_weights(
-            self.weights, progress=self.verbose > 0, family="ge2e", owner="SpeakerEmbedder"
+            self.weights, progress=self.verbose > 0, family="speaker", owner="SpeakerEmbedder"
         )
         module = GE2EEncoder()
         load_into(module, encoder_state(load_state_dict(path)), path, "the GE2E speaker encoder")

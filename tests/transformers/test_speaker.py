@@ -282,7 +282,7 @@ def test_invalid_parameters_are_refused(params):
 
 
 def test_registered_weights_are_documented_and_hash_pinned():
-    info = _weights.weights_info("ge2e-resemblyzer")
+    info = _weights.weights_info("speaker-ge2e-resemblyzer")
     assert info is GE2E_RESEMBLYZER
     assert info.sha256 == "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
     assert info.url == (
@@ -305,7 +305,9 @@ def test_cached_weights_are_hash_checked_on_load(cache, ge2e_weights, monkeypatc
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     clips = _clips(lengths=(4000,))
-    with pytest.raises(ValueError, match="could not obtain weights 'ge2e-resemblyzer'") as err:
+    with pytest.raises(
+        ValueError, match="could not obtain weights 'speaker-ge2e-resemblyzer'"
+    ) as err:
         SpeakerEmbedder().fit(clips)
     assert str(cache / "resemblyzer" / "pretrained.pt") in str(err.value)
     target = cache / "resemblyzer" / "pretrained.pt"
