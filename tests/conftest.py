@@ -207,6 +207,24 @@ def fsdd_byola_d512(fsdd_dir: Path, byola_d512_weights: Path) -> dict[str, np.nd
     return embed(str(fsdd_dir), str(byola_d512_weights))
 
 
+def _embed_fsdd_speaker(fsdd_dir: str, weights: str) -> dict[str, np.ndarray]:
+    from skaudiocluster.datasets import load_fsdd
+    from skaudiocluster.transformers.speaker import SpeakerEmbedder
+
+    paths, speaker = load_fsdd(fsdd_dir, target="speaker")
+    return {"X": SpeakerEmbedder(weights=weights).fit_transform(paths), "speaker": speaker}
+
+
+@pytest.fixture(scope="session")
+def fsdd_speaker_ge2e(fsdd_dir: Path, ge2e_weights: Path) -> dict[str, np.ndarray]:
+    """SpeakerEmbedder (GE2E) embeddings of the 3,000 FSDD clips and their speakers.
+
+    Keys: ``X`` (3000, 256) float32 unit rows, ``speaker`` the speaker labels.
+    """
+    embed = _test_cache().cache(_embed_fsdd_speaker)
+    return embed(str(fsdd_dir), str(ge2e_weights))
+
+
 def _embed_folder_byola(folder: str, weights: str) -> dict[str, np.ndarray]:
     import csv
 

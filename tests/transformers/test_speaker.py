@@ -99,6 +99,22 @@ def test_real_speech_from_files_gives_unit_vectors_that_group_by_speaker(fsdd_di
     assert similarity[same].mean() > similarity[other].mean() + 0.1
 
 
+@pytest.mark.slow  # 3,000 files embedded (about 20 s on one core), then UMAP 3 times
+def test_fsdd_by_speaker_umap_kmeans_reaches_095(fsdd_speaker_ge2e):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from skaudiocluster.cluster._neighbors import umap_layout
+
+    X, y = fsdd_speaker_ge2e["X"], fsdd_speaker_ge2e["speaker"]
+    assert X.shape == (3000, 256)
+    for seed in range(3):
+        labels = KMeans(6, n_init=10, random_state=seed).fit_predict(umap_layout(X, 10, seed))
+        nmi = normalized_mutual_info_score(y, labels)
+        print(f"seed {seed}: UMAP + k-means NMI {nmi:.3f}")
+        assert nmi >= 0.95, (seed, nmi)
+
+
 # --------------------------------------------------------------------------- the recipe
 
 
