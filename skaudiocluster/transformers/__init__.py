@@ -8,6 +8,7 @@ _WHERE = {
     "PaSSTEmbedder": "passt",
     "SpeakerEmbedder": "speaker",
     "SpectrogramTransformer": "spectrogram",
+    "UnverifiedWeightsWarning": "_weights",
     "resolve_birdnet_weights": "_birdnet_model",
     "resolve_weights": "_weights",
 }
