@@ -115,6 +115,21 @@ def test_fsdd_by_speaker_umap_kmeans_reaches_095(fsdd_speaker_ge2e):
         assert nmi >= 0.95, (seed, nmi)
 
 
+@pytest.mark.slow  # three SPICE fits at their defaults, two at a time
+def test_fsdd_by_speaker_spice_reaches_095(fit_seeds, fsdd_speaker_ge2e):
+    # bench_quality, seeds 0-2: SPICE 0.972 / 0.969 / 0.971, TEMI 0.975 / 0.982 / 0.965,
+    # DeepDPM 0.964 / 0.977 / 0.970 (K = 6 found), UMAP + k-means 0.996 / 0.974 / 0.996
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from skaudiocluster import SPICEClusterer
+
+    X, y = fsdd_speaker_ge2e["X"], fsdd_speaker_ge2e["speaker"]
+    for seed, fit in enumerate(fit_seeds(SPICEClusterer(n_clusters=6), X)):
+        nmi = normalized_mutual_info_score(y, fit.labels_)
+        print(f"seed {seed}: SPICE NMI {nmi:.3f}")
+        assert nmi >= 0.95, (seed, nmi)
+
+
 # --------------------------------------------------------------------------- the recipe
 
 
