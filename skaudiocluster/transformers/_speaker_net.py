@@ -32,6 +32,7 @@ import functools
 
 import numpy as np
 import torch
+import torchaudio
 from torch import nn
 from torch.nn import functional as F
 
@@ -134,28 +135,11 @@ def voiced_mask(clip: np.ndarray, trim_db: float) -> np.ndarray:
 
 @functools.cache
 def _mel_fbank() -> torch.Tensor:
-    """(40, 201) Slaney mel filterbank, area-normalised, 0-8 kHz, built in float64."""
-
-    def hz_to_mel(hz):
-        hz = np.asarray(hz, dtype=np.float64)
-        linear = hz / (200.0 / 3)
-        log = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
-        return np.where(hz >= 1000.0, log, linear)
-
-    def mel_to_hz(mel):
-        mel = np.asarray(mel, dtype=np.float64)
-        linear = mel * (200.0 / 3)
-        log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
-        return np.where(mel >= 15.0, log, linear)
-
-    bins = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
-    points = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(SAMPLE_RATE / 2), N_MELS + 2))
-    widths = np.diff(points)
-    rising = (bins[None, :] - points[:-2, None]) / widths[:-1, None]
-    falling = (points[2:, None] - bins[None, :]) / widths[1:, None]
-    fbank = np.maximum(0.0, np.minimum(rising, falling))
-    fbank *= (2.0 / (points[2:] - points[:-2]))[:, None]
-    return torch.from_numpy(fbank.astype(np.float32))
+    """(40, 201) Slaney-scale, Slaney-normalised mel filterbank over 0-8 kHz (librosa's)."""
+    fbank = torchaudio.functional.melscale_fbanks(
+        N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, N_MELS, SAMPLE_RATE, norm="slaney", mel_scale="slaney"
+    )
+    return fbank.T.contiguous()
 
 
 class MelFrontend(nn.Module):
