@@ -117,8 +117,8 @@ def test_fsdd_by_speaker_umap_kmeans_reaches_095(fsdd_speaker_ge2e):
 
 @pytest.mark.slow  # three SPICE fits at their defaults, two at a time
 def test_fsdd_by_speaker_spice_reaches_095(fit_seeds, fsdd_speaker_ge2e):
-    # bench_quality, seeds 0-2: SPICE 0.972 / 0.969 / 0.971, TEMI 0.975 / 0.982 / 0.965,
-    # DeepDPM 0.964 / 0.977 / 0.970 (K = 6 found), UMAP + k-means 0.996 / 0.974 / 0.996
+    # measured here: 0.969 / 0.972 / 0.970; bench_quality (docs/benchmark.rst): SPICE
+    # 0.972 / 0.969 / 0.971, TEMI 0.975 / 0.982 / 0.965, DeepDPM 0.964 / 0.977 / 0.970
     from sklearn.metrics import normalized_mutual_info_score
 
     from skaudiocluster import SPICEClusterer
