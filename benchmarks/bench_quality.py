@@ -23,6 +23,13 @@ fit runs in its own worker process on one thread (``--jobs`` workers at once)::
     python benchmarks/bench_quality.py --shared ../shared
     python benchmarks/bench_quality.py --sets fsdd-speaker --features byola --methods kmeans temi
     python benchmarks/bench_quality.py --sets fsdd-speaker --subset 300 --seeds 0 1 2
+    python benchmarks/bench_quality.py --sets fsdd-speaker arabic-speakers --features speaker \
+        --methods kmeans umap+kmeans temi spice deepdpm     # SpeakerEmbedder (GE2E)
+
+The sets are FSDD by speaker and by digit, Bengalese finch syllables, Arabic keywords
+by word (``arabic-commands``) and by speaker (``arabic-speakers``: 30 speakers, the
+first 8 digits of each clip's ``source_path`` file name in ``sources.csv``); the
+features BYOL-A, log-mel statistics, BirdNET and ``speaker`` (SpeakerEmbedder).
 
 ``--subset N`` draws, for each seed, a stratified subset of N clips (seeded by
 the seed), so the figures are means over subsets as well as over seeds.
@@ -45,8 +52,15 @@ from pathlib import Path
 
 import numpy as np
 
-SETS = ("fsdd-speaker", "fsdd-digit", "bengalese-finch", "arabic-commands")
-FEATURES = ("byola", "spectrogram", "birdnet", "spectrogram-content", "byola-content")
+SETS = ("fsdd-speaker", "fsdd-digit", "bengalese-finch", "arabic-commands", "arabic-speakers")
+FEATURES = (
+    "byola",
+    "spectrogram",
+    "birdnet",
+    "speaker",
+    "spectrogram-content",
+    "byola-content",
+)
 # the content view (group_by="content") of the embedders that have one
 CONTENT_FEATURES = ("spectrogram-content", "byola-content")
 GIVEN_K = ("kmeans", "ward", "umap+kmeans", "temi", "temi-umap", "temi-over", "spice", "temporal")
@@ -58,6 +72,7 @@ METHODS = GIVEN_K + FOUND_K + CEILING
 # methods that read the content view's frame sequences
 NEEDS_CONTENT = ("temporal",)
 BYOLA_WEIGHTS = "weights/AudioNTT2020-BYOLA-64x96d512.pth"
+SPEAKER_WEIGHTS = "weights/resemblyzer-ge2e-pretrained.pt"
 
 
 # --------------------------------------------------------------------------- data
@@ -79,8 +94,18 @@ def load_set(name: str, shared: Path) -> tuple[list[str], np.ndarray]:
     folders = {
         "bengalese-finch": "bengalese_finch_gy6or6",
         "arabic-commands": "arabic_speech_commands",
+        "arabic-speakers": "arabic_speech_commands",
     }
-    return _labels_csv(shared / "data" / folders[name])
+    paths, labels = _labels_csv(shared / "data" / folders[name])
+    if name == "arabic-speakers":  # 30 speakers: the first 8 digits of the source file name
+        folder = shared / "data" / folders[name]
+        with open(folder / "sources.csv", newline="") as handle:
+            speaker = {
+                str(folder / row["path"]): Path(row["source_path"]).name[:8]
+                for row in csv.DictReader(handle)
+            }
+        labels = np.asarray([speaker[path] for path in paths])
+    return paths, labels
 
 
 def embed(feature: str, paths: list[str], weights: str) -> np.ndarray:
@@ -98,6 +123,10 @@ def embed(feature: str, paths: list[str], weights: str) -> np.ndarray:
         from skaudiocluster.transformers.birdnet import BirdNETEmbedder
 
         producer = BirdNETEmbedder(n_threads=2)
+    elif feature == "speaker":
+        from skaudiocluster.transformers.speaker import SpeakerEmbedder
+
+        producer = SpeakerEmbedder(weights=weights)
     else:
         from skaudiocluster.transformers.spectrogram import SpectrogramTransformer
 
@@ -303,11 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     memory = Memory(args.cache or args.out / "cache", verbose=0)
     cached_embed = memory.cache(embed)
-    weights = str(args.shared / BYOLA_WEIGHTS)
     jobs, keys = [], []
     for set_name in args.sets:
         paths, y = load_set(set_name, args.shared)
         for feature in args.features:
+            weights = str(
+                args.shared / (SPEAKER_WEIGHTS if feature == "speaker" else BYOLA_WEIGHTS)
+            )
             start = time.perf_counter()
             X = cached_embed(feature, paths, weights)
             print(

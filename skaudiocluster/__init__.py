@@ -39,6 +39,7 @@ _WHERE = {
     "PaSSTEmbedder": "transformers.passt",
     "BYOLAEmbedder": "transformers.byola",
     "BirdNETEmbedder": "transformers.birdnet",
+    "SpeakerEmbedder": "transformers.speaker",
 }
 
 __all__ = list(_WHERE)

