@@ -122,7 +122,7 @@ class TemporalClusterer(BaseDeepClusterer):
     >>> X = np.repeat(X[:, :, None], 2, axis=2).reshape(40, 20)
     >>> X = X + rng.normal(scale=0.1, size=X.shape)
     >>> labels = TemporalClusterer(2, max_steps=50, random_state=0).fit_predict(X)
-    >>> len(set(labels[:20])), len(set(labels[20:])), labels[0] != labels[-1]
+    >>> len(set(labels[:20])), len(set(labels[20:])), bool(labels[0] != labels[-1])
     (1, 1, True)
     """
 

@@ -18,6 +18,7 @@ gives it the content view (:mod:`skaudiocluster.transformers._content`).
 from __future__ import annotations
 
 import copy
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -318,7 +319,9 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
     def _checked_output(self, clips: list[np.ndarray], X) -> np.ndarray:
         if getattr(self, "group_by", "source") == "content":
             rate = self.model_sample_rate
-            out = content_view(self._frame_clips([trim_silence(clip, rate) for clip in clips]))
+            frames = self._frame_clips([trim_silence(clip, rate) for clip in clips])
+            _warn_if_single_frames(frames, type(self).__name__)
+            out = content_view(frames)
         else:
             out = self._transform_clips(clips)
         return check_finite_output(out, X, type(self).__name__)
@@ -338,3 +341,17 @@ class BaseAudioEmbedder(TransformerMixin, BaseEstimator):
     def _frame_clips(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """Frame features ``(n_frames_i, d)`` of each decoded clip, in time order."""
         raise NotImplementedError(f"{type(self).__name__} has no frame features")
+
+
+def _warn_if_single_frames(frames: list[np.ndarray], owner: str) -> None:
+    """Warn when clips have one frame: their content row is 0 (the frame minus itself)."""
+    single = sum(len(sequence) < 2 for sequence in frames)
+    if single:
+        warnings.warn(
+            f"{owner}: {single} of {len(frames)} clips give one frame after trimming, and "
+            'one frame minus its own mean is 0: their group_by="content" rows hold nothing. '
+            "Use an embedder with shorter frames (SpectrogramTransformer: 10 ms) or "
+            'group_by="source"',
+            UserWarning,
+            stacklevel=4,
+        )

@@ -61,7 +61,7 @@ def trim_silence(clip: np.ndarray, sample_rate: int, trim_db: float = TRIM_DB) -
     >>> from skaudiocluster.transformers import trim_silence
     >>> clip = np.concatenate([np.zeros(8000), np.ones(1600), np.zeros(8000)])
     >>> len(trim_silence(clip, 16000))
-    1840
+    2160
     """
     width = max(1, round(_FRAME_SECONDS * sample_rate))
     hop = max(1, round(_HOP_SECONDS * sample_rate))

@@ -23,7 +23,11 @@ def features_and_labels(draw):
         arrays(
             np.float64,
             (n_samples, n_features),
-            elements=st.floats(-100, 100, allow_nan=False, allow_infinity=False),
+            # on a 1e-3 grid: scaled by 0.01 and shifted by 50, distinct values stay far apart
+            # (values 1e-11 apart merge, and no function of them can stay the same)
+            elements=st.floats(-100, 100, allow_nan=False, allow_infinity=False).map(
+                lambda value: round(value, 3)
+            ),
         )
     )
     labels = draw(arrays(np.int64, n_samples, elements=st.integers(0, 4)))

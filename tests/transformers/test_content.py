@@ -120,3 +120,11 @@ def test_frames_are_the_untrimmed_mfccs(words):
     embedder = SpectrogramTransformer().fit(clips[:2])
     frames = embedder.frames(clips[:2])
     assert [f.shape for f in frames] == [(1 + len(c) // 160, 12) for c in clips[:2]]
+
+
+def test_clips_of_one_frame_warn_that_their_content_is_empty():
+    clips = [np.random.default_rng(0).normal(size=1600) for _ in range(3)]  # 0.1 s: 1 frame
+    embedder = BYOLAEmbedder(weights=None, group_by="content", random_state=0)
+    with pytest.warns(UserWarning, match="3 of 3 clips give one frame"):
+        content = embedder.fit_transform(clips)
+    assert not content.any()
