@@ -67,9 +67,13 @@ class TemporalClusterer(BaseDeepClusterer):
         closer in size (SCAN uses 2-5).
     hidden_dims : tuple of int, default=(32,)
         Width of the convolutions and of the hidden layer (one value).
-    preprocessing : {"standardize", "l2"} or None, default="standardize"
-        Input transform before the frames are read back; ``"standardize"``
-        scales every (frame, feature) column, which keeps the sequence.
+    preprocessing : {"standardize", "l2"} or None, default=None
+        Input transform before the frames are read back. ``None`` keeps the
+        features' own scale: in cepstral features the low coefficients (the
+        spectral envelope) vary most and weigh most, as they do for k-means and
+        UMAP on the same rows; ``"standardize"`` scales every (frame, feature)
+        column alike, which keeps the sequence but gives the fine detail equal
+        weight (:ref:`bench-content-view`).
     max_steps : int or None, default=1000
         Training budget in optimizer steps, rounded up to a whole epoch (see
         :ref:`vocabulary`).
@@ -154,7 +158,7 @@ class TemporalClusterer(BaseDeepClusterer):
         neighbors: str = "cosine",
         entropy_weight: float = 5.0,
         hidden_dims: tuple[int, ...] = (32,),
-        preprocessing: str | None = "standardize",
+        preprocessing: str | None = None,
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
         batch_size: int = 256,

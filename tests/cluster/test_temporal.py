@@ -166,3 +166,20 @@ def test_fsdd_content_view_no_longer_groups_by_speaker(fsdd_dir, fsdd_digits_con
     score = normalized_mutual_info_score(speakers, _umap_kmeans(X, 6, 0))
     print(f"FSDD by speaker, content view + UMAP + k-means NMI {score:.3f}")
     assert score < 0.3  # the pooled view gives 0.9: the voice is removed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "data, k, floor",
+    [("fsdd_digits_content", 10, 0.50), ("arabic_keywords_content", 12, 0.70)],
+    ids=["fsdd-digits", "arabic-keywords"],
+)
+def test_temporal_clusterer_on_the_content_view(request, data, k, floor):
+    # floors under the measured means (docs/benchmark.rst, "The content view")
+    X, words = request.getfixturevalue(data)
+    scores = [
+        normalized_mutual_info_score(words, TemporalClusterer(k, random_state=s).fit_predict(X))
+        for s in SEEDS
+    ]
+    print(f"{data}: TemporalClusterer NMI {np.round(scores, 3)}")
+    assert np.mean(scores) >= floor, scores
