@@ -283,7 +283,12 @@ def demo(args: argparse.Namespace) -> int:
         embed_seconds = time.perf_counter() - start
     print(_markdown_row(_DEMO_COLUMNS))
     print("|" + "---|" * len(_DEMO_COLUMNS), flush=True)
-    clusterers = _clusterers(args.n_classes, args.random_state)
+    # the demo's features are pooled: a clusterer of content-view sequences has no place here
+    clusterers = {
+        name: make
+        for name, make in _clusterers(args.n_classes, args.random_state).items()
+        if name not in _NEEDS_CONTENT
+    }
     for position, (name, make) in enumerate(clusterers.items(), 1):
         budget = _DEMO_BUDGETS.get(name, {})
         shown = ", ".join(f"{key}={value}" for key, value in budget.items())

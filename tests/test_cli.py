@@ -900,6 +900,8 @@ def test_demo_prints_a_score_table(capsys, monkeypatch):
         "agglomerative": real["agglomerative"],
         # a deep clusterer's row: features given directly, no scale -> PCA in its name
         "temi": lambda: KMeans(3, n_init=1, random_state=0),
+        # the demo's features are pooled: a content-view clusterer must not run on them
+        "temporal": lambda: pytest.fail("the demo ran a content-view clusterer"),
     }
     monkeypatch.setattr(cli, "_clusterers", lambda n, r: fast)
     assert main(["demo", "--n-samples", "60", "--n-classes", "3"]) == 0
